@@ -1,0 +1,158 @@
+"""Screening and robust aggregation of pseudo-gradients (numpy; deterministic).
+
+Two steps, kept apart on purpose:
+
+1. :func:`screen_update` judges one decoded update on its own: the exact tensor names and shapes of
+   the model, finite values, and an L2 norm under a bound. A failure raises
+   :class:`UpdateRejected` with a reason, and the update never reaches aggregation.
+2. :func:`aggregate` combines the updates that passed, stacked as rows of a matrix in contributor
+   order (the caller sorts by contributor id), with one of the rules in :data:`RULES`.
+
+Sparse updates: the codec decodes a top-k update into a dense vector with explicit zeros, and
+every rule sees exactly that. For coordinate-wise rules (trimmed mean, median) an element a peer
+did not send is a vote for "no change" at that coordinate, which makes them conservative with
+sparse inputs; Krum and centered clipping see the zeros as part of the vector geometry.
+
+Determinism: sums are taken in float64 in row order and rounded to float32 once, so every node
+that aggregates the same rows gets the same bits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from p2pshard.protocols.engine_api import UpdateRejected
+
+__all__ = ["RULES", "AggregationConfig", "AggregationResult", "aggregate", "screen_update"]
+
+F32 = npt.NDArray[np.float32]
+
+
+def screen_update(tensors: Mapping[str, F32], shapes: Mapping[str, tuple[int, ...]], max_norm: float) -> F32:
+    """Check one decoded update and return it flattened (in sorted-name order)."""
+    missing = sorted(set(shapes) - set(tensors))
+    if missing:
+        raise UpdateRejected("missing-tensor", missing[0])
+    extra = sorted(set(tensors) - set(shapes))
+    if extra:
+        raise UpdateRejected("unexpected-tensor", extra[0])
+    for name in sorted(shapes):
+        if tuple(tensors[name].shape) != tuple(shapes[name]):
+            raise UpdateRejected("wrong-shape", f"{name}: {tensors[name].shape} != {shapes[name]}")
+    flat = np.concatenate([tensors[n].reshape(-1) for n in sorted(shapes)]).astype(np.float32)
+    if not np.isfinite(flat).all():
+        raise UpdateRejected("non-finite")
+    norm = float(np.sqrt(_sq_norm(flat.astype(np.float64))))
+    if norm > max_norm:
+        raise UpdateRejected("norm-too-large", f"{norm:.4g} > {max_norm:.4g}")
+    return flat
+
+
+@dataclass(frozen=True)
+class AggregationConfig:
+    """``rule`` is a key of :data:`RULES`; ``f`` is the number of Byzantine rows tolerated."""
+
+    rule: str = "mean"
+    f: int = 1
+    clip_iterations: int = 3
+    clip_tau: float | None = None  # None: median distance to the starting centre
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"unknown aggregation rule {self.rule!r}; one of {sorted(RULES)}")
+        if self.f < 0 or self.clip_iterations < 1:
+            raise ValueError("f must be >= 0 and clip_iterations >= 1")
+
+
+@dataclass(frozen=True)
+class AggregationResult:
+    vector: F32
+    selected: tuple[int, ...]  # row indices that entered the result
+
+
+def aggregate(rows: F32, cfg: AggregationConfig) -> AggregationResult:
+    """Combine the ``(n, d)`` matrix ``rows`` into one ``d`` vector with ``cfg.rule``."""
+    if rows.ndim != 2 or rows.shape[0] == 0:
+        raise ValueError("aggregate needs a non-empty (n, d) matrix")
+    return RULES[cfg.rule](rows.astype(np.float64), cfg)
+
+
+def _sq_norm(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Squared L2 norm along the last axis, without BLAS (whose summation order varies by CPU)."""
+    out: npt.NDArray[np.float64] = (x * x).sum(axis=-1)
+    return out
+
+
+def _result(v: npt.NDArray[np.float64], selected: range | list[int]) -> AggregationResult:
+    return AggregationResult(v.astype(np.float32), tuple(int(i) for i in selected))
+
+
+def _mean(x: npt.NDArray[np.float64], cfg: AggregationConfig) -> AggregationResult:
+    return _result(x.sum(axis=0) / x.shape[0], range(x.shape[0]))
+
+
+def _trimmed_mean(x: npt.NDArray[np.float64], cfg: AggregationConfig) -> AggregationResult:
+    n = x.shape[0]
+    t = min(cfg.f, (n - 1) // 2)  # always keep at least one value per coordinate
+    kept = np.sort(x, axis=0)[t : n - t]
+    return _result(kept.sum(axis=0) / kept.shape[0], range(n))
+
+
+def _median(x: npt.NDArray[np.float64], cfg: AggregationConfig) -> AggregationResult:
+    return _result(np.median(x, axis=0), range(x.shape[0]))
+
+
+def _krum_scores(x: npt.NDArray[np.float64], f: int) -> npt.NDArray[np.float64]:
+    """Krum score of each row: sum of squared distances to its n - f - 2 nearest others."""
+    n = x.shape[0]
+    d2 = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            d2[i, j] = d2[j, i] = _sq_norm(x[i] - x[j])
+    m = max(1, n - f - 2)
+    scores = np.empty(n)
+    for i in range(n):
+        others = np.delete(d2[i], i)
+        scores[i] = np.sort(others)[:m].sum() if others.size else 0.0
+    return scores
+
+
+def _krum(x: npt.NDArray[np.float64], cfg: AggregationConfig) -> AggregationResult:
+    best = int(np.argmin(_krum_scores(x, cfg.f)))  # ties: the first row (lowest contributor id)
+    return _result(x[best], [best])
+
+
+def _multi_krum(x: npt.NDArray[np.float64], cfg: AggregationConfig) -> AggregationResult:
+    n = x.shape[0]
+    m = max(1, n - cfg.f)
+    order = np.argsort(_krum_scores(x, cfg.f), kind="stable")[:m]
+    chosen = sorted(int(i) for i in order)
+    return _result(x[chosen].sum(axis=0) / m, chosen)
+
+
+def _centered_clip(x: npt.NDArray[np.float64], cfg: AggregationConfig) -> AggregationResult:
+    """Karimireddy et al. (2021): v <- v + mean_i clip(x_i - v, tau), from the median."""
+    v = np.median(x, axis=0)
+    tau = cfg.clip_tau
+    if tau is None:
+        tau = float(np.median(np.sqrt(_sq_norm(x - v))))
+    for _ in range(cfg.clip_iterations):
+        diff = x - v
+        norms = np.sqrt(_sq_norm(diff))
+        scale = np.minimum(1.0, tau / np.maximum(norms, 1e-30))
+        v = v + (diff * scale[:, None]).sum(axis=0) / x.shape[0]
+    return _result(v, range(x.shape[0]))
+
+
+RULES: dict[str, Callable[[npt.NDArray[np.float64], AggregationConfig], AggregationResult]] = {
+    "mean": _mean,
+    "trimmed_mean": _trimmed_mean,
+    "median": _median,
+    "krum": _krum,
+    "multi_krum": _multi_krum,
+    "centered_clip": _centered_clip,
+}

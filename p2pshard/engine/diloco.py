@@ -1,0 +1,106 @@
+"""DiLoCo (Douillard et al. 2023): many local steps, then one outer step on the averaged change.
+
+Per round every node copies the shared ("master") weights into its model, runs ``inner_steps`` of
+AdamW on its own shard, and reports the pseudo-gradient ``master - local``. The network aggregates
+the pseudo-gradients and every node applies the same outer Nesterov-SGD step to the master weights.
+
+The master weights and the outer momentum live in numpy float32 on the CPU and the outer step uses
+only elementwise numpy ufuncs (no fused multiply-add, no BLAS), so any two nodes that apply the
+same aggregated vector get the same bits whatever their CPU or accelerator. The model hash is
+SHA-256 over a canonical serialisation of the master weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from p2pshard.engine.model import Stage
+
+__all__ = ["DiLoCoConfig", "OuterNesterov", "inner_train", "model_hash", "sample_batch"]
+
+F32 = npt.NDArray[np.float32]
+_HASH_TAG = b"p2pshard/model-hash/v1\x00"
+
+
+@dataclass(frozen=True)
+class DiLoCoConfig:
+    inner_steps: int = 50
+    batch_size: int = 16
+    inner_lr: float = 1e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    outer_lr: float = 0.7
+    outer_momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.inner_steps < 1 or self.batch_size < 1:
+            raise ValueError("inner_steps and batch_size must be >= 1")
+
+
+def model_hash(params: Mapping[str, F32]) -> bytes:
+    """SHA-256 over (name, dtype, shape, little-endian bytes) of every tensor, by sorted name."""
+    h = hashlib.sha256(_HASH_TAG)
+    for name in sorted(params):
+        arr = np.ascontiguousarray(params[name], dtype="<f4")
+        header = f"{name}\x00float32\x00{','.join(map(str, arr.shape))}\x00".encode()
+        h.update(len(header).to_bytes(4, "big") + header)
+        h.update(arr.tobytes())
+    return h.digest()
+
+
+def sample_batch(
+    tokens: torch.Tensor, batch: int, context: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch`` random windows of ``context + 1`` tokens: (inputs, next-token targets)."""
+    if tokens.numel() < context + 2:
+        raise ValueError("shard shorter than one context window")
+    starts = torch.randint(0, tokens.numel() - context - 1, (batch,), generator=gen)
+    windows = torch.stack([tokens[s : s + context + 1] for s in starts.tolist()])
+    return windows[:, :-1], windows[:, 1:]
+
+
+def inner_train(
+    model: Stage,
+    optimizer: torch.optim.Optimizer,
+    tokens: torch.Tensor,
+    cfg: DiLoCoConfig,
+    gen: torch.Generator,
+    device: torch.device,
+) -> float:
+    """Run ``cfg.inner_steps`` AdamW steps on windows of ``tokens``; return the mean loss."""
+    model.train()
+    total = torch.zeros((), device=device)
+    for _ in range(cfg.inner_steps):
+        ids, targets = sample_batch(tokens, cfg.batch_size, model.cfg.context, gen)
+        loss = model.loss(ids.to(device, torch.long), targets.to(device, torch.long))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        total += loss.detach()
+    return float(total) / cfg.inner_steps
+
+
+class OuterNesterov:
+    """SGD with Nesterov momentum on numpy arrays: m <- mu m + g; p <- p - lr (g + mu m)."""
+
+    def __init__(self, lr: float, momentum: float, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        self.lr = np.float32(lr)
+        self.mu = np.float32(momentum)
+        self.momentum: dict[str, F32] = {n: np.zeros(s, dtype=np.float32) for n, s in shapes.items()}
+
+    def step(self, params: dict[str, F32], grad: Mapping[str, F32]) -> None:
+        """Update ``params`` in place with the aggregated pseudo-gradient ``grad``."""
+        for name in sorted(params):
+            g = grad[name]
+            m = np.add(np.multiply(self.mu, self.momentum[name]), g, dtype=np.float32)
+            self.momentum[name] = m
+            direction = np.add(g, np.multiply(self.mu, m), dtype=np.float32)
+            params[name] = np.subtract(params[name], np.multiply(self.lr, direction), dtype=np.float32)

@@ -1,0 +1,345 @@
+"""``TorchEngine``: the :class:`~p2pshard.protocols.engine_api.Engine` the protocol layer calls.
+
+It owns one model on one device and all the state a DiLoCo node carries between rounds: the
+shared master weights and outer momentum (numpy, bit-reproducible), the inner AdamW state and the
+error-feedback residual (node-local). It does no networking and reads no clock; every method is a
+blocking call meant to run in a worker thread, one at a time.
+
+Construction::
+
+    engine = TorchEngine.create(preset="tiny", genesis=default_genesis(), seed=0)
+    engine = TorchEngine.from_checkpoint_bytes(data, genesis=..., config=...)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from p2pshard.core.wire.tensor import DecodeLimits, TensorDecodeError, decode_tensors
+from p2pshard.engine.aggregation import AggregationConfig, aggregate, screen_update
+from p2pshard.engine.checkpoint import CheckpointError, CheckpointState, atomic_write
+from p2pshard.engine.compression import CompressionConfig, Compressor
+from p2pshard.engine.diloco import DiLoCoConfig, OuterNesterov, inner_train, model_hash
+from p2pshard.engine.genesis import Genesis, assign_shard, load_shard, sha256_hex
+from p2pshard.engine.model import PRESETS, ModelConfig, Stage, build_model
+from p2pshard.protocols.engine_api import EngineStats, LocalUpdate, RoundOutcome, UpdateRejected
+
+__all__ = ["EngineConfig", "TorchEngine", "default_device"]
+
+F32 = npt.NDArray[np.float32]
+_SAMPLER_TAG = b"p2pshard/batch-sampler/v1\x00"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything that shapes training. ``model``, ``seed``, ``diloco`` outer settings and
+    ``aggregation`` must match across the network; the rest is a node's own choice."""
+
+    model: ModelConfig = field(default_factory=lambda: PRESETS["tiny"])
+    seed: int = 0
+    diloco: DiLoCoConfig = field(default_factory=DiLoCoConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    # Largest acceptable pseudo-gradient norm, as a multiple of the most that AdamW can move the
+    # weights in one round (about lr per coordinate per step); inf disables the check.
+    norm_bound_factor: float = 8.0
+    device: str = field(default_factory=default_device)
+    node_salt: bytes = b""  # decorrelates batch sampling between nodes on the same shard
+    eval_batches: int = 8
+
+
+class TorchEngine:
+    def __init__(self, cfg: EngineConfig, genesis: Genesis) -> None:
+        if cfg.model.vocab_size != genesis.manifest.vocab_size:
+            raise ValueError("model vocabulary does not match the manifest's tokenizer")
+        self.cfg = cfg
+        self.genesis = genesis
+        self.device = torch.device(cfg.device)
+        self.model: Stage = build_model(cfg.model, cfg.seed).to(self.device)
+        self.names = sorted(n for n, _ in self.model.named_parameters())
+        self._params = dict(self.model.named_parameters())
+        self.master: dict[str, F32] = {
+            n: p.detach().cpu().numpy().astype(np.float32, copy=True) for n, p in self._params.items()
+        }
+        self.shapes = {n: tuple(a.shape) for n, a in self.master.items()}
+        self.n_params = sum(a.size for a in self.master.values())
+        d = cfg.diloco
+        self.inner_opt = torch.optim.AdamW(
+            [self._params[n] for n in self.names],
+            lr=d.inner_lr,
+            betas=d.betas,
+            weight_decay=d.weight_decay,
+        )
+        self.outer = OuterNesterov(d.outer_lr, d.outer_momentum, self.shapes)
+        self.compressor = Compressor(cfg.compression)
+        self.limits = DecodeLimits(
+            max_bytes=8 * self.n_params + (1 << 20), max_tensors=len(self.names), max_elements=self.n_params
+        )
+        self.max_update_norm = (
+            cfg.norm_bound_factor * d.inner_steps * d.inner_lr * float(np.sqrt(self.n_params))
+        )
+        self._round = 0
+        self._hash = model_hash(self.master)
+        self._tokens = 0
+        self._bytes_sent = 0
+        self._dense_bytes = 0
+        self._last_loss: float | None = None
+
+    @classmethod
+    def create(
+        cls, preset: str = "tiny", genesis: Genesis | None = None, seed: int = 0, **overrides: Any
+    ) -> TorchEngine:
+        """An engine for a named model preset; ``overrides`` are :class:`EngineConfig` fields."""
+        from p2pshard.engine.genesis import default_genesis
+
+        cfg = EngineConfig(model=PRESETS[preset], seed=seed, **overrides)
+        return cls(cfg, genesis or default_genesis())
+
+    @classmethod
+    def from_checkpoint_bytes(
+        cls, data: bytes, genesis: Genesis, cfg: EngineConfig | None = None
+    ) -> TorchEngine:
+        state = CheckpointState.from_bytes(data)
+        model_cfg = ModelConfig(**state.meta["model_config"])
+        base = cfg or EngineConfig()
+        engine = cls(replace(base, model=model_cfg, seed=int(state.meta["seed"])), genesis)
+        engine._restore(state)
+        return engine
+
+    # ------------------------------------------------------------------------------ identity
+
+    @property
+    def network_id(self) -> str:
+        return self.genesis.manifest.network_id
+
+    @property
+    def round(self) -> int:
+        return self._round
+
+    def model_hash(self) -> bytes:
+        return self._hash
+
+    def assigned_shard(self, peer_id: str, round_index: int) -> str:
+        return assign_shard(self.genesis.manifest, peer_id, round_index)
+
+    # ------------------------------------------------------------------------------ training
+
+    def train_round(self, round_index: int, shard: bytes) -> LocalUpdate:
+        if round_index < self._round:
+            raise ValueError(f"round {round_index} is already applied (next is {self._round})")
+        shard_id = sha256_hex(shard)
+        if shard_id not in self.genesis.manifest.train_shards:
+            raise ValueError("shard is not a training shard of this network's manifest")
+        tokens = torch.from_numpy(load_shard(shard, shard_id).astype(np.int64))
+        self._load_master_into_model()
+        gen = torch.Generator().manual_seed(self._sampler_seed(round_index, shard_id))
+        loss = inner_train(self.model, self.inner_opt, tokens, self.cfg.diloco, gen, self.device)
+        local = {n: self._params[n].detach().cpu().numpy() for n in self.names}
+        pseudo = {n: np.subtract(self.master[n], local[n], dtype=np.float32) for n in self.names}
+        encoded = self.compressor.encode(pseudo, self.limits)
+        d = self.cfg.diloco
+        n_tokens = d.inner_steps * d.batch_size * self.cfg.model.context
+        self._tokens += n_tokens
+        self._bytes_sent += len(encoded.payload)
+        self._dense_bytes += encoded.dense_bytes
+        self._last_loss = loss
+        return LocalUpdate(
+            round=round_index,
+            payload=encoded.payload,
+            content_hash=hashlib.sha256(encoded.payload).digest(),
+            base_model_hash=self._hash,
+            shard=shard_id,
+            tokens=n_tokens,
+            loss=loss,
+            inner_steps=d.inner_steps,
+            dense_bytes=encoded.dense_bytes,
+        )
+
+    def _sampler_seed(self, round_index: int, shard_id: str) -> int:
+        h = hashlib.sha256(
+            _SAMPLER_TAG + self.cfg.node_salt + round_index.to_bytes(8, "big") + shard_id.encode()
+        ).digest()
+        return int.from_bytes(h[:8], "big") & ((1 << 63) - 1)
+
+    def _load_master_into_model(self) -> None:
+        with torch.no_grad():
+            for n in self.names:
+                self._params[n].copy_(torch.from_numpy(self.master[n]))
+
+    # ------------------------------------------------------------------------------ aggregation
+
+    def _screen(self, payload: bytes) -> F32:
+        try:
+            tensors = decode_tensors(payload, self.limits)
+        except TensorDecodeError as exc:
+            raise UpdateRejected(f"decode:{exc.reason}", exc.detail) from exc
+        return screen_update(tensors, self.shapes, self.max_update_norm)
+
+    def check_update(self, payload: bytes) -> None:
+        self._screen(payload)
+
+    def apply_round(self, round_index: int, payloads: Mapping[str, bytes]) -> RoundOutcome:
+        if round_index < self._round:
+            raise ValueError(f"round {round_index} is already applied (next is {self._round})")
+        rows: list[F32] = []
+        accepted: list[str] = []
+        rejected: dict[str, str] = {}
+        for contributor in sorted(payloads):  # the order every node uses
+            try:
+                rows.append(self._screen(payloads[contributor]))
+                accepted.append(contributor)
+            except UpdateRejected as exc:
+                rejected[contributor] = exc.reason
+        selected: tuple[str, ...] = ()
+        norm = 0.0
+        if rows:
+            result = aggregate(np.stack(rows), self.cfg.aggregation)
+            selected = tuple(accepted[i] for i in result.selected)
+            norm = float(np.sqrt((result.vector.astype(np.float64) ** 2).sum()))
+            self.outer.step(self.master, self._unflatten(result.vector))
+            self._hash = model_hash(self.master)
+        self._load_master_into_model()
+        self._round = round_index + 1
+        return RoundOutcome(round_index, self._hash, tuple(accepted), rejected, selected, norm)
+
+    def _unflatten(self, flat: F32) -> dict[str, F32]:
+        out: dict[str, F32] = {}
+        offset = 0
+        for n in self.names:
+            size = self.master[n].size
+            out[n] = flat[offset : offset + size].reshape(self.shapes[n])
+            offset += size
+        return out
+
+    # ------------------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss of the master weights on fixed, evenly spaced windows of the eval shards."""
+        ctx = self.cfg.model.context
+        batch = self.cfg.diloco.batch_size
+        weights = {n: torch.from_numpy(self.master[n]).to(self.device) for n in self.names}
+        windows: list[torch.Tensor] = []
+        for shard_id in self.genesis.manifest.eval_shards:
+            toks = torch.from_numpy(self.genesis.tokens(shard_id).astype(np.int64))
+            per = (self.cfg.eval_batches * batch) // len(self.genesis.manifest.eval_shards) or 1
+            starts = torch.linspace(0, toks.numel() - ctx - 2, per).long()
+            windows.extend(toks[s : s + ctx + 1] for s in starts.tolist())
+        data = torch.stack(windows).to(self.device)
+        self.model.eval()
+        total = 0.0
+        for i in range(0, data.shape[0], batch):
+            chunk = data[i : i + batch]
+            logits = torch.func.functional_call(self.model, weights, (chunk[:, :-1],))
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1), reduction="sum"
+            )
+            total += float(loss)
+        return total / (data.shape[0] * ctx)
+
+    # ------------------------------------------------------------------------------ checkpoints
+
+    def _state(self) -> CheckpointState:
+        inner: dict[str, F32] = {}
+        steps: dict[str, int] = {}
+        for n in self.names:
+            st = self.inner_opt.state.get(self._params[n])
+            if st:
+                inner[f"{n}/exp_avg"] = st["exp_avg"].detach().cpu().numpy()
+                inner[f"{n}/exp_avg_sq"] = st["exp_avg_sq"].detach().cpu().numpy()
+                steps[n] = int(st["step"])
+        meta = {
+            "round": self._round,
+            "model_hash": self._hash.hex(),
+            "manifest_digest": self.genesis.manifest.digest,
+            "model_config": self.cfg.model.to_json(),
+            "seed": self.cfg.seed,
+            "inner_steps": steps,
+            "tokens_trained": self._tokens,
+        }
+        groups = {
+            "model": self.master,
+            "outer_momentum": self.outer.momentum,
+            "error_feedback": self.compressor.residual,
+            "inner": inner,
+        }
+        return CheckpointState(groups, meta)
+
+    def checkpoint_bytes(self) -> bytes:
+        return self._state().to_bytes()
+
+    def _restore(self, state: CheckpointState) -> None:
+        meta = state.meta
+        if meta.get("manifest_digest") != self.genesis.manifest.digest:
+            raise CheckpointError("manifest-mismatch")
+        if meta.get("model_config") != self.cfg.model.to_json():
+            raise CheckpointError("model-config-mismatch")
+        model = self._check_group(state, "model", required=True)
+        if model_hash(model).hex() != meta.get("model_hash"):
+            raise CheckpointError("model-hash-mismatch")
+        momentum = self._check_group(state, "outer_momentum", required=True)
+        residual = self._check_group(state, "error_feedback", required=False)
+        inner = state.groups.get("inner", {})
+        steps = meta.get("inner_steps", {})
+        self.master = {n: a.copy() for n, a in model.items()}
+        self.outer.momentum = {n: a.copy() for n, a in momentum.items()}
+        self.compressor.residual = {n: a.copy() for n, a in residual.items()}
+        self.inner_opt.state.clear()
+        for n in self.names:
+            if n in steps:
+                avg, sq = inner.get(f"{n}/exp_avg"), inner.get(f"{n}/exp_avg_sq")
+                if avg is None or sq is None or avg.shape != self.shapes[n] != sq.shape:
+                    raise CheckpointError(f"bad-optimizer-state: {n}")
+                self.inner_opt.state[self._params[n]] = {
+                    "step": torch.tensor(float(steps[n])),
+                    "exp_avg": torch.from_numpy(avg.copy()).to(self.device),
+                    "exp_avg_sq": torch.from_numpy(sq.copy()).to(self.device),
+                }
+        self._round = int(meta["round"])
+        self._tokens = int(meta.get("tokens_trained", 0))
+        self._hash = model_hash(self.master)
+        self._load_master_into_model()
+
+    def _check_group(self, state: CheckpointState, group: str, required: bool) -> dict[str, F32]:
+        tensors = dict(state.groups.get(group, {}))
+        if not tensors and not required:
+            return {}
+        if set(tensors) != set(self.names):
+            raise CheckpointError(f"{group}-names-mismatch")
+        for n, a in tensors.items():
+            if a.shape != self.shapes[n] or not np.isfinite(a).all():
+                raise CheckpointError(f"{group}-bad-tensor: {n}")
+        return tensors
+
+    def load_checkpoint_bytes(self, data: bytes) -> None:
+        self._restore(CheckpointState.from_bytes(data))
+
+    def save_checkpoint(self, path: Path) -> None:
+        atomic_write(path, self.checkpoint_bytes())
+
+    def load_checkpoint(self, path: Path) -> None:
+        self.load_checkpoint_bytes(path.read_bytes())
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            round=self._round,
+            model_hash=self._hash,
+            parameters=self.n_params,
+            tokens_trained=self._tokens,
+            bytes_sent=self._bytes_sent,
+            dense_bytes_equivalent=self._dense_bytes,
+            last_loss=self._last_loss,
+            device=str(self.device),
+        )
