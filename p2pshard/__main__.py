@@ -1,0 +1,3 @@
+from p2pshard.cli import main
+
+main()

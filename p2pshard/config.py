@@ -1,0 +1,88 @@
+"""Node configuration from, in increasing precedence: defaults, a TOML file, the environment, flags.
+
+Environment variables are ``P2PSHARD_<FIELD>`` (e.g. ``P2PSHARD_LISTEN``, ``P2PSHARD_KEY``);
+list fields take comma-separated values. The TOML file holds the same field names at top level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or out of range."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
+    key: Path | None = None
+    """Key file; created (mode 0600) when absent. None = an ephemeral key."""
+    bootstrap: list[str] = field(default_factory=list)
+    muxers: list[str] = field(default_factory=lambda: ["yamux", "mplex"])
+    max_peers: int = 50
+    network_id: str = "devnet"
+    blob_store_bytes: int = 2 << 30
+    dial_timeout_s: float = 5.0
+    fault: str = ""
+    """A fault switched on for testing conformance tooling (see specs); never set in production."""
+
+    def __post_init__(self) -> None:
+        if not self.listen:
+            raise ConfigError("listen: at least one multiaddr is needed")
+        unknown = set(self.muxers) - {"yamux", "mplex"}
+        if unknown or not self.muxers:
+            raise ConfigError(f"muxers: choose from yamux, mplex (got {self.muxers})")
+        if self.max_peers < 1:
+            raise ConfigError("max_peers must be at least 1")
+        if self.dial_timeout_s <= 0:
+            raise ConfigError("dial_timeout_s must be positive")
+
+    @classmethod
+    def load(
+        cls, file: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any
+    ) -> NodeConfig:
+        """Defaults < TOML ``file`` < ``env`` (``P2PSHARD_*``) < ``overrides`` that are not None."""
+        values: dict[str, Any] = {}
+        if file is not None:
+            try:
+                values.update(tomllib.loads(file.read_text()))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"cannot read config file {file}: {exc}") from exc
+        env = os.environ if env is None else env
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name in fields:
+            raw = env.get(f"P2PSHARD_{name.upper()}")
+            if raw is not None:
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - set(fields)
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**{k: _coerce(k, v, fields[k].type) for k, v in values.items()})
+
+
+def _coerce(name: str, value: Any, typ: Any) -> Any:
+    typ = str(typ)
+    try:
+        if typ.startswith("list"):
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            return [str(v) for v in value]
+        if typ.startswith("Path"):
+            return Path(value) if value not in (None, "") else None
+        if typ == "int":
+            return int(value)
+        if typ == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: cannot use {value!r} ({exc})") from exc

@@ -1,0 +1,234 @@
+"""Content-addressed blobs: ``/p2pshard/blob/1.0.0`` serves byte ranges of blobs named by SHA-256.
+
+A fetch splits the blob into ranges and pulls them from several providers in parallel; the whole
+blob is verified against its digest on arrival. If verification fails, each provider is asked for
+the whole blob in turn, so a lying provider is found, counted and skipped (specs/protocols/blob.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import trio
+from google.protobuf.message import DecodeError
+from libp2p.peer.id import ID
+
+from p2pshard.core.counters import Counters
+from p2pshard.core.wire import blob_pb2
+from p2pshard.net.reqresp import Code, ProtocolSpec, Reply, ReqRespClient, RequestContext, RpcError
+
+BLOB_PROTOCOL = "/p2pshard/blob/1.0.0"
+DIGEST_SIZE = 32
+CHUNK_SIZE = 1 << 20
+RANGE_SIZE = 16 << 20
+"""Bytes fetched per request when a blob is split across providers."""
+
+
+class BlobError(Exception):
+    pass
+
+
+class BlobStore:
+    """Blobs in memory by digest. Pinned blobs stay; others are evicted oldest-first past the cap."""
+
+    def __init__(self, max_bytes: int = 2 << 30) -> None:
+        self.max_bytes = max_bytes
+        self._blobs: OrderedDict[bytes, bytes] = OrderedDict()
+        self._pinned: set[bytes] = set()
+        self._size = 0
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self._blobs
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def put(self, data: bytes, *, pin: bool = False) -> bytes:
+        digest = hashlib.sha256(data).digest()
+        if digest not in self._blobs:
+            if len(data) > self.max_bytes:
+                raise BlobError(f"blob of {len(data)} bytes exceeds the store's {self.max_bytes}")
+            self._blobs[digest] = bytes(data)
+            self._size += len(data)
+        if pin:
+            self._pinned.add(digest)
+        self._blobs.move_to_end(digest)
+        self._evict()
+        return digest
+
+    def get(self, digest: bytes) -> bytes | None:
+        return self._blobs.get(digest)
+
+    def remove(self, digest: bytes) -> None:
+        data = self._blobs.pop(digest, None)
+        if data is not None:
+            self._size -= len(data)
+        self._pinned.discard(digest)
+
+    def _evict(self) -> None:
+        for digest in list(self._blobs):
+            if self._size <= self.max_bytes:
+                return
+            if digest not in self._pinned:
+                self.remove(digest)
+
+
+class BlobService:
+    """Serves the local store and fetches from peers."""
+
+    def __init__(self, store: BlobStore, client: ReqRespClient, counters: Counters) -> None:
+        self.store = store
+        self.client = client
+        self.counters = counters
+
+    def spec(self) -> ProtocolSpec:
+        return ProtocolSpec(
+            BLOB_PROTOCOL,
+            self._handle,
+            max_request_size=256,
+            chunk_size=CHUNK_SIZE,
+            default_deadline_s=60.0,
+            max_deadline_s=600.0,
+            max_concurrent=32,
+        )
+
+    async def _handle(self, ctx: RequestContext, body: bytes) -> Reply:
+        req = blob_pb2.BlobRequest()
+        try:
+            req.ParseFromString(body)
+        except DecodeError as exc:
+            raise RpcError(Code.INVALID_ARGUMENT, "not a BlobRequest") from exc
+        if len(req.digest) != DIGEST_SIZE:
+            raise RpcError(
+                Code.INVALID_ARGUMENT, f"digest must be {DIGEST_SIZE} bytes, got {len(req.digest)}"
+            )
+        data = self.store.get(req.digest)
+        if data is None:
+            raise RpcError(Code.NOT_FOUND, f"no blob {req.digest.hex()[:16]}…")
+        if req.offset > len(data):
+            raise RpcError(Code.INVALID_ARGUMENT, f"offset {req.offset} past the end ({len(data)} bytes)")
+        end = len(data) if req.length == 0 else min(len(data), req.offset + req.length)
+        info = blob_pb2.BlobInfo(total_size=len(data), offset=req.offset)
+        self.counters.incr("blob.served_bytes", end - req.offset)
+        return Reply(body=info.SerializeToString(), payload=memoryview(data)[req.offset : end])
+
+    async def _fetch_range(
+        self, peer: ID, digest: bytes, offset: int, length: int, into: bytearray, timeout_s: float
+    ) -> int:
+        """Fetch [offset, offset+length) (length 0 = to the end) into ``into``; returns total size."""
+        req = blob_pb2.BlobRequest(digest=digest, offset=offset, length=length)
+        written = 0
+
+        def sink(pos: int, data: bytes) -> None:
+            nonlocal written
+            into[offset + pos : offset + pos + len(data)] = data
+            written += len(data)
+
+        limit = len(into) - offset
+        body = await self.client.call(
+            peer,
+            BLOB_PROTOCOL,
+            req.SerializeToString(),
+            timeout_s=timeout_s,
+            sink=sink,
+            max_stream_length=limit,
+            max_response_size=CHUNK_SIZE + 64,
+        )
+        info = blob_pb2.BlobInfo()
+        info.ParseFromString(body)
+        expected = (info.total_size - offset) if length == 0 else min(length, info.total_size - offset)
+        if written != expected:
+            raise BlobError(f"{peer} sent {written} bytes for a range of {expected}")
+        return int(info.total_size)
+
+    async def _probe_size(self, providers: Sequence[ID], digest: bytes, timeout_s: float) -> tuple[ID, int]:
+        req = blob_pb2.BlobRequest(digest=digest, offset=0, length=1).SerializeToString()
+        errors = []
+        for peer in providers:
+            try:
+                body = await self.client.call(
+                    peer,
+                    BLOB_PROTOCOL,
+                    req,
+                    timeout_s=timeout_s,
+                    sink=lambda *_: None,
+                    max_stream_length=1,
+                )
+                info = blob_pb2.BlobInfo()
+                info.ParseFromString(body)
+                return peer, int(info.total_size)
+            except (RpcError, DecodeError) as exc:
+                errors.append(f"{peer}: {exc}")
+        raise BlobError("no provider has the blob: " + "; ".join(errors))
+
+    async def fetch(
+        self, digest: bytes, providers: Sequence[ID], *, max_size: int, timeout_s: float = 120.0
+    ) -> bytes:
+        """The blob named ``digest``, from the local store or ``providers``, verified and stored."""
+        local = self.store.get(digest)
+        if local is not None:
+            return local
+        if not providers:
+            raise BlobError("no providers to fetch from")
+        with trio.fail_after(timeout_s):
+            first, size = await self._probe_size(providers, digest, timeout_s)
+            if size > max_size:
+                raise BlobError(f"blob is {size} bytes, more than the {max_size} allowed")
+            alive = [first, *[p for p in providers if p != first]]
+            buf = bytearray(size)
+            await self._fetch_parallel(digest, alive, buf, timeout_s)
+            if hashlib.sha256(buf).digest() != digest:
+                self.counters.incr("blob.rejected.hash_mismatch")
+                buf = await self._fetch_whole_from_honest(digest, alive, size, timeout_s)
+        self.store.put(bytes(buf))
+        self.counters.incr("blob.fetched_bytes", size)
+        return self.store.get(digest) or bytes(buf)
+
+    async def _fetch_parallel(
+        self, digest: bytes, providers: list[ID], buf: bytearray, timeout_s: float
+    ) -> None:
+        size = len(buf)
+        ranges = [(off, min(RANGE_SIZE, size - off)) for off in range(0, size, RANGE_SIZE)] or [(0, 0)]
+        failed: list[tuple[int, int]] = []
+
+        async def worker(idx: int, peer: ID) -> None:
+            for rng_idx in range(idx, len(ranges), len(providers)):
+                off, length = ranges[rng_idx]
+                try:
+                    await self._fetch_range(peer, digest, off, length or 1, buf, timeout_s)
+                except (RpcError, BlobError, DecodeError):
+                    self.counters.incr("blob.range_failures")
+                    failed.append((off, length))
+
+        async with trio.open_nursery() as nursery:
+            for i, peer in enumerate(providers[: max(1, min(len(providers), len(ranges)))]):
+                nursery.start_soon(worker, i, peer)
+        for off, length in failed:  # retry each failed range against every provider in turn
+            for peer in providers:
+                try:
+                    await self._fetch_range(peer, digest, off, length or 1, buf, timeout_s)
+                    break
+                except (RpcError, BlobError, DecodeError):
+                    continue
+            else:
+                raise BlobError(f"range at {off} could not be fetched from any provider")
+
+    async def _fetch_whole_from_honest(
+        self, digest: bytes, providers: list[ID], size: int, timeout_s: float
+    ) -> bytearray:
+        for peer in providers:
+            buf = bytearray(size)
+            try:
+                await self._fetch_range(peer, digest, 0, 0, buf, timeout_s)
+            except (RpcError, BlobError, DecodeError):
+                continue
+            if hashlib.sha256(buf).digest() == digest:
+                return buf
+            self.counters.incr("blob.rejected.lying_provider")
+        raise BlobError("no provider served bytes matching the digest")

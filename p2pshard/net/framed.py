@@ -1,0 +1,85 @@
+"""A py-libp2p stream read and written as length-prefixed frames (the Trio half of core.wire.framing)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import trio
+from libp2p.abc import INetStream
+from libp2p.network.stream.exceptions import StreamEOF, StreamError
+from libp2p.stream_muxer.exceptions import MuxedStreamEOF, MuxedStreamError
+
+from p2pshard.core.wire.framing import EOF, NEED_DATA, FrameDecoder, encode_uvarint
+
+READ_SIZE = 1 << 20
+"""Bytes asked of the muxer per read: large reads keep per-call overhead low for bulk transfers."""
+
+WRITE_COALESCE = 64 * 1024
+"""Frames up to this size are written together with their prefix in one call."""
+
+
+class StreamClosedEarly(Exception):
+    """The peer closed or reset the stream before the expected frame arrived."""
+
+
+class FramedStream:
+    def __init__(self, stream: INetStream, max_frame_size: int) -> None:
+        self.stream = stream
+        self.decoder = FrameDecoder(max_frame_size)
+        self.bytes_read = 0
+        self.bytes_written = 0
+
+    @property
+    def max_frame_size(self) -> int:
+        return self.decoder.max_frame_size
+
+    @max_frame_size.setter
+    def max_frame_size(self, value: int) -> None:
+        self.decoder.max_frame_size = value
+
+    async def read_frame(self) -> bytes | None:
+        """The next frame, or None on a clean end of stream. Raises FramingError on bad input."""
+        while True:
+            event = self.decoder.next_event()
+            if event is EOF:
+                return None
+            if event is not NEED_DATA:
+                assert isinstance(event, bytes)
+                return event
+            try:
+                data = await self.stream.read(READ_SIZE)
+            except (StreamEOF, MuxedStreamEOF):
+                self.decoder.receive_eof()
+                continue
+            except (StreamError, MuxedStreamError) as exc:
+                raise StreamClosedEarly(f"stream failed: {exc or type(exc).__name__}") from exc
+            if not data:
+                self.decoder.receive_eof()
+                continue
+            self.bytes_read += len(data)
+            self.decoder.receive_data(data)
+
+    async def read_required(self) -> bytes:
+        frame = await self.read_frame()
+        if frame is None:
+            raise StreamClosedEarly("stream ended before the expected frame")
+        return frame
+
+    async def write_frame(self, payload: bytes | memoryview) -> None:
+        prefix = encode_uvarint(len(payload))
+        if len(payload) <= WRITE_COALESCE:
+            await self.stream.write(prefix + bytes(payload))
+        else:
+            await self.stream.write(prefix)
+            await self.stream.write(bytes(payload))
+        self.bytes_written += len(prefix) + len(payload)
+
+    async def close(self) -> None:
+        with trio.move_on_after(2):
+            with contextlib.suppress(Exception):  # closing a broken stream: nothing left to do
+                await self.stream.close()
+
+    async def reset(self) -> None:
+        with trio.move_on_after(2):
+            with contextlib.suppress(Exception):  # resetting a broken stream: nothing left to do
+                await self.stream.reset()

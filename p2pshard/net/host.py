@@ -1,0 +1,96 @@
+"""The py-libp2p host as p2pshard uses it: TCP + Noise + yamux (mplex as fallback), secp256k1 identity.
+
+py-libp2p is used for connections and raw streams only. Two of its defects are handled here:
+
+* ``Swarm.dial_peer`` waits a fixed 250 ms "happy eyeballs" head start after starting each address's
+  dial, unless the dial reaches ``max_connections_per_peer``; with the default of 3 every connect
+  takes ≥ 250 ms although the handshake needs ~30 ms. We run with one connection per peer (all
+  streams are multiplexed over it anyway), so a successful dial cancels the wait at once.
+* Its ``new_host`` offers Noise, TLS, secio and plaintext unless told otherwise; we offer Noise only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import multiaddr
+from libp2p import new_host
+from libp2p.abc import IHost
+from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+from p2pshard.identity import Identity
+
+Muxer = Literal["yamux", "mplex"]
+
+
+class AddressError(ValueError):
+    """A multiaddr that cannot be used here (malformed, or without the parts we need)."""
+
+
+def build_host(
+    identity: Identity,
+    listen: Sequence[multiaddr.Multiaddr],
+    muxers: Sequence[Muxer] = ("yamux", "mplex"),
+    dial_timeout: float = 10.0,
+) -> IHost:
+    """A host with our identity, Noise only, and the muxers in order of preference."""
+    available = {
+        "yamux": (TProtocol(YAMUX_PROTOCOL_ID), Yamux),
+        "mplex": (TProtocol(MPLEX_PROTOCOL_ID), Mplex),
+    }
+    muxer_opt: dict[TProtocol, Any] = dict(available[m] for m in muxers)
+    noise_static = new_x25519_key_pair().private_key
+    sec_opt = {TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(identity.key_pair, noise_static)}
+    config = ConnectionConfig(max_connections_per_peer=1, dial_timeout=dial_timeout)
+    return new_host(
+        key_pair=identity.key_pair,
+        muxer_opt=muxer_opt,
+        sec_opt=sec_opt,
+        listen_addrs=list(listen),
+        connection_config=config,
+    )
+
+
+def parse_multiaddr(text: str) -> multiaddr.Multiaddr:
+    try:
+        return multiaddr.Multiaddr(text)
+    except Exception as exc:
+        raise AddressError(f"not a multiaddr: {text!r} ({exc})") from exc
+
+
+def parse_peer_addr(text: str) -> PeerInfo:
+    """``/ip4/…/tcp/…/p2p/<peer id>`` → PeerInfo, with an error that says what is missing."""
+    addr = parse_multiaddr(text)
+    if "p2p" not in {p.name for p in addr.protocols()}:
+        raise AddressError(f"{text!r} has no /p2p/<peer id> part; copy the full address a node prints")
+    try:
+        return info_from_p2p_addr(addr)
+    except Exception as exc:
+        raise AddressError(f"bad peer address {text!r}: {exc}") from exc
+
+
+def full_addrs(host: IHost) -> list[str]:
+    """Every listen address of ``host`` with ``/p2p/<peer id>`` appended."""
+    pid = host.get_id().to_base58()
+    out = []
+    for addr in host.get_addrs():
+        text = str(addr)
+        out.append(text if "/p2p/" in text else f"{text}/p2p/{pid}")
+    return out
+
+
+def peer_id_from_text(text: str) -> ID:
+    try:
+        return ID.from_base58(text)
+    except Exception as exc:
+        raise AddressError(f"not a peer id: {text!r}") from exc

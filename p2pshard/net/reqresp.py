@@ -1,0 +1,315 @@
+"""Request/response over raw libp2p streams: one request per stream, framed protobuf, status codes.
+
+Wire (specs/framing.md): the client opens a stream for the protocol id, writes one framed
+``reqresp.Request`` and closes its write side; the server answers with one framed
+``reqresp.Response`` and, when ``stream_length > 0``, the payload as frames of at most the
+protocol's chunk size. Errors are answered with a status code when the stream still allows it,
+otherwise the stream is reset. Every rejection is counted under ``reqresp.rejected.<reason>``.
+
+py-libp2p's own ``request_response`` module is not used: it fails above ~6.5 MiB (FACTS.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import IntEnum
+
+import trio
+from google.protobuf.message import DecodeError
+from libp2p.abc import IHost, INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+
+from p2pshard.core.counters import Counters
+from p2pshard.core.wire import reqresp_pb2 as pb
+from p2pshard.core.wire.framing import FrameTooLarge, FramingError
+from p2pshard.net.connector import Connector, DialError
+from p2pshard.net.framed import FramedStream, StreamClosedEarly
+
+log = logging.getLogger(__name__)
+
+
+class Code(IntEnum):
+    OK = pb.OK
+    UNAVAILABLE = pb.UNAVAILABLE
+    DEADLINE_EXCEEDED = pb.DEADLINE_EXCEEDED
+    RESOURCE_EXHAUSTED = pb.RESOURCE_EXHAUSTED
+    NOT_FOUND = pb.NOT_FOUND
+    INVALID_ARGUMENT = pb.INVALID_ARGUMENT
+    INTERNAL = pb.INTERNAL
+
+
+class RpcError(Exception):
+    """A request failed with a status code. Raised by handlers to answer with that code."""
+
+    def __init__(self, code: Code, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+class UnsupportedProtocol(RpcError):
+    def __init__(self, protocol: str, peer: ID) -> None:
+        super().__init__(Code.NOT_FOUND, f"peer {peer} does not speak {protocol}")
+
+
+@dataclass(frozen=True)
+class Reply:
+    body: bytes = b""
+    payload: bytes | memoryview | None = None
+    """Bulk bytes streamed after the response header, in frames of the protocol's chunk size."""
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    peer_id: ID
+    protocol: str
+    deadline_s: float
+
+
+Handler = Callable[[RequestContext, bytes], Awaitable[Reply]]
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    protocol_id: str
+    handler: Handler
+    max_request_size: int = 64 * 1024
+    chunk_size: int = 1 << 20
+    default_deadline_s: float = 10.0
+    max_deadline_s: float = 120.0
+    max_concurrent: int = 64
+
+
+def _encode_response(code: Code, message: str = "", body: bytes = b"", stream_length: int = 0) -> bytes:
+    return pb.Response(
+        code=pb.Code.ValueType(code),
+        message=message,
+        body=body,
+        stream_length=stream_length,
+    ).SerializeToString()
+
+
+class ReqRespServer:
+    """Dispatches inbound streams to protocol handlers; never lets a handler's error escape."""
+
+    def __init__(self, host: IHost, counters: Counters) -> None:
+        self.host = host
+        self.counters = counters
+        self._limits: dict[str, trio.Semaphore] = {}
+
+    def register(self, spec: ProtocolSpec) -> None:
+        self._limits[spec.protocol_id] = trio.Semaphore(spec.max_concurrent)
+
+        async def on_stream(stream: INetStream) -> None:
+            await self._serve(spec, stream)
+
+        self.host.set_stream_handler(TProtocol(spec.protocol_id), on_stream)
+
+    def _reject(self, spec: ProtocolSpec, reason: str) -> None:
+        self.counters.incr(f"reqresp.rejected.{reason}")
+        self.counters.incr(f"reqresp.rejected_by_protocol.{spec.protocol_id}")
+
+    async def _serve(self, spec: ProtocolSpec, stream: INetStream) -> None:
+        framed = FramedStream(stream, spec.max_request_size)
+        try:
+            await self._serve_one(spec, framed, stream.muxed_conn.peer_id)
+        except Exception as exc:  # the peer went away mid-answer, or a bug: never kill the host
+            self.counters.incr("reqresp.stream_errors")
+            log.debug("%s: stream error: %r", spec.protocol_id, exc)
+            await framed.reset()
+        else:
+            await framed.close()
+
+    async def _serve_one(self, spec: ProtocolSpec, framed: FramedStream, peer: ID) -> None:
+        limit = self._limits[spec.protocol_id]
+        try:
+            limit.acquire_nowait()
+        except trio.WouldBlock:
+            self._reject(spec, "too_many_requests")
+            await framed.write_frame(
+                _encode_response(Code.RESOURCE_EXHAUSTED, "too many concurrent requests")
+            )
+            return
+        try:
+            with trio.move_on_after(spec.default_deadline_s) as read_scope:
+                request = await self._read_request(spec, framed)
+            if read_scope.cancelled_caught:
+                self._reject(spec, "request_timeout")
+                await framed.write_frame(
+                    _encode_response(Code.DEADLINE_EXCEEDED, "request not received in time")
+                )
+                return
+            if isinstance(request, RpcError):
+                await framed.write_frame(_encode_response(request.code, request.message))
+                return
+            deadline = spec.default_deadline_s
+            if request.deadline_ms:
+                deadline = min(request.deadline_ms / 1000, spec.max_deadline_s)
+            ctx = RequestContext(peer, spec.protocol_id, deadline)
+            reply: Reply | RpcError
+            with trio.move_on_after(deadline) as scope:
+                try:
+                    reply = await spec.handler(ctx, request.body)
+                except RpcError as exc:
+                    reply = exc
+                except Exception as exc:
+                    log.exception("%s handler failed", spec.protocol_id)
+                    reply = RpcError(Code.INTERNAL, f"handler failed: {type(exc).__name__}")
+            if scope.cancelled_caught:
+                self.counters.incr("reqresp.handler_deadline_exceeded")
+                await framed.write_frame(
+                    _encode_response(Code.DEADLINE_EXCEEDED, "handler ran past the deadline")
+                )
+                return
+            if isinstance(reply, RpcError):
+                self.counters.incr(f"reqresp.answered.{reply.code.name.lower()}")
+                await framed.write_frame(_encode_response(reply.code, reply.message))
+                return
+            await self._write_reply(spec, framed, reply)
+        finally:
+            limit.release()
+
+    async def _read_request(self, spec: ProtocolSpec, framed: FramedStream) -> pb.Request | RpcError:
+        try:
+            frame = await framed.read_required()
+        except FrameTooLarge as exc:
+            self._reject(spec, exc.reason)
+            return RpcError(Code.RESOURCE_EXHAUSTED, str(exc))
+        except (FramingError, StreamClosedEarly) as exc:
+            reason = exc.reason if isinstance(exc, FramingError) else "truncated_frame"
+            self._reject(spec, reason)
+            return RpcError(Code.INVALID_ARGUMENT, str(exc))
+        request = pb.Request()
+        try:
+            request.ParseFromString(frame)
+        except DecodeError:
+            self._reject(spec, "undecodable_request")
+            return RpcError(Code.INVALID_ARGUMENT, "request is not a valid reqresp.Request protobuf")
+        return request
+
+    async def _write_reply(self, spec: ProtocolSpec, framed: FramedStream, reply: Reply) -> None:
+        payload = memoryview(reply.payload) if reply.payload is not None else memoryview(b"")
+        await framed.write_frame(_encode_response(Code.OK, body=reply.body, stream_length=len(payload)))
+        for start in range(0, len(payload), spec.chunk_size):
+            await framed.write_frame(payload[start : start + spec.chunk_size])
+        self.counters.incr("reqresp.answered.ok")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4
+    base_delay_s: float = 0.05
+    max_delay_s: float = 2.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Exponential backoff with full jitter: uniform in [0, min(max, base·2^attempt)]."""
+        return rng.uniform(0, min(self.max_delay_s, self.base_delay_s * (2**attempt)))
+
+
+PayloadSink = Callable[[int, bytes], None]
+"""Receives streamed payload bytes as (offset within the stream, data)."""
+
+
+class ReqRespClient:
+    def __init__(self, connector: Connector, counters: Counters, rng: random.Random | None = None) -> None:
+        self.connector = connector
+        self.counters = counters
+        self.rng = rng or random.Random()
+
+    async def call(
+        self,
+        peer: ID,
+        protocol: str,
+        body: bytes,
+        *,
+        timeout_s: float = 10.0,
+        retry: RetryPolicy = RetryPolicy(),
+        max_response_size: int = 4 << 20,
+        sink: PayloadSink | None = None,
+        max_stream_length: int = 0,
+    ) -> bytes:
+        """Send one request and return the response body; raises RpcError with the status.
+
+        Retries with exponential backoff on UNAVAILABLE and on connection failures, within
+        ``timeout_s`` overall. A streamed payload goes to ``sink`` (and at most
+        ``max_stream_length`` bytes of it are accepted).
+        """
+        last: RpcError = RpcError(Code.UNAVAILABLE, "no attempt made")
+        with trio.move_on_after(timeout_s) as scope:
+            deadline = trio.current_time() + timeout_s
+            for attempt in range(retry.attempts):
+                remaining = deadline - trio.current_time()
+                try:
+                    return await self._attempt(
+                        peer, protocol, body, remaining, max_response_size, sink, max_stream_length
+                    )
+                except RpcError as exc:
+                    last = exc
+                    if exc.code != Code.UNAVAILABLE or isinstance(exc, UnsupportedProtocol):
+                        raise
+                self.counters.incr("reqresp.client.retries")
+                await trio.sleep(retry.delay(attempt, self.rng))
+        if scope.cancelled_caught:
+            raise RpcError(Code.DEADLINE_EXCEEDED, f"{protocol} to {peer}: no answer in {timeout_s:.1f}s")
+        raise last
+
+    async def _attempt(
+        self,
+        peer: ID,
+        protocol: str,
+        body: bytes,
+        remaining_s: float,
+        max_response_size: int,
+        sink: PayloadSink | None,
+        max_stream_length: int,
+    ) -> bytes:
+        try:
+            stream = await self.connector.open_stream(peer, protocol)
+        except DialError as exc:
+            raise RpcError(Code.UNAVAILABLE, str(exc)) from exc
+        except Exception as exc:  # multistream negotiation refused the protocol
+            if "protocol" in str(exc).lower() or "multiselect" in type(exc).__name__.lower():
+                raise UnsupportedProtocol(protocol, peer) from exc
+            raise RpcError(Code.UNAVAILABLE, f"cannot open stream: {exc}") from exc
+        framed = FramedStream(stream, max_response_size)
+        ok = False
+        try:
+            request = pb.Request(body=body, deadline_ms=max(1, int(remaining_s * 1000)))
+            await framed.write_frame(request.SerializeToString())
+            await stream.close_write()  # type: ignore[attr-defined]
+            header = pb.Response()
+            header.ParseFromString(await framed.read_required())
+            if header.code != pb.OK:
+                raise RpcError(Code(header.code), header.message or "(no message)")
+            if header.stream_length:
+                if sink is None or header.stream_length > max_stream_length:
+                    raise RpcError(
+                        Code.RESOURCE_EXHAUSTED,
+                        f"response streams {header.stream_length} bytes, more than allowed",
+                    )
+                await self._receive_payload(framed, header.stream_length, sink)
+            ok = True
+            return bytes(header.body)
+        except (FramingError, DecodeError, StreamClosedEarly) as exc:
+            raise RpcError(Code.UNAVAILABLE, f"bad response from {peer}: {exc}") from exc
+        except ValueError as exc:  # an unknown status code
+            raise RpcError(Code.INTERNAL, f"bad response from {peer}: {exc}") from exc
+        finally:
+            if ok:
+                await framed.close()
+            else:
+                await framed.reset()
+
+    @staticmethod
+    async def _receive_payload(framed: FramedStream, length: int, sink: PayloadSink) -> None:
+        received = 0
+        while received < length:
+            chunk = await framed.read_required()
+            if received + len(chunk) > length:
+                raise RpcError(Code.INTERNAL, "peer streamed more bytes than it announced")
+            sink(received, chunk)
+            received += len(chunk)

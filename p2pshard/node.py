@@ -1,0 +1,192 @@
+"""A p2pshard node: the host, its protocols and its background tasks, in one nursery.
+
+``open_node(config)`` is the embedding API. It starts listening, registers the stream protocols,
+starts discovery, joins through the configured bootstrap peers and yields a :class:`Node`. Leaving
+the block cancels every task and closes the host; nothing of py-libp2p's shutdown noise escapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+from libp2p.abc import IHost
+from libp2p.peer.id import ID
+
+import p2pshard
+from p2pshard.config import NodeConfig
+from p2pshard.core.counters import Counters
+from p2pshard.core.wire import status_pb2
+from p2pshard.identity import Identity
+from p2pshard.net.blob import BlobService, BlobStore
+from p2pshard.net.connector import Connector
+from p2pshard.net.discovery import Discovery
+from p2pshard.net.host import build_host, full_addrs, parse_multiaddr, parse_peer_addr
+from p2pshard.net.reqresp import ProtocolSpec, ReqRespClient, ReqRespServer
+from p2pshard.protocols.status import status_spec
+
+log = logging.getLogger(__name__)
+
+AGENT = f"p2pshard/{p2pshard.__version__}"
+
+StatusExtension = Callable[[status_pb2.StatusResponse], None]
+
+
+class JoinError(Exception):
+    """None of the bootstrap peers could be reached."""
+
+
+@dataclass
+class Node:
+    config: NodeConfig
+    identity: Identity
+    host: IHost
+    nursery: trio.Nursery
+    counters: Counters
+    connector: Connector
+    server: ReqRespServer
+    client: ReqRespClient
+    blobs: BlobService
+    discovery: Discovery
+    started_at: float
+    status_extensions: list[StatusExtension] = field(default_factory=list)
+
+    @property
+    def peer_id(self) -> ID:
+        return self.host.get_id()
+
+    @property
+    def addrs(self) -> list[str]:
+        """Full multiaddrs (ending in /p2p/<peer id>) other nodes can join through."""
+        return full_addrs(self.host)
+
+    def peers(self) -> list[ID]:
+        return sorted(self.connector.connected_peers(), key=lambda p: p.to_bytes())
+
+    def register(self, spec: ProtocolSpec) -> None:
+        self.server.register(spec)
+
+    def protocols(self) -> list[str]:
+        return sorted(str(p) for p in self.host.get_mux().get_protocols() if p)
+
+    def status(self, requester: ID | None = None) -> status_pb2.StatusResponse:
+        """This node's status; ``requester`` (the asking peer) is left out of the peer list."""
+        store = self.host.get_peerstore()
+        resp = status_pb2.StatusResponse(
+            peer_id=self.peer_id.to_base58(),
+            version=p2pshard.__version__,
+            agent=AGENT,
+            protocols=self.protocols(),
+            listen_addrs=self.addrs,
+            uptime_s=trio.current_time() - self.started_at,
+            network_id=self.config.network_id,
+        )
+        for peer in self.peers():
+            if peer == requester:
+                continue
+            resp.peers.add(peer_id=peer.to_base58(), addrs=[str(a) for a in store.addrs(peer)])
+        for name, count in self.counters.snapshot().items():
+            resp.counters[name] = count
+        for extend in self.status_extensions:
+            extend(resp)
+        return resp
+
+
+@asynccontextmanager
+async def open_node(
+    config: NodeConfig, *, identity: Identity | None = None, client_only: bool = False
+) -> AsyncIterator[Node]:
+    """Start a node, join the network through ``config.bootstrap``, and stop it on exit.
+
+    ``client_only`` starts no discovery and joins no DHT: for tools that only ask questions
+    (``p2pshard status``, ``p2pshard conformance live``).
+    """
+    if identity is None:
+        identity = Identity.load_or_create(config.key)[0] if config.key else Identity.generate()
+    listen = [parse_multiaddr(a) for a in config.listen]
+    bootstrap = [parse_peer_addr(a) for a in config.bootstrap]
+    host = build_host(
+        identity,
+        listen,
+        muxers=config.muxers,  # type: ignore[arg-type]
+        dial_timeout=config.dial_timeout_s,
+    )
+    counters = Counters()
+    connector = Connector(host, counters, dial_timeout_s=config.dial_timeout_s)
+    client = ReqRespClient(connector, counters)
+    server = ReqRespServer(host, counters)
+    discovery = Discovery(
+        host, identity, connector, counters, max_peers=config.max_peers, rng=random.Random()
+    )
+    _count_failed_negotiations(host, counters)
+    try:
+        async with host.run(listen), trio.open_nursery() as nursery:
+            node = Node(
+                config,
+                identity,
+                host,
+                nursery,
+                counters,
+                connector,
+                server,
+                client,
+                BlobService(BlobStore(config.blob_store_bytes), client, counters),
+                discovery,
+                trio.current_time(),
+            )
+            server.register(status_spec(node.status))
+            server.register(node.blobs.spec())
+            if not client_only:
+                await nursery.start(discovery.run)
+            if bootstrap and not client_only:
+                errors = await discovery.bootstrap(bootstrap)
+                if len(errors) == len(bootstrap):
+                    raise JoinError("could not reach any bootstrap peer: " + "; ".join(errors))
+            try:
+                yield node
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        rest = group.subgroup(lambda e: not _is_shutdown_noise(e))
+        if rest is None:
+            return
+        leaves = _leaves(rest)
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise rest from None
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
+def _is_shutdown_noise(exc: BaseException) -> bool:
+    """py-libp2p raises "Nursery is closed to new arrivals" from tasks it spawns while closing."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_shutdown_noise(e) for e in exc.exceptions)
+    return isinstance(exc, RuntimeError) and "Nursery is closed" in str(exc)
+
+
+def _count_failed_negotiations(host: IHost, counters: Counters) -> None:
+    """Count inbound streams whose protocol negotiation failed (unknown protocol ids included).
+
+    py-libp2p answers "na" and resets such streams inside its multiselect, out of our handlers'
+    reach; wrapping ``negotiate`` is the one place we can see them.
+    """
+    mux = host.get_mux()
+    negotiate = mux.negotiate
+
+    async def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return await negotiate(*args, **kwargs)
+        except Exception:
+            counters.incr("reqresp.rejected.negotiation_failed")
+            raise
+
+    mux.negotiate = counted  # type: ignore[method-assign]
