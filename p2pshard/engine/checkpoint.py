@@ -52,7 +52,7 @@ class CheckpointState:
             if "/" in group:
                 raise ValueError("group names must not contain '/'")
             for name, arr in tensors.items():
-                flat[f"{group}/{name}"] = np.ascontiguousarray(arr, dtype=np.float32)
+                flat[f"{group}/{name}"] = np.asarray(arr, dtype=np.float32, order="C")
         meta = json.dumps({"format": FORMAT, **self.meta}, sort_keys=True)
         out: bytes = safetensors.numpy.save(flat, metadata={_META_KEY: meta})
         return out

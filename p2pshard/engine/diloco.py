@@ -48,7 +48,7 @@ def model_hash(params: Mapping[str, F32]) -> bytes:
     """SHA-256 over (name, dtype, shape, little-endian bytes) of every tensor, by sorted name."""
     h = hashlib.sha256(_HASH_TAG)
     for name in sorted(params):
-        arr = np.ascontiguousarray(params[name], dtype="<f4")
+        arr = np.asarray(params[name], dtype="<f4", order="C")
         header = f"{name}\x00float32\x00{','.join(map(str, arr.shape))}\x00".encode()
         h.update(len(header).to_bytes(4, "big") + header)
         h.update(arr.tobytes())

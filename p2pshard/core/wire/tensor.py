@@ -102,7 +102,7 @@ def encode_tensors(tensors: Mapping[str, npt.NDArray[np.floating]], opts: Encode
     """Encode ``tensors`` (any float dtype; written in name order) into one payload."""
     bundle = pb.TensorBundle()
     for name in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[name], dtype=np.float32)
+        arr = np.asarray(tensors[name], dtype=np.float32, order="C")  # keeps rank 0
         rec = bundle.tensors.add()
         rec.name = name
         rec.shape.extend(int(d) for d in arr.shape)
@@ -315,4 +315,5 @@ def _decode_values(rec: pb.TensorRecord, encoding: Encoding, kept: npt.NDArray[n
     q = np.frombuffer(rec.values, dtype=np.int8)
     if count and np.any(q == -128):
         raise TensorDecodeError("int8-out-of-range", rec.name)
-    return q.astype(np.float32) * np.repeat(scales, kept)
+    with np.errstate(over="ignore", invalid="ignore"):  # absurd scales decode to inf/nan,
+        return q.astype(np.float32) * np.repeat(scales, kept)  # which screening rejects

@@ -1,0 +1,167 @@
+"""TorchEngine end to end, without a network: rounds, determinism, screening, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from p2pshard.core.wire.tensor import EncodeOptions, encode_tensors
+from p2pshard.engine.aggregation import AggregationConfig
+from p2pshard.engine.checkpoint import CheckpointError, CheckpointState, HotSnapshots
+from p2pshard.engine.compression import CompressionConfig
+from p2pshard.engine.diloco import DiLoCoConfig
+from p2pshard.engine.engine import TorchEngine
+from p2pshard.engine.genesis import Genesis
+from p2pshard.protocols.engine_api import Engine, UpdateRejected
+
+from .conftest import EngineFactory
+
+
+def run_round(engines: dict[str, TorchEngine], genesis: Genesis, r: int) -> set[bytes]:
+    updates = {
+        peer: e.train_round(r, genesis.shard_bytes(e.assigned_shard(peer, r))) for peer, e in engines.items()
+    }
+    payloads = {peer: u.payload for peer, u in updates.items()}
+    return {e.apply_round(r, payloads).model_hash for e in engines.values()}
+
+
+def test_engine_satisfies_the_protocol(make_engine: EngineFactory) -> None:
+    assert isinstance(make_engine(), Engine)
+
+
+def test_independent_engines_agree_bit_for_bit(make_engine: EngineFactory, genesis: Genesis) -> None:
+    engines = {
+        "peer-a": make_engine(node_salt=b"a", compression=CompressionConfig(kind="topk")),
+        "peer-b": make_engine(node_salt=b"b", compression=CompressionConfig(kind="topk")),
+    }
+    assert len({e.model_hash() for e in engines.values()}) == 1
+    start = engines["peer-a"].model_hash()
+    for r in range(2):
+        hashes = run_round(engines, genesis, r)
+        assert len(hashes) == 1
+    assert hashes != {start}
+    assert all(e.round == 2 for e in engines.values())
+
+
+def test_diloco_loss_falls(make_engine: EngineFactory, genesis: Genesis) -> None:
+    diloco = DiLoCoConfig(inner_steps=12, batch_size=8, inner_lr=3e-3)
+    engines = {p: make_engine(node_salt=p.encode(), diloco=diloco) for p in ("a", "b")}
+    before = engines["a"].evaluate()
+    for r in range(4):
+        run_round(engines, genesis, r)
+    after = engines["a"].evaluate()
+    assert after < before - 0.8, (before, after)
+
+
+def test_bad_updates_are_rejected_and_the_round_goes_on(make_engine: EngineFactory, genesis: Genesis) -> None:
+    e = make_engine(aggregation=AggregationConfig(rule="median"))
+    good = e.train_round(0, genesis.shard_bytes(e.assigned_shard("me", 0)))
+    zeros = {n: np.zeros(s, np.float32) for n, s in e.shapes.items()}
+    name = e.names[0]
+    nan = dict(zeros, **{name: np.full(e.shapes[name], np.nan, np.float32)})
+    huge = dict(zeros, **{name: np.full(e.shapes[name], 1e6, np.float32)})
+    wrong = dict(zeros, **{name: np.zeros((3, 3), np.float32)})
+    bad = {
+        "nan": encode_tensors(nan, EncodeOptions()),
+        "huge": encode_tensors(huge, EncodeOptions()),
+        "wrong": encode_tensors(wrong, EncodeOptions()),
+        "junk": b"P2T1\x01\x10\x00\x00\x00rubbish",
+    }
+    reasons = {}
+    for who, payload in bad.items():
+        with pytest.raises(UpdateRejected) as info:
+            e.check_update(payload)
+        reasons[who] = info.value.reason
+    assert reasons == {
+        "nan": "non-finite",
+        "huge": "norm-too-large",
+        "wrong": "wrong-shape",
+        "junk": "decode:bad-lz4",
+    }
+    e.check_update(good.payload)
+    outcome = e.apply_round(0, {"me": good.payload, **bad})
+    assert outcome.accepted == ("me",)
+    assert outcome.rejected == reasons
+    assert outcome.model_hash != good.base_model_hash
+
+
+def test_train_round_refuses_foreign_shards_and_old_rounds(
+    make_engine: EngineFactory, genesis: Genesis
+) -> None:
+    e = make_engine()
+    with pytest.raises(ValueError, match="not a training shard"):
+        e.train_round(0, b"some text that is not in the manifest" * 10)
+    with pytest.raises(ValueError, match="not a training shard"):
+        e.train_round(0, genesis.shard_bytes(genesis.manifest.eval_shards[0]))
+    e.apply_round(4, {})
+    assert e.round == 5
+    with pytest.raises(ValueError, match="already applied"):
+        e.train_round(3, genesis.shard_bytes(genesis.manifest.train_shards[0]))
+
+
+def test_checkpoint_restores_everything(make_engine: EngineFactory, genesis: Genesis, tmp_path: Path) -> None:
+    cfg = {"compression": CompressionConfig(kind="topk"), "node_salt": b"x"}
+    a = make_engine(**cfg)
+    run_round({"a": a}, genesis, 0)
+    path = tmp_path / "ckpt.safetensors"
+    a.save_checkpoint(path)
+    b = make_engine(**cfg)
+    b.load_checkpoint(path)
+    assert (b.round, b.model_hash()) == (a.round, a.model_hash())
+    # Same state, same data: the next round is identical too (inner AdamW, momentum, residual).
+    assert run_round({"a": a}, genesis, 1) == run_round({"a": b}, genesis, 1)
+    c = TorchEngine.from_checkpoint_bytes(a.checkpoint_bytes(), genesis, a.cfg)
+    assert c.model_hash() == a.model_hash() and c.round == 2
+
+
+def test_checkpoint_verification(make_engine: EngineFactory) -> None:
+    e = make_engine()
+    state = CheckpointState.from_bytes(e.checkpoint_bytes())
+    model = {n: a.copy() for n, a in state.groups["model"].items()}
+    model[e.names[0]].flat[0] += 1.0  # one weight changed, the stated hash kept
+    tampered = CheckpointState({**state.groups, "model": model}, state.meta).to_bytes()
+    with pytest.raises(CheckpointError, match="model-hash-mismatch"):
+        e.load_checkpoint_bytes(tampered)
+    wrong_net = CheckpointState(state.groups, {**state.meta, "manifest_digest": "00" * 32})
+    with pytest.raises(CheckpointError, match="manifest-mismatch"):
+        e.load_checkpoint_bytes(wrong_net.to_bytes())
+    for junk in (b"", b"\xff" * 8 + b"{}", b"\x02\x00\x00\x00\x00\x00\x00\x00{}"):
+        with pytest.raises(CheckpointError):
+            e.load_checkpoint_bytes(junk)
+    other = make_engine(seed=1)
+    e.load_checkpoint_bytes(other.checkpoint_bytes())  # a valid checkpoint replaces the state
+    assert e.model_hash() == other.model_hash()
+
+
+def test_hot_snapshots_keep_the_newest(make_engine: EngineFactory, tmp_path: Path) -> None:
+    e = make_engine()
+    snaps = HotSnapshots(tmp_path / "snaps", interval_s=120.0, keep=2)
+    assert snaps.due(0.0)
+    for now, r in ((0.0, 1), (130.0, 2), (260.0, 3)):
+        assert snaps.due(now)
+        snaps.write(now, r, e.checkpoint_bytes())
+        assert not snaps.due(now + 60.0)
+    assert [p.name for p in snaps.all()] == [
+        "snapshot-00000002.safetensors",
+        "snapshot-00000003.safetensors",
+    ]
+    latest = snaps.latest()
+    assert latest is not None
+    e.load_checkpoint(latest)
+    assert not list((tmp_path / "snaps").glob(".*tmp*"))
+
+
+def test_compression_kinds_cut_bytes(make_engine: EngineFactory, genesis: Genesis) -> None:
+    sizes = {}
+    for kind in ("none", "fp16", "bf16", "int8", "topk"):
+        e = make_engine(compression=CompressionConfig(kind=kind))
+        u = e.train_round(0, genesis.shard_bytes(genesis.manifest.train_shards[0]))
+        e.check_update(u.payload)
+        sizes[kind] = u.size
+        assert e.stats().bytes_sent == u.size and e.stats().dense_bytes_equivalent == u.dense_bytes
+    assert sizes["none"] > 0.95 * e.n_params * 4
+    assert sizes["fp16"] < 0.55 * sizes["none"] and sizes["bf16"] < 0.55 * sizes["none"]
+    assert sizes["int8"] < 0.3 * sizes["none"]
+    assert sizes["topk"] < sizes["none"] / 50

@@ -1,0 +1,210 @@
+"""The numpy tensor codec: round trips for every encoding and layout, and hostile payloads."""
+
+from __future__ import annotations
+
+import struct
+
+import lz4.block
+import numpy as np
+import pytest
+
+from p2pshard.core.wire import tensor_pb2 as pb
+from p2pshard.core.wire.tensor import (
+    MAGIC,
+    DecodeLimits,
+    EncodeOptions,
+    Encoding,
+    TensorDecodeError,
+    decode_tensors,
+    encode_tensors,
+)
+
+RNG = np.random.default_rng(7)
+TENSORS = {
+    "w": RNG.standard_normal((37, 19)).astype(np.float32),  # 703 elements: a partial last chunk
+    "b": RNG.standard_normal(5).astype(np.float32),
+    "s": np.array(2.5, dtype=np.float32),  # rank 0
+}
+
+
+@pytest.mark.parametrize(
+    ("encoding", "tolerance"),
+    [
+        (Encoding.FLOAT32, 0.0),
+        (Encoding.FLOAT16, 2e-3),
+        (Encoding.BFLOAT16, 1e-2),
+        (Encoding.INT8, 1.0 / 127 + 1e-6),
+    ],
+)
+@pytest.mark.parametrize("lz4_on", [True, False])
+def test_dense_round_trip(encoding: Encoding, tolerance: float, lz4_on: bool) -> None:
+    out = decode_tensors(encode_tensors(TENSORS, EncodeOptions(encoding, 64, None, lz4_on)))
+    assert set(out) == set(TENSORS)
+    for name, arr in TENSORS.items():
+        assert out[name].shape == arr.shape and out[name].dtype == np.float32
+        scale = float(np.abs(arr).max())
+        assert float(np.abs(out[name] - arr).max()) <= tolerance * scale
+
+
+def test_topk_keeps_the_largest_per_chunk_exactly_in_fp32() -> None:
+    chunk, k = 64, 5
+    out = decode_tensors(encode_tensors(TENSORS, EncodeOptions(Encoding.FLOAT32, chunk, k)))
+    flat_in, flat_out = TENSORS["w"].reshape(-1), out["w"].reshape(-1)
+    for start in range(0, flat_in.size, chunk):
+        src, got = flat_in[start : start + chunk], flat_out[start : start + chunk]
+        keep = min(k, src.size)
+        assert np.count_nonzero(got) == keep
+        top = np.argsort(-np.abs(src))[:keep]
+        np.testing.assert_array_equal(got[top], src[top])
+    np.testing.assert_array_equal(out["b"], TENSORS["b"])  # 5 elements <= k: all kept
+
+
+def test_topk_int8_is_close_and_much_smaller() -> None:
+    big = {"x": RNG.standard_normal(1 << 16).astype(np.float32)}
+    dense = encode_tensors(big, EncodeOptions(Encoding.FLOAT32, lz4=True))
+    sparse = encode_tensors(big, EncodeOptions(Encoding.INT8, chunk_size=2048, topk=16))
+    assert len(dense) / len(sparse) > 100
+    out = decode_tensors(sparse)["x"]
+    kept = out != 0
+    assert kept.sum() == 16 * 32
+    err = np.abs(out[kept] - big["x"][kept]).max()
+    assert err <= np.abs(big["x"]).max() / 127 + 1e-6
+
+
+def test_bf16_rounds_to_nearest_even_and_keeps_nan() -> None:
+    x = np.array([1.0, 1.0 + 2**-8, 1.0 + 3 * 2**-8, np.nan, -np.inf], dtype=np.float32)
+    out = decode_tensors(encode_tensors({"x": x}, EncodeOptions(Encoding.BFLOAT16)))["x"]
+    assert out[0] == 1.0 and out[1] == 1.0 and out[2] == 1.0 + 2**-6
+    assert np.isnan(out[3]) and out[4] == -np.inf
+
+
+# ---------------------------------------------------------------------------- hostile payloads
+
+
+def envelope(bundle: pb.TensorBundle, claimed: int | None = None) -> bytes:
+    body = bundle.SerializeToString()
+    n = len(body) if claimed is None else claimed
+    return struct.pack("<4sBI", MAGIC, 0, n) + body
+
+
+def record(**fields: object) -> pb.TensorBundle:
+    base: dict[str, object] = {
+        "name": "t",
+        "shape": [4],
+        "layout": pb.LAYOUT_DENSE,
+        "encoding": pb.VALUE_ENCODING_FLOAT32,
+        "chunk_size": 4,
+        "values": np.zeros(4, "<f4").tobytes(),
+    }
+    base.update(fields)
+    bundle = pb.TensorBundle()
+    bundle.tensors.add(**base)  # type: ignore[arg-type]
+    return bundle
+
+
+def test_valid_handmade_record_decodes() -> None:
+    assert decode_tensors(envelope(record()))["t"].shape == (4,)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"", "truncated-header"),
+        (b"XXXX" + bytes(5), "bad-magic"),
+        (struct.pack("<4sBI", MAGIC, 9, 0), "unknown-compression"),
+        (struct.pack("<4sBI", MAGIC, 0, 10) + b"abc", "length-mismatch"),
+        (struct.pack("<4sBI", MAGIC, 1, 0xFFFFFFFF) + b"abc", "claimed-size-too-large"),
+        (struct.pack("<4sBI", MAGIC, 1, 100) + b"\xff\xff\xff", "bad-lz4"),
+        (
+            struct.pack("<4sBI", MAGIC, 1, 50) + lz4.block.compress(bytes(10), store_size=False),
+            "length-mismatch",
+        ),
+        (struct.pack("<4sBI", MAGIC, 0, 3) + b"\xff\xff\xff", "malformed-protobuf"),
+        (envelope(record(shape=[1 << 20, 1 << 20])), "too-many-elements"),
+        (envelope(record(shape=[1] * 9)), "rank-too-large"),
+        (envelope(record(shape=[5])), "values-length-mismatch"),
+        (envelope(record(chunk_size=0)), "bad-chunk-size"),
+        (envelope(record(chunk_size=1 << 17)), "bad-chunk-size"),
+        (envelope(record(encoding=42)), "unknown-encoding"),
+        (envelope(record(layout=7)), "unknown-layout"),
+        (envelope(record(name="")), "bad-name"),
+        (envelope(record(indices=b"\x00\x00")), "unexpected-indices"),
+        (
+            envelope(record(encoding=pb.VALUE_ENCODING_INT8, values=bytes(4), scales=b"")),
+            "scales-length-mismatch",
+        ),
+        (
+            envelope(
+                record(
+                    encoding=pb.VALUE_ENCODING_INT8,
+                    values=b"\x80\x00\x00\x00",
+                    scales=np.ones(1, "<f4").tobytes(),
+                )
+            ),
+            "int8-out-of-range",
+        ),
+    ],
+)
+def test_hostile_payloads_raise_typed_errors(payload: bytes, reason: str) -> None:
+    with pytest.raises(TensorDecodeError) as info:
+        decode_tensors(payload, DecodeLimits(max_bytes=1 << 20, max_elements=1 << 20))
+    assert info.value.reason == reason
+
+
+def topk_record(indices: list[int], shape: int = 8, chunk: int = 4, k: int = 2) -> pb.TensorBundle:
+    return record(
+        shape=[shape],
+        layout=pb.LAYOUT_CHUNKED_TOPK,
+        chunk_size=chunk,
+        k=k,
+        values=np.ones(len(indices), "<f4").tobytes(),
+        indices=np.array(indices, "<u2").tobytes(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("bundle", "reason"),
+    [
+        (topk_record([0, 3, 1, 2]), None),
+        (topk_record([0, 4, 1, 2]), "index-out-of-range"),  # 4 is outside a 4-element chunk
+        (topk_record([0, 3, 0, 2], shape=6), "index-out-of-range"),  # last chunk has 2 elements
+        (topk_record([3, 0, 1, 2]), "indices-not-increasing"),
+        (topk_record([1, 1, 1, 2]), "indices-not-increasing"),  # a duplicate
+        (topk_record([0, 3, 1]), "values-length-mismatch"),
+        (topk_record([0, 1, 2, 3], k=0), "bad-k"),
+        (topk_record([0, 1, 2, 3], k=5), "bad-k"),
+    ],
+)
+def test_topk_index_checks(bundle: pb.TensorBundle, reason: str | None) -> None:
+    if reason is None:
+        out = decode_tensors(envelope(bundle))["t"]
+        np.testing.assert_array_equal(out, [1, 0, 0, 1, 0, 1, 1, 0])
+        return
+    with pytest.raises(TensorDecodeError) as info:
+        decode_tensors(envelope(bundle))
+    assert info.value.reason == reason
+
+
+def test_limits_on_count_and_duplicates() -> None:
+    two = record()
+    two.tensors.add().CopyFrom(two.tensors[0])
+    with pytest.raises(TensorDecodeError, match="duplicate-name"):
+        decode_tensors(envelope(two))
+    with pytest.raises(TensorDecodeError, match="too-many-tensors"):
+        decode_tensors(envelope(two), DecodeLimits(max_tensors=1))
+    with pytest.raises(TensorDecodeError, match="payload-too-large"):
+        decode_tensors(envelope(record()), DecodeLimits(max_bytes=8))
+
+
+def test_random_bytes_never_escape_as_other_errors() -> None:
+    rng = np.random.default_rng(0)
+    good = encode_tensors(TENSORS, EncodeOptions(Encoding.INT8, 64, 8, lz4=False))
+    for _ in range(300):
+        mutated = bytearray(good)
+        for pos in rng.integers(9, len(good), size=3):
+            mutated[pos] = int(rng.integers(0, 256))
+        try:
+            out = decode_tensors(bytes(mutated))
+        except TensorDecodeError:
+            continue  # the only exception a hostile payload may cause
+        assert all(a.dtype == np.float32 for a in out.values())
