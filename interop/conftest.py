@@ -10,7 +10,7 @@ with stock GossipSub (interop/pypeer.py). To test p2pshard's node instead, make
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 
 import pytest
@@ -22,9 +22,9 @@ from interop.remote import GoRemote, JsRemote
 from interop.scenarios import PeerFactory
 
 
-def new_python_peer() -> AbstractAsyncContextManager[PyPeer]:
+def new_python_peer(muxers: Sequence[str] = ("yamux", "mplex")) -> AbstractAsyncContextManager[PyPeer]:
     """The Python side under test (swap this for p2pshard's node when it lands)."""
-    return make_py_peer()
+    return make_py_peer(muxers=muxers)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -54,5 +54,12 @@ async def go_peer() -> AsyncIterator[GoRemote]:
 
 @pytest.fixture
 async def js_peer() -> AsyncIterator[JsRemote]:
-    async with start_js_peer() as peer:
+    async with start_js_peer("Ed25519") as peer:
+        yield JsRemote(peer)
+
+
+@pytest.fixture
+async def js_peer_secp256k1() -> AsyncIterator[JsRemote]:
+    """A js peer whose identity is secp256k1 too (go and js default to Ed25519)."""
+    async with start_js_peer("secp256k1") as peer:
         yield JsRemote(peer)

@@ -267,8 +267,14 @@ def new_identity(secret: bytes | None = None) -> Secp256k1PrivateKey:
     return Secp256k1PrivateKey(key)
 
 
-def build_host(identity: Secp256k1PrivateKey) -> IHost:
-    """TCP, Noise only (py-libp2p would also offer TLS, secio and plaintext), yamux then mplex.
+MUXERS = {
+    "yamux": (TProtocol(YAMUX_PROTOCOL_ID), Yamux),
+    "mplex": (TProtocol(MPLEX_PROTOCOL_ID), Mplex),
+}
+
+
+def build_host(identity: Secp256k1PrivateKey, muxers: Sequence[str] = ("yamux", "mplex")) -> IHost:
+    """TCP, Noise only (py-libp2p would also offer TLS, secio and plaintext), muxers in order.
 
     One connection per peer: py-libp2p's dial otherwise always waits a fixed 250 ms.
     """
@@ -277,17 +283,19 @@ def build_host(identity: Secp256k1PrivateKey) -> IHost:
     return new_host(
         key_pair=key_pair,
         sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
-        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux, TProtocol(MPLEX_PROTOCOL_ID): Mplex},
+        muxer_opt=dict(MUXERS[m] for m in muxers),
         listen_addrs=[LISTEN],
         connection_config=ConnectionConfig(max_connections_per_peer=1, dial_timeout=10.0),
     )
 
 
 @asynccontextmanager
-async def make_py_peer(gossip_factory: GossipFactory = stock_gossip) -> AsyncIterator[PyPeer]:
+async def make_py_peer(
+    gossip_factory: GossipFactory = stock_gossip, muxers: Sequence[str] = ("yamux", "mplex")
+) -> AsyncIterator[PyPeer]:
     """A running Python peer on 127.0.0.1 with gossip and a DHT server; stopped on exit."""
     identity = new_identity()
-    host = build_host(identity)
+    host = build_host(identity, muxers)
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(host.run(listen_addrs=[LISTEN]))
         kad = KadDHT(host, DHTMode.SERVER)

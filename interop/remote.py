@@ -40,6 +40,9 @@ class Remote(Protocol):
     def addrs(self) -> list[multiaddr.Multiaddr]: ...
     async def dial(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None: ...
     async def connected_peers(self) -> set[ID]: ...
+    async def connection_muxer(self, peer: ID) -> str | None:
+        """The muxer the remote reports for its connection to ``peer`` (None: not exposed)."""
+
     async def subscribe(self, topic: str) -> None: ...
     async def topic_peers(self, topic: str) -> set[ID]: ...
     async def publish(self, topic: str, data: bytes) -> None: ...
@@ -72,6 +75,9 @@ class GoRemote:
 
     async def connected_peers(self) -> set[ID]:
         return set(await self.daemon.list_peers())
+
+    async def connection_muxer(self, peer: ID) -> str | None:
+        return None  # the p2pd control protocol does not say
 
     async def subscribe(self, topic: str) -> None:
         await self.daemon.pubsub_subscribe(topic)
@@ -134,8 +140,11 @@ class JsRemote:
         info = await self.peer.info()
         return {ID.from_base58(c["peer"]) for c in info["connections"]}
 
-    async def connections(self) -> list[dict[str, str]]:
-        return list((await self.peer.info())["connections"])
+    async def connection_muxer(self, peer: ID) -> str | None:
+        for conn in (await self.peer.info())["connections"]:
+            if conn["peer"] == peer.to_base58():
+                return str(conn["muxer"])
+        return None
 
     async def subscribe(self, topic: str) -> None:
         await self.peer.subscribe(topic)

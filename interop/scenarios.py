@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from typing import Protocol
 
 import multiaddr
 import trio
@@ -24,7 +25,9 @@ WAIT_S = 10.0  # bound on any single thing the scenarios wait for
 POLL_S = 0.02
 SECP256K1_PREFIX = "16Uiu2"  # base58 of an identity-multihashed secp256k1 public key
 
-PeerFactory = Callable[[], AbstractAsyncContextManager[PyPeer]]
+
+class PeerFactory(Protocol):
+    def __call__(self, muxers: Sequence[str] = ...) -> AbstractAsyncContextManager[PyPeer]: ...
 
 
 async def eventually(
@@ -49,23 +52,28 @@ def unique(label: str) -> str:
 
 
 # ---------------------------------------------------------------- connections
-async def python_dials(py: PyPeer, remote: Remote) -> None:
-    """Python dials the remote: Noise + yamux are negotiated, and the remote sees our secp256k1 id."""
+YAMUX = "/yamux/1.0.0"
+MPLEX = "/mplex/6.7.0"
+
+
+async def python_dials(py: PyPeer, remote: Remote, muxer: str = YAMUX) -> None:
+    """Python dials the remote: Noise + the muxer are negotiated; the remote sees our secp256k1 id."""
     assert py.peer_id.to_base58().startswith(SECP256K1_PREFIX)
     with trio.fail_after(WAIT_S):
         await py.connect(remote.peer_id, remote.addrs)
     info = py.connection_info(remote.peer_id)
     assert info is not None, "no connection on the Python side after connect()"
     assert info["security"] == "/noise", info
-    assert info["muxer"] == "/yamux/1.0.0", info
+    assert info["muxer"] == muxer, info
     assert "OUTBOUND" in info["direction"].upper(), info
     await eventually(
         lambda: _has(remote.connected_peers(), py.peer_id), f"{remote.name} lists the Python peer"
     )
+    assert await remote.connection_muxer(py.peer_id) in (None, muxer)
 
 
-async def remote_dials(py: PyPeer, remote: Remote) -> None:
-    """The remote dials Python: our listener accepts it over Noise + yamux, inbound."""
+async def remote_dials(py: PyPeer, remote: Remote, muxer: str = YAMUX) -> None:
+    """The remote dials Python: our listener accepts it over Noise + the muxer, inbound."""
     with trio.fail_after(WAIT_S):
         await remote.dial(py.peer_id, py.addrs)
     await eventually(
@@ -75,9 +83,10 @@ async def remote_dials(py: PyPeer, remote: Remote) -> None:
     info = py.connection_info(remote.peer_id)
     assert info is not None
     assert info["security"] == "/noise", info
-    assert info["muxer"] == "/yamux/1.0.0", info
+    assert info["muxer"] == muxer, info
     assert "INBOUND" in info["direction"].upper(), info
     assert py.peer_id in await remote.connected_peers()
+    assert await remote.connection_muxer(py.peer_id) in (None, muxer)
 
 
 async def _has(peers: Awaitable[set[ID]], peer: ID) -> bool:

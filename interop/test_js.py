@@ -56,3 +56,25 @@ async def test_dht_python_finds_js_provider(
     py_peer: PyPeer, js_peer: JsRemote, more_py_peers: PeerFactory
 ) -> None:
     await sc.providers_remote_to_python(py_peer, js_peer, more_py_peers)
+
+
+async def test_mplex_python_dials_js(js_peer: JsRemote, more_py_peers: PeerFactory) -> None:
+    """A Python peer that offers only mplex still talks to js (js keeps mplex as a fallback)."""
+    async with more_py_peers(muxers=["mplex"]) as py:
+        await sc.python_dials(py, js_peer, muxer=sc.MPLEX)
+        await sc.stream_python_to_remote(py, js_peer, b"m" * 100_000)
+
+
+async def test_mplex_js_dials_python(js_peer: JsRemote, more_py_peers: PeerFactory) -> None:
+    async with more_py_peers(muxers=["mplex"]) as py:
+        await sc.remote_dials(py, js_peer, muxer=sc.MPLEX)
+        await sc.stream_remote_to_python(py, js_peer, b"m" * 100_000)
+
+
+async def test_secp256k1_js_peer(py_peer: PyPeer, js_peer_secp256k1: JsRemote) -> None:
+    """Both identities secp256k1 (p2pshard's key type): Noise verifies both ways, streams flow."""
+    js = js_peer_secp256k1
+    assert js.peer_id.to_base58().startswith(sc.SECP256K1_PREFIX)
+    await sc.python_dials(py_peer, js)
+    await sc.stream_python_to_remote(py_peer, js, b"k" * 1000)
+    await sc.stream_remote_to_python(py_peer, js, b"k" * 1000)
