@@ -122,6 +122,8 @@ async def open_node(
     discovery = Discovery(
         host, identity, connector, counters, max_peers=config.max_peers, rng=random.Random()
     )
+    if not client_only:
+        connector.resolver = discovery.find_peer
     _count_failed_negotiations(host, counters)
     try:
         async with host.run(listen), trio.open_nursery() as nursery:

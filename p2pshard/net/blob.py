@@ -30,12 +30,15 @@ class BlobError(Exception):
     pass
 
 
+Buffer = bytes | bytearray
+
+
 class BlobStore:
     """Blobs in memory by digest. Pinned blobs stay; others are evicted oldest-first past the cap."""
 
     def __init__(self, max_bytes: int = 2 << 30) -> None:
         self.max_bytes = max_bytes
-        self._blobs: OrderedDict[bytes, bytes] = OrderedDict()
+        self._blobs: OrderedDict[bytes, Buffer] = OrderedDict()
         self._pinned: set[bytes] = set()
         self._size = 0
 
@@ -50,19 +53,24 @@ class BlobStore:
         return self._size
 
     def put(self, data: bytes, *, pin: bool = False) -> bytes:
+        """Store ``data`` under its SHA-256; returns the digest."""
         digest = hashlib.sha256(data).digest()
+        self.put_verified(digest, data, pin=pin)
+        return digest
+
+    def put_verified(self, digest: bytes, data: Buffer, *, pin: bool = False) -> None:
+        """Store ``data`` whose SHA-256 the caller has already checked to be ``digest``."""
         if digest not in self._blobs:
             if len(data) > self.max_bytes:
                 raise BlobError(f"blob of {len(data)} bytes exceeds the store's {self.max_bytes}")
-            self._blobs[digest] = bytes(data)
+            self._blobs[digest] = data
             self._size += len(data)
         if pin:
             self._pinned.add(digest)
         self._blobs.move_to_end(digest)
         self._evict()
-        return digest
 
-    def get(self, digest: bytes) -> bytes | None:
+    def get(self, digest: bytes) -> Buffer | None:
         return self._blobs.get(digest)
 
     def remove(self, digest: bytes) -> None:
@@ -119,7 +127,7 @@ class BlobService:
         return Reply(body=info.SerializeToString(), payload=memoryview(data)[req.offset : end])
 
     async def _fetch_range(
-        self, peer: ID, digest: bytes, offset: int, length: int, into: bytearray, timeout_s: float
+        self, peer: ID, digest: bytes, offset: int, length: int, into: _Assembly, timeout_s: float
     ) -> int:
         """Fetch [offset, offset+length) (length 0 = to the end) into ``into``; returns total size."""
         req = blob_pb2.BlobRequest(digest=digest, offset=offset, length=length)
@@ -127,18 +135,17 @@ class BlobService:
 
         def sink(pos: int, data: bytes) -> None:
             nonlocal written
-            into[offset + pos : offset + pos + len(data)] = data
+            into.write(offset + pos, data)
             written += len(data)
 
-        limit = len(into) - offset
         body = await self.client.call(
             peer,
             BLOB_PROTOCOL,
             req.SerializeToString(),
             timeout_s=timeout_s,
             sink=sink,
-            max_stream_length=limit,
-            max_response_size=CHUNK_SIZE + 64,
+            max_stream_length=into.size - offset,
+            max_response_size=1024,
         )
         info = blob_pb2.BlobInfo()
         info.ParseFromString(body)
@@ -153,12 +160,7 @@ class BlobService:
         for peer in providers:
             try:
                 body = await self.client.call(
-                    peer,
-                    BLOB_PROTOCOL,
-                    req,
-                    timeout_s=timeout_s,
-                    sink=lambda *_: None,
-                    max_stream_length=1,
+                    peer, BLOB_PROTOCOL, req, timeout_s=timeout_s, sink=lambda *_: None, max_stream_length=1
                 )
                 info = blob_pb2.BlobInfo()
                 info.ParseFromString(body)
@@ -169,7 +171,7 @@ class BlobService:
 
     async def fetch(
         self, digest: bytes, providers: Sequence[ID], *, max_size: int, timeout_s: float = 120.0
-    ) -> bytes:
+    ) -> Buffer:
         """The blob named ``digest``, from the local store or ``providers``, verified and stored."""
         local = self.store.get(digest)
         if local is not None:
@@ -181,27 +183,26 @@ class BlobService:
             if size > max_size:
                 raise BlobError(f"blob is {size} bytes, more than the {max_size} allowed")
             alive = [first, *[p for p in providers if p != first]]
-            buf = bytearray(size)
-            await self._fetch_parallel(digest, alive, buf, timeout_s)
-            if hashlib.sha256(buf).digest() != digest:
+            assembly = _Assembly(size)
+            await self._fetch_parallel(digest, alive, assembly, timeout_s)
+            if assembly.digest() != digest:
                 self.counters.incr("blob.rejected.hash_mismatch")
-                buf = await self._fetch_whole_from_honest(digest, alive, size, timeout_s)
-        self.store.put(bytes(buf))
+                assembly = await self._fetch_whole_from_honest(digest, alive, size, timeout_s)
+        self.store.put_verified(digest, assembly.buf)
         self.counters.incr("blob.fetched_bytes", size)
-        return self.store.get(digest) or bytes(buf)
+        return assembly.buf
 
     async def _fetch_parallel(
-        self, digest: bytes, providers: list[ID], buf: bytearray, timeout_s: float
+        self, digest: bytes, providers: list[ID], into: _Assembly, timeout_s: float
     ) -> None:
-        size = len(buf)
-        ranges = [(off, min(RANGE_SIZE, size - off)) for off in range(0, size, RANGE_SIZE)] or [(0, 0)]
+        ranges = into.ranges()
         failed: list[tuple[int, int]] = []
 
         async def worker(idx: int, peer: ID) -> None:
             for rng_idx in range(idx, len(ranges), len(providers)):
                 off, length = ranges[rng_idx]
                 try:
-                    await self._fetch_range(peer, digest, off, length or 1, buf, timeout_s)
+                    await self._fetch_range(peer, digest, off, length or 1, into, timeout_s)
                 except (RpcError, BlobError, DecodeError):
                     self.counters.incr("blob.range_failures")
                     failed.append((off, length))
@@ -212,7 +213,7 @@ class BlobService:
         for off, length in failed:  # retry each failed range against every provider in turn
             for peer in providers:
                 try:
-                    await self._fetch_range(peer, digest, off, length or 1, buf, timeout_s)
+                    await self._fetch_range(peer, digest, off, length or 1, into, timeout_s)
                     break
                 except (RpcError, BlobError, DecodeError):
                     continue
@@ -221,14 +222,50 @@ class BlobService:
 
     async def _fetch_whole_from_honest(
         self, digest: bytes, providers: list[ID], size: int, timeout_s: float
-    ) -> bytearray:
+    ) -> _Assembly:
         for peer in providers:
-            buf = bytearray(size)
+            assembly = _Assembly(size)
             try:
-                await self._fetch_range(peer, digest, 0, 0, buf, timeout_s)
+                await self._fetch_range(peer, digest, 0, 0, assembly, timeout_s)
             except (RpcError, BlobError, DecodeError):
                 continue
-            if hashlib.sha256(buf).digest() == digest:
-                return buf
+            if assembly.digest() == digest:
+                return assembly
             self.counters.incr("blob.rejected.lying_provider")
         raise BlobError("no provider served bytes matching the digest")
+
+
+class _Assembly:
+    """A blob arriving in ranges: one buffer, written in place, whose contiguous filled prefix is
+    hashed as it grows, so verification costs no extra pass and no copy."""
+
+    def __init__(self, size: int, range_size: int = RANGE_SIZE) -> None:
+        self.size = size
+        self.range_size = range_size
+        self.buf = bytearray(size)
+        self._view = memoryview(self.buf)
+        self._filled = [0] * max(1, -(-size // range_size))
+        self._hasher = hashlib.sha256()
+        self._hashed = 0
+
+    def ranges(self) -> list[tuple[int, int]]:
+        if self.size == 0:
+            return [(0, 0)]
+        return [(off, min(self.range_size, self.size - off)) for off in range(0, self.size, self.range_size)]
+
+    def write(self, offset: int, data: bytes) -> None:
+        end = offset + len(data)
+        self._view[offset:end] = data
+        r = offset // self.range_size
+        self._filled[r] = max(self._filled[r], end - r * self.range_size)
+        while self._hashed < self.size:
+            r = self._hashed // self.range_size
+            filled_to = r * self.range_size + self._filled[r]
+            if filled_to <= self._hashed:
+                break
+            self._hasher.update(self._view[self._hashed : filled_to])
+            self._hashed = filled_to
+
+    def digest(self) -> bytes | None:
+        """SHA-256 of the whole blob, or None while some of it has not arrived."""
+        return self._hasher.digest() if self._hashed == self.size else None

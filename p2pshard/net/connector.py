@@ -7,7 +7,7 @@ fast error instead of one timeout per request.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -15,6 +15,7 @@ from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from multiaddr import Multiaddr
 
 from p2pshard.core.counters import Counters
 
@@ -27,6 +28,10 @@ class DialError(Exception):
 class _Backoff:
     failures: int
     until: float
+
+
+Resolver = Callable[[ID], Awaitable[PeerInfo | None]]
+"""Finds the addresses of a peer we know only by id (the DHT's find-peer)."""
 
 
 class Connector:
@@ -45,6 +50,7 @@ class Connector:
         self.max_backoff_s = max_backoff_s
         self._dialing: dict[ID, trio.Event] = {}
         self._backoff: dict[ID, _Backoff] = {}
+        self.resolver: Resolver | None = None
 
     def is_connected(self, peer: ID) -> bool:
         return bool(self.host.get_network().connections.get(peer))
@@ -79,9 +85,7 @@ class Connector:
             raise DialError(f"{peer} is in dial backoff for {backoff.until - now:.1f}s more")
         done = self._dialing[peer] = trio.Event()
         try:
-            addrs = self.host.get_peerstore().addrs(peer)
-            if not addrs:
-                raise DialError(f"no known address for {peer}")
+            addrs = await self._addrs(peer)
             with trio.move_on_after(self.dial_timeout_s) as scope:
                 try:
                     await self.host.connect(PeerInfo(peer, addrs))
@@ -96,6 +100,22 @@ class Connector:
         finally:
             del self._dialing[peer]
             done.set()
+
+    async def _addrs(self, peer: ID) -> list[Multiaddr]:
+        store = self.host.get_peerstore()
+        try:
+            addrs = list(store.addrs(peer))
+        except Exception:  # py-libp2p raises when the peer is unknown to the peerstore
+            addrs = []
+        if not addrs and self.resolver is not None:
+            info = await self.resolver(peer)
+            if info is not None and info.addrs:
+                store.add_addrs(peer, info.addrs, 3600)
+                addrs = list(info.addrs)
+        if not addrs:
+            self._failed(peer)
+            raise DialError(f"no known address for {peer}")
+        return addrs
 
     def _failed(self, peer: ID) -> None:
         self.counters.incr("connector.dials_failed")

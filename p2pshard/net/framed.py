@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import trio
 from libp2p.abc import INetStream
@@ -64,6 +65,35 @@ class FramedStream:
         if frame is None:
             raise StreamClosedEarly("stream ended before the expected frame")
         return frame
+
+    async def read_raw(self, length: int, sink: Callable[[int, bytes], None]) -> None:
+        """Read exactly ``length`` unframed bytes following the last frame, passing each piece to
+        ``sink(offset, data)`` as it arrives (no reassembly copies)."""
+        got = 0
+        leftover = self.decoder.take_buffered()
+        if leftover:
+            piece = leftover[:length]
+            sink(0, piece)
+            got = len(piece)
+            if len(leftover) > length:
+                raise StreamClosedEarly("peer sent more bytes than it announced")
+        while got < length:
+            try:
+                data = await self.stream.read(min(READ_SIZE, length - got))
+            except (StreamEOF, MuxedStreamEOF) as exc:
+                raise StreamClosedEarly(f"stream ended {length - got} bytes short") from exc
+            except (StreamError, MuxedStreamError) as exc:
+                raise StreamClosedEarly(f"stream failed: {exc or type(exc).__name__}") from exc
+            if not data:
+                raise StreamClosedEarly(f"stream ended {length - got} bytes short")
+            self.bytes_read += len(data)
+            sink(got, data)
+            got += len(data)
+
+    async def write_raw(self, data: bytes | memoryview, chunk_size: int) -> None:
+        for start in range(0, len(data), chunk_size):
+            await self.stream.write(bytes(data[start : start + chunk_size]))
+        self.bytes_written += len(data)
 
     async def write_frame(self, payload: bytes | memoryview) -> None:
         prefix = encode_uvarint(len(payload))

@@ -2,8 +2,8 @@
 
 Wire (specs/framing.md): the client opens a stream for the protocol id, writes one framed
 ``reqresp.Request`` and closes its write side; the server answers with one framed
-``reqresp.Response`` and, when ``stream_length > 0``, the payload as frames of at most the
-protocol's chunk size. Errors are answered with a status code when the stream still allows it,
+``reqresp.Response`` followed, when ``stream_length > 0``, by exactly that many raw payload bytes
+(the length is known up front, so the payload needs no further framing and is never reassembled). Errors are answered with a status code when the stream still allows it,
 otherwise the stream is reset. Every rejection is counted under ``reqresp.rejected.<reason>``.
 
 py-libp2p's own ``request_response`` module is not used: it fails above ~6.5 MiB (FACTS.md).
@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
+from libp2p.protocol_muxer.exceptions import MultiselectClientError
 
 from p2pshard.core.counters import Counters
 from p2pshard.core.wire import reqresp_pb2 as pb
@@ -194,8 +195,7 @@ class ReqRespServer:
     async def _write_reply(self, spec: ProtocolSpec, framed: FramedStream, reply: Reply) -> None:
         payload = memoryview(reply.payload) if reply.payload is not None else memoryview(b"")
         await framed.write_frame(_encode_response(Code.OK, body=reply.body, stream_length=len(payload)))
-        for start in range(0, len(payload), spec.chunk_size):
-            await framed.write_frame(payload[start : start + spec.chunk_size])
+        await framed.write_raw(payload, spec.chunk_size)
         self.counters.incr("reqresp.answered.ok")
 
 
@@ -208,6 +208,16 @@ class RetryPolicy:
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Exponential backoff with full jitter: uniform in [0, min(max, base·2^attempt)]."""
         return rng.uniform(0, min(self.max_delay_s, self.base_delay_s * (2**attempt)))
+
+
+def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
+    for _ in range(10):  # a bounded walk down the __cause__/__context__ chain
+        if exc is None:
+            return False
+        if isinstance(exc, kind):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 PayloadSink = Callable[[int, bytes], None]
@@ -271,8 +281,8 @@ class ReqRespClient:
             stream = await self.connector.open_stream(peer, protocol)
         except DialError as exc:
             raise RpcError(Code.UNAVAILABLE, str(exc)) from exc
-        except Exception as exc:  # multistream negotiation refused the protocol
-            if "protocol" in str(exc).lower() or "multiselect" in type(exc).__name__.lower():
+        except Exception as exc:
+            if _caused_by(exc, MultiselectClientError):  # the peer answered "na" to the protocol
                 raise UnsupportedProtocol(protocol, peer) from exc
             raise RpcError(Code.UNAVAILABLE, f"cannot open stream: {exc}") from exc
         framed = FramedStream(stream, max_response_size)
@@ -291,7 +301,7 @@ class ReqRespClient:
                         Code.RESOURCE_EXHAUSTED,
                         f"response streams {header.stream_length} bytes, more than allowed",
                     )
-                await self._receive_payload(framed, header.stream_length, sink)
+                await framed.read_raw(header.stream_length, sink)
             ok = True
             return bytes(header.body)
         except (FramingError, DecodeError, StreamClosedEarly) as exc:
@@ -303,13 +313,3 @@ class ReqRespClient:
                 await framed.close()
             else:
                 await framed.reset()
-
-    @staticmethod
-    async def _receive_payload(framed: FramedStream, length: int, sink: PayloadSink) -> None:
-        received = 0
-        while received < length:
-            chunk = await framed.read_required()
-            if received + len(chunk) > length:
-                raise RpcError(Code.INTERNAL, "peer streamed more bytes than it announced")
-            sink(received, chunk)
-            received += len(chunk)

@@ -125,6 +125,16 @@ class FrameDecoder:
             self._pos = 0
         self._buf += data
 
+    def take_buffered(self) -> bytes:
+        """Hand over bytes received past the last frame (for protocols that switch to raw bytes
+        after a frame, as a streamed response payload does). Only valid between frames."""
+        if self._need is not None:
+            raise RuntimeError("take_buffered inside a frame")
+        data = bytes(self._buf[self._pos :])
+        self._buf.clear()
+        self._pos = 0
+        return data
+
     def receive_eof(self) -> None:
         self._eof = True
 

@@ -1,0 +1,62 @@
+"""Developer sessions. ``nox`` alone runs the cheap ones (lint, typecheck, tests).
+
+Every session installs torch==2.13.0 first: on these machines that pin takes the CPU wheel already
+on disk, while a looser requirement would pull a multi-GB CUDA build.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+TORCH = "torch==2.13.0"
+
+
+def _install(session: nox.Session, extras: str = "test") -> None:
+    session.install(TORCH)
+    session.install("-e", f".[{extras}]")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "p2pshard", "tests", "benchmarks", "interop", "tools", "noxfile.py")
+    session.run("ruff", "format", "--check", "p2pshard", "tests", "benchmarks", "interop", "tools")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    _install(session, "dev")
+    session.run("mypy")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    _install(session)
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session
+def proto(session: nox.Session) -> None:
+    """Regenerate p2pshard/core/wire/*_pb2.py from specs/proto (or check with -- --check)."""
+    _install(session, "dev")
+    session.run("python", "tools/genproto.py", *session.posargs)
+
+
+@nox.session
+def interop(session: nox.Session) -> None:
+    """Against real go-libp2p (p2pd) and js-libp2p peers; needs Node and network access for setup."""
+    _install(session)
+    session.run("bash", "interop/setup.sh", external=True)
+    session.run("pytest", "-q", "interop", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The side-by-side benchmarks (pass -- --quick for the short versions)."""
+    _install(session)
+    for script in ("streams.py",):
+        session.run("python", f"benchmarks/{script}", *session.posargs)

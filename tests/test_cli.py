@@ -1,0 +1,131 @@
+"""The command line as a user runs it: real processes on 127.0.0.1, each ended by its PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "p2pshard"]
+pytestmark = pytest.mark.slow
+
+
+class Proc:
+    def __init__(self, *args: str) -> None:
+        self.p = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def event(self, timeout: float = 30) -> dict[str, object]:
+        assert self.p.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.p.stdout.readline()
+            if line:
+                return dict(json.loads(line))
+        raise TimeoutError("no event from node")
+
+    def stop(self) -> tuple[int, str]:
+        if self.p.poll() is None:
+            os.kill(self.p.pid, signal.SIGINT)
+        try:
+            _, err = self.p.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.kill(self.p.pid, signal.SIGKILL)
+            _, err = self.p.communicate()
+        return self.p.returncode, err
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for p in started:
+        p.stop()
+
+
+def _status(addr: str) -> dict[str, object]:
+    out = subprocess.run(
+        [*CLI, "status", addr, "--json"], capture_output=True, text=True, timeout=30, check=True
+    )
+    return dict(json.loads(out.stdout))
+
+
+def test_start_join_and_discover_through_dht(procs: list[Proc]) -> None:
+    first = Proc("start", "--json")
+    procs.append(first)
+    boot = first.event()["addrs"][0]  # type: ignore[index]
+    joiners = [Proc("join", boot, "--json") for _ in range(2)]
+    procs.extend(joiners)
+    addrs = [boot] + [j.event()["addrs"][0] for j in joiners]  # type: ignore[index]
+    ids = [a.split("/p2p/")[1] for a in addrs]
+    deadline = time.monotonic() + 10
+    while True:
+        views = {
+            pid: {p["peer_id"] for p in _status(a)["peers"]}  # type: ignore[attr-defined]
+            for pid, a in zip(ids, addrs, strict=True)
+        }
+        if all(views[pid] >= set(ids) - {pid} for pid in ids):
+            break
+        assert time.monotonic() < deadline, f"nodes did not find each other within 10 s: {views}"
+        time.sleep(0.5)
+    # the two joiners only knew the first node: finding each other went through the DHT
+    assert ids[2] in views[ids[1]] and ids[1] in views[ids[2]]
+    for p in procs:
+        code, err = p.stop()
+        assert code == 0 and "Traceback" not in err, err
+
+
+def test_devnet_starts_four_nodes_and_stops_cleanly_on_ctrl_c() -> None:
+    p = subprocess.Popen(
+        [*CLI, "devnet", "--nodes", "4", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert p.stdout is not None
+        counts: dict[int, int] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (len(counts) == 4 and min(counts.values()) >= 3):
+            line = p.stdout.readline()
+            if not line:
+                break
+            event = json.loads(line)
+            if event["event"] == "peers":
+                counts[event["node"]] = event["count"]
+        assert len(counts) == 4 and min(counts.values()) == 3, counts
+        os.kill(p.pid, signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait()
+    assert p.returncode == 0
+    assert "Traceback" not in err, err
+
+
+def test_keygen_writes_private_key(tmp_path: Path) -> None:
+    key = tmp_path / "node.key"
+    out = subprocess.run([*CLI, "keygen", str(key)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().startswith("16Uiu2")
+    assert key.stat().st_mode & 0o777 == 0o600
+    again = subprocess.run([*CLI, "keygen", str(key)], capture_output=True, text=True)
+    assert again.returncode != 0 and "refusing to overwrite" in again.stderr
+
+
+def test_join_with_bad_address_is_a_clear_error() -> None:
+    out = subprocess.run([*CLI, "join", "/ip4/127.0.0.1/tcp/1"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "no /p2p/<peer id> part" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_join_unreachable_peer_exits_with_error() -> None:
+    addr = "/ip4/127.0.0.1/tcp/1/p2p/16Uiu2HAmLV3MyXNosmHTUWZMnVZHjnSKhV5YLDLZxSkLQ7QH6Mjw"
+    out = subprocess.run([*CLI, "join", addr], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "could not reach any bootstrap peer" in out.stderr
+    assert "Traceback" not in out.stderr
