@@ -32,6 +32,7 @@ class NodeConfig:
     network_id: str = "devnet"
     blob_store_bytes: int = 2 << 30
     dial_timeout_s: float = 5.0
+    gossip_heartbeat_s: float = 1.0
     fault: str = ""
     """A fault switched on for testing conformance tooling (see specs); never set in production."""
 
@@ -45,6 +46,8 @@ class NodeConfig:
             raise ConfigError("max_peers must be at least 1")
         if self.dial_timeout_s <= 0:
             raise ConfigError("dial_timeout_s must be positive")
+        if self.gossip_heartbeat_s <= 0:
+            raise ConfigError("gossip_heartbeat_s must be positive")
 
     @classmethod
     def load(

@@ -20,12 +20,21 @@ from libp2p.peer.id import ID
 import p2pshard
 from p2pshard.config import NodeConfig
 from p2pshard.core.counters import Counters
+from p2pshard.core.gossip import (
+    GossipConfig,
+    GossipRouter,
+    PeerScoreParams,
+    Secp256k1Signer,
+    TopicScoreParams,
+)
+from p2pshard.core.topics import TOPICS, message_id, topic_name
 from p2pshard.core.wire import status_pb2
 from p2pshard.identity import Identity
 from p2pshard.net.blob import BlobService, BlobStore
 from p2pshard.net.connector import Connector
 from p2pshard.net.discovery import Discovery
 from p2pshard.net.host import build_host, full_addrs, parse_multiaddr, parse_peer_addr
+from p2pshard.net.pubsub import PubSub, PubSubConfig
 from p2pshard.net.reqresp import ProtocolSpec, ReqRespClient, ReqRespServer
 from p2pshard.protocols.status import status_spec
 
@@ -52,6 +61,7 @@ class Node:
     client: ReqRespClient
     blobs: BlobService
     discovery: Discovery
+    pubsub: PubSub | None
     started_at: float
     status_extensions: list[StatusExtension] = field(default_factory=list)
 
@@ -91,6 +101,11 @@ class Node:
             resp.peers.add(peer_id=peer.to_base58(), addrs=[str(a) for a in store.addrs(peer)])
         for name, count in self.counters.snapshot().items():
             resp.counters[name] = count
+        if self.pubsub is not None:
+            for topic, size in self.pubsub.mesh_sizes().items():
+                resp.mesh.add(topic=topic, mesh_peers=size)
+            for peer_id, score in self.pubsub.scores().items():
+                resp.scores.add(peer_id=peer_id, score=score)
         for extend in self.status_extensions:
             extend(resp)
         return resp
@@ -127,21 +142,25 @@ async def open_node(
     _count_failed_negotiations(host, counters)
     try:
         async with host.run(listen), trio.open_nursery() as nursery:
+            pubsub = None if client_only else _make_pubsub(config, identity, host, connector, counters)
             node = Node(
-                config,
-                identity,
-                host,
-                nursery,
-                counters,
-                connector,
-                server,
-                client,
-                BlobService(BlobStore(config.blob_store_bytes), client, counters),
-                discovery,
-                trio.current_time(),
+                config=config,
+                identity=identity,
+                host=host,
+                nursery=nursery,
+                counters=counters,
+                connector=connector,
+                server=server,
+                client=client,
+                blobs=BlobService(BlobStore(config.blob_store_bytes), client, counters),
+                discovery=discovery,
+                pubsub=pubsub,
+                started_at=trio.current_time(),
             )
             server.register(status_spec(node.status))
             server.register(node.blobs.spec())
+            if pubsub is not None:
+                await nursery.start(pubsub.run)
             if not client_only:
                 await nursery.start(discovery.run)
             if bootstrap and not client_only:
@@ -166,6 +185,21 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for e in exc.exceptions for leaf in _leaves(e)]
     return [exc]
+
+
+def _make_pubsub(
+    config: NodeConfig, identity: Identity, host: IHost, connector: Connector, counters: Counters
+) -> PubSub:
+    """Our router with peer scoring on for the network's topics (py-libp2p ships it off)."""
+    topics = {topic_name(config.network_id, name): TopicScoreParams() for name in TOPICS}
+    gossip_config = GossipConfig.build(
+        message_id_fn=message_id,
+        score_params=PeerScoreParams(topics=topics),
+        heartbeat_interval=config.gossip_heartbeat_s,
+    )
+    signer = Secp256k1Signer(bytes(identity.private_key.to_bytes()))
+    router = GossipRouter(host.get_id().to_bytes(), gossip_config, rng=random.Random(), signer=signer)
+    return PubSub(host, connector, router, counters, PubSubConfig(router=gossip_config))
 
 
 def _is_shutdown_noise(exc: BaseException) -> bool:

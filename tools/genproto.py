@@ -50,8 +50,11 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         files = generate(Path(tmp))
-        stale = [f.name for f in files if not (OUT_DIR / f.name).exists()
-                 or not filecmp.cmp(f, OUT_DIR / f.name, shallow=False)]
+        stale = [
+            f.name
+            for f in files
+            if not (OUT_DIR / f.name).exists() or not filecmp.cmp(f, OUT_DIR / f.name, shallow=False)
+        ]
         if args.check:
             if stale:
                 print("stale generated protobuf modules:", ", ".join(stale), file=sys.stderr)

@@ -3,8 +3,9 @@
 Wire (specs/framing.md): the client opens a stream for the protocol id, writes one framed
 ``reqresp.Request`` and closes its write side; the server answers with one framed
 ``reqresp.Response`` followed, when ``stream_length > 0``, by exactly that many raw payload bytes
-(the length is known up front, so the payload needs no further framing and is never reassembled). Errors are answered with a status code when the stream still allows it,
-otherwise the stream is reset. Every rejection is counted under ``reqresp.rejected.<reason>``.
+(the length is known up front, so the payload needs no further framing and is never reassembled).
+Errors are answered with a status code when the stream still allows it, otherwise the stream is
+reset. Every rejection is counted under ``reqresp.rejected.<reason>``.
 
 py-libp2p's own ``request_response`` module is not used: it fails above ~6.5 MiB (FACTS.md).
 """

@@ -3,7 +3,7 @@
 isort:skip_file
 Request/response envelope for every p2pshard stream protocol (specs/framing.md).
 One request per stream: the client writes one framed Request, the server writes one framed
-Response and, when Response.stream_length > 0, that many payload bytes as further frames.
+Response and, when Response.stream_length > 0, exactly that many raw payload bytes.
 """
 
 from google.protobuf import descriptor as _descriptor
@@ -95,7 +95,7 @@ class Response(_message.Message):
     body: _builtins.bytes
     """the protocol's response message"""
     stream_length: _builtins.int
-    """payload bytes that follow as frames (0 = none)"""
+    """raw payload bytes that follow the Response frame (0 = none)"""
     def __init__(
         self,
         *,
