@@ -36,6 +36,9 @@ __all__ = ["EngineConfig", "TorchEngine", "default_device"]
 
 F32 = npt.NDArray[np.float32]
 _SAMPLER_TAG = b"p2pshard/batch-sampler/v1\x00"
+# On the wire a pseudo-gradient is one flat float32 tensor: every parameter, by sorted name,
+# concatenated. Chunks then span small tensors (biases, norms) too, so top-k compresses evenly.
+UPDATE_TENSOR = "update"
 
 
 def default_device() -> str:
@@ -75,6 +78,7 @@ class TorchEngine:
         }
         self.shapes = {n: tuple(a.shape) for n, a in self.master.items()}
         self.n_params = sum(a.size for a in self.master.values())
+        self.wire_shapes = {UPDATE_TENSOR: (self.n_params,)}
         d = cfg.diloco
         self.inner_opt = torch.optim.AdamW(
             [self._params[n] for n in self.names],
@@ -85,7 +89,7 @@ class TorchEngine:
         self.outer = OuterNesterov(d.outer_lr, d.outer_momentum, self.shapes)
         self.compressor = Compressor(cfg.compression)
         self.limits = DecodeLimits(
-            max_bytes=8 * self.n_params + (1 << 20), max_tensors=len(self.names), max_elements=self.n_params
+            max_bytes=8 * self.n_params + (1 << 20), max_tensors=1, max_elements=self.n_params
         )
         self.max_update_norm = (
             cfg.norm_bound_factor * d.inner_steps * d.inner_lr * float(np.sqrt(self.n_params))
@@ -147,8 +151,10 @@ class TorchEngine:
         gen = torch.Generator().manual_seed(self._sampler_seed(round_index, shard_id))
         loss = inner_train(self.model, self.inner_opt, tokens, self.cfg.diloco, gen, self.device)
         local = {n: self._params[n].detach().cpu().numpy() for n in self.names}
-        pseudo = {n: np.subtract(self.master[n], local[n], dtype=np.float32) for n in self.names}
-        encoded = self.compressor.encode(pseudo, self.limits)
+        pseudo = np.concatenate(
+            [np.subtract(self.master[n], local[n], dtype=np.float32).reshape(-1) for n in self.names]
+        )
+        encoded = self.compressor.encode({UPDATE_TENSOR: pseudo}, self.limits)
         d = self.cfg.diloco
         n_tokens = d.inner_steps * d.batch_size * self.cfg.model.context
         self._tokens += n_tokens
@@ -185,7 +191,7 @@ class TorchEngine:
             tensors = decode_tensors(payload, self.limits)
         except TensorDecodeError as exc:
             raise UpdateRejected(f"decode:{exc.reason}", exc.detail) from exc
-        return screen_update(tensors, self.shapes, self.max_update_norm)
+        return screen_update(tensors, self.wire_shapes, self.max_update_norm)
 
     def check_update(self, payload: bytes) -> None:
         self._screen(payload)
@@ -272,7 +278,9 @@ class TorchEngine:
         groups = {
             "model": self.master,
             "outer_momentum": self.outer.momentum,
-            "error_feedback": self.compressor.residual,
+            "error_feedback": (
+                self._unflatten(self.compressor.residual[UPDATE_TENSOR]) if self.compressor.residual else {}
+            ),
             "inner": inner,
         }
         return CheckpointState(groups, meta)
@@ -295,12 +303,14 @@ class TorchEngine:
         steps = meta.get("inner_steps", {})
         self.master = {n: a.copy() for n, a in model.items()}
         self.outer.momentum = {n: a.copy() for n, a in momentum.items()}
-        self.compressor.residual = {n: a.copy() for n, a in residual.items()}
+        self.compressor.residual = (
+            {UPDATE_TENSOR: np.concatenate([residual[n].reshape(-1) for n in self.names])} if residual else {}
+        )
         self.inner_opt.state.clear()
         for n in self.names:
             if n in steps:
                 avg, sq = inner.get(f"{n}/exp_avg"), inner.get(f"{n}/exp_avg_sq")
-                if avg is None or sq is None or avg.shape != self.shapes[n] != sq.shape:
+                if avg is None or sq is None or self.shapes[n] not in (avg.shape, sq.shape):
                     raise CheckpointError(f"bad-optimizer-state: {n}")
                 self.inner_opt.state[self._params[n]] = {
                     "step": torch.tensor(float(steps[n])),

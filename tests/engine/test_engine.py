@@ -58,15 +58,12 @@ def test_diloco_loss_falls(make_engine: EngineFactory, genesis: Genesis) -> None
 def test_bad_updates_are_rejected_and_the_round_goes_on(make_engine: EngineFactory, genesis: Genesis) -> None:
     e = make_engine(aggregation=AggregationConfig(rule="median"))
     good = e.train_round(0, genesis.shard_bytes(e.assigned_shard("me", 0)))
-    zeros = {n: np.zeros(s, np.float32) for n, s in e.shapes.items()}
-    name = e.names[0]
-    nan = dict(zeros, **{name: np.full(e.shapes[name], np.nan, np.float32)})
-    huge = dict(zeros, **{name: np.full(e.shapes[name], 1e6, np.float32)})
-    wrong = dict(zeros, **{name: np.zeros((3, 3), np.float32)})
+    n = e.n_params
     bad = {
-        "nan": encode_tensors(nan, EncodeOptions()),
-        "huge": encode_tensors(huge, EncodeOptions()),
-        "wrong": encode_tensors(wrong, EncodeOptions()),
+        "nan": encode_tensors({"update": np.full(n, np.nan, np.float32)}, EncodeOptions()),
+        "huge": encode_tensors({"update": np.full(n, 1e3, np.float32)}, EncodeOptions()),
+        "wrong": encode_tensors({"update": np.zeros(n - 1, np.float32)}, EncodeOptions()),
+        "named": encode_tensors({"weights": np.zeros(n, np.float32)}, EncodeOptions()),
         "junk": b"P2T1\x01\x10\x00\x00\x00rubbish",
     }
     reasons = {}
@@ -78,6 +75,7 @@ def test_bad_updates_are_rejected_and_the_round_goes_on(make_engine: EngineFacto
         "nan": "non-finite",
         "huge": "norm-too-large",
         "wrong": "wrong-shape",
+        "named": "missing-tensor",
         "junk": "decode:bad-lz4",
     }
     e.check_update(good.payload)
