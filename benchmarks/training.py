@@ -64,7 +64,7 @@ class Setup:
 
 
 QUICK = Setup("micro", inner_steps=8, rounds=8, batch=8, inner_lr=1e-3)
-FULL = Setup("tiny", inner_steps=25, rounds=16, batch=16, inner_lr=1e-3)
+FULL = Setup("tiny", inner_steps=10, rounds=12, batch=8, inner_lr=1e-3)
 PAPER_OUTER = (0.7, 0.9)
 DENSE = CompressionConfig(kind="none")
 TOPK = CompressionConfig(kind="topk", chunk_size=2048, topk=16)
