@@ -56,7 +56,7 @@ class FakeVerifier:
 
 @dataclass
 class Link:
-    latency: float
+    latency: int  # in ticks
     loss: float = 0.0
 
 
@@ -90,7 +90,8 @@ class Network:
         self.tick = tick
         self.now = 0.0
         self.config = config
-        self._queue: list[tuple[float, int, int, int, bytes]] = []
+        self._queue: list[tuple[int, int, int, int, bytes]] = []  # (tick, seq, dst, src, data)
+        self._tick_now = 0
         self._seq = 0
         self.frames_sent = 0
         self.frames_lost = 0
@@ -120,8 +121,9 @@ class Network:
                 pairs.add((a, b))
         for a, b in sorted(pairs):
             self.connect(a, b)
+        self._hb_ticks = max(1, round(config.heartbeat_interval / tick))
         for node in self.nodes:
-            self._push(self.rng.uniform(0, config.heartbeat_interval), node.index, HEARTBEAT, b"")
+            self._push(self.rng.randrange(self._hb_ticks), node.index, HEARTBEAT, b"")
 
     # ----------------------------------------------------------- topology
     def _proto(self, i: int) -> str:
@@ -129,7 +131,7 @@ class Network:
 
     def connect(self, a: int, b: int) -> None:
         """``a`` dials ``b``; the pair speaks the lower of both protocols."""
-        lat = self.rng.randint(*self.latency_ticks) * self.tick
+        lat = self.rng.randint(*self.latency_ticks)
         self.links[(a, b)] = Link(lat)
         self.links[(b, a)] = Link(lat)
         proto = min(self._proto(a), self._proto(b))  # '/meshsub/1.0.0' < '/meshsub/1.2.0'
@@ -141,8 +143,7 @@ class Network:
         return [b for (a, b) in self.links if a == i]
 
     # -------------------------------------------------------------- events
-    def _push(self, t: float, dst: int, src: int, data: bytes) -> None:
-        t = round(t / self.tick) * self.tick
+    def _push(self, t: int, dst: int, src: int, data: bytes) -> None:
         self._seq += 1
         heapq.heappush(self._queue, (t, self._seq, dst, src, data))
 
@@ -156,7 +157,7 @@ class Network:
                 if link.loss and self.rng.random() < link.loss:
                     self.frames_lost += 1
                     continue
-                self._push(self.now + link.latency, j, i, cmd.data)
+                self._push(self._tick_now + link.latency, j, i, cmd.data)
             elif type(cmd) is Deliver:
                 node.delivered[cmd.msg_id] += 1
             elif type(cmd) is Rejected:
@@ -166,26 +167,28 @@ class Network:
 
     def run_until(self, t_end: float) -> None:
         q = self._queue
-        hb = self.config.heartbeat_interval
-        while q and q[0][0] <= t_end:
-            t = q[0][0]
-            self.now = t
+        end = round(t_end / self.tick)
+        nodes = self.nodes
+        while q and q[0][0] <= end:
+            k = q[0][0]
+            self._tick_now = k
+            t = self.now = k * self.tick
             batch: dict[tuple[int, int], list[bytes]] = defaultdict(list)
             beats: list[int] = []
-            while q and q[0][0] == t:
+            while q and q[0][0] == k:
                 _, _, dst, src, data = heapq.heappop(q)
                 if src == HEARTBEAT:
                     beats.append(dst)
                 else:
                     batch[(dst, src)].append(data)
             for (dst, src), frames in batch.items():
-                node = self.nodes[dst]
                 data = frames[0] if len(frames) == 1 else b"".join(frames)
-                self.apply(dst, node.router.handle_rpc(self.nodes[src].peer_id, data, t))
+                self.apply(dst, nodes[dst].router.handle_rpc(nodes[src].peer_id, data, t))
             for i in beats:
-                self.apply(i, self.nodes[i].router.heartbeat(t))
-                self._push(t + hb, i, HEARTBEAT, b"")
-        self.now = t_end
+                self.apply(i, nodes[i].router.heartbeat(t))
+                self._push(k + self._hb_ticks, i, HEARTBEAT, b"")
+        self._tick_now = end
+        self.now = end * self.tick
 
     def run_for(self, seconds: float) -> None:
         self.run_until(self.now + seconds)
@@ -202,7 +205,7 @@ class Network:
 
     def inject(self, src: int, dst: int, data: bytes) -> None:
         """Deliver raw bytes from ``src`` to ``dst`` after the link latency (misbehaviour)."""
-        self._push(self.now + self.links[(src, dst)].latency, dst, src, data)
+        self._push(self._tick_now + self.links[(src, dst)].latency, dst, src, data)
 
     # ---------------------------------------------------------- inspection
     def delivery_counts(self, msg_ids: list[bytes], nodes: list[int] | None = None) -> Counter[int]:

@@ -109,15 +109,12 @@ class ControlHandlers(RouterState):
         if retrans:
             self._drop(DropReason.IWANT_RETRANSMISSION_LIMIT, retrans)
         if over:
-            self._drop(DropReason.IWANT_OVER_LIMIT, over)
-            if not peer.iwant_penalised:
+            if peer.iwant_penalised:
+                self._drop(DropReason.IWANT_OVER_LIMIT, over)
+            else:
                 peer.iwant_penalised = True
-                self._reject(
-                    peer.id,
-                    DropReason.IWANT_OVER_LIMIT,
-                    f"{over} ids over the per-heartbeat budget",
-                    penalty=1.0,
-                )
+                detail = f"{over} ids over the per-heartbeat budget"
+                self._reject(peer.id, DropReason.IWANT_OVER_LIMIT, detail, penalty=1.0, count=over)
         self.stats.events["iwant_served"] += served
 
     # ------------------------------------------------------------------ GRAFT

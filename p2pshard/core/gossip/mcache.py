@@ -23,7 +23,7 @@ class CachedMessage:
 
 
 class MessageCache:
-    """Sliding windows of message ids over a dict of cached messages."""
+    """Sliding windows (newest first) of per-topic message-id lists over a dict of messages."""
 
     __slots__ = ("_gossip", "_msgs", "_windows")
 
@@ -32,8 +32,7 @@ class MessageCache:
             raise ValueError("need 1 <= history_gossip <= history_length")
         self._gossip = history_gossip
         self._msgs: dict[bytes, CachedMessage] = {}
-        # newest window first; each window lists (msg_id, topic)
-        self._windows: list[list[tuple[bytes, str]]] = [[] for _ in range(history_length)]
+        self._windows: list[dict[str, list[bytes]]] = [{} for _ in range(history_length)]
 
     def __len__(self) -> int:
         return len(self._msgs)
@@ -46,7 +45,12 @@ class MessageCache:
         if msg_id in self._msgs:
             return
         self._msgs[msg_id] = CachedMessage(message, piece)
-        self._windows[0].append((msg_id, message.topic))
+        window = self._windows[0]
+        ids = window.get(message.topic)
+        if ids is None:
+            window[message.topic] = [msg_id]
+        else:
+            ids.append(msg_id)
 
     def get(self, msg_id: bytes) -> CachedMessage | None:
         """The cached entry, or ``None`` once it has left the last window."""
@@ -65,25 +69,26 @@ class MessageCache:
         """Ids of the ``history_gossip`` newest windows for ``topic`` (what IHAVE advertises)."""
         out: list[bytes] = []
         for window in self._windows[: self._gossip]:
-            out.extend(mid for mid, t in window if t == topic)
+            out.extend(window.get(topic, ()))
         return out
 
     def gossip_ids_by_topic(self) -> dict[str, list[bytes]]:
-        """All gossip-window ids grouped by topic, in one pass (for the heartbeat)."""
+        """All gossip-window ids grouped by topic (for the heartbeat)."""
         out: dict[str, list[bytes]] = {}
         for window in self._windows[: self._gossip]:
-            for mid, topic in window:
+            for topic, ids in window.items():
                 lst = out.get(topic)
                 if lst is None:
-                    out[topic] = [mid]
+                    out[topic] = list(ids)
                 else:
-                    lst.append(mid)
+                    lst.extend(ids)
         return out
 
     def shift(self) -> None:
         """Advance one heartbeat: forget the oldest window's messages, open a new window."""
         last = self._windows.pop()
         msgs = self._msgs
-        for mid, _ in last:
-            msgs.pop(mid, None)
-        self._windows.insert(0, [])
+        for ids in last.values():
+            for mid in ids:
+                msgs.pop(mid, None)
+        self._windows.insert(0, {})

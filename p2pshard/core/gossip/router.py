@@ -8,7 +8,7 @@ Inputs are method calls carrying ``now`` (seconds, monotonic); outputs are lists
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from p2pshard.core.wire import rpc_pb2
 
@@ -287,13 +287,27 @@ class GossipRouter(ControlHandlers, HeartbeatMixin):
                 peer.topics.discard(topic)
                 self._forget_subscription(peer, topic)
 
-    def _handle_messages(self, peer: PeerState, msgs: Iterable[rpc_pb2.Message]) -> None:
+    def _handle_messages(self, peer: PeerState, msgs: Sequence[rpc_pb2.Message]) -> None:
         limit = self.config.max_messages_per_rpc
-        for i, m in enumerate(msgs):
-            if i >= limit:
-                self._drop(DropReason.MESSAGE_TOO_MANY_IN_RPC)
-                continue
+        if len(msgs) > limit:
+            self._drop(DropReason.MESSAGE_TOO_MANY_IN_RPC, len(msgs) - limit)
+            msgs = msgs[:limit]
+        seen = self._seen
+        subs = self._subscriptions
+        scorer = self.scorer
+        dups = 0
+        for m in msgs:
+            if self._default_id:
+                # fast path for the common case, a duplicate: one dict lookup, no allocation
+                mid = getattr(m, "from") + m.seqno
+                if mid in seen and m.topic in subs:
+                    dups += 1
+                    if scorer is not None:
+                        scorer.duplicate_message(peer.id, mid, self._now)
+                    continue
             self._on_message(peer, m)
+        if dups:
+            self.stats.dropped[DropReason.MESSAGE_DUPLICATE] += dups
 
     def _on_message(self, peer: PeerState, m: rpc_pb2.Message) -> None:
         cfg = self.config
@@ -433,18 +447,22 @@ class GossipRouter(ControlHandlers, HeartbeatMixin):
         author = message.source
         peers = self._peers
         honored = 0
+        size = len(piece)
+        dirty = self._dirty
         targets: Iterable[bytes] = self._mesh.get(topic, ())
         flood = self._flood.get(topic)
         if flood:
             targets = set(targets) | flood
         for pid in targets:
-            if pid in (source, author):
+            if pid == source or pid == author:  # noqa: SIM109 - hot path, no tuple
                 continue
             peer = peers[pid]
             if peer.dont_send and mid in peer.dont_send:
                 honored += 1
                 continue
-            self._enqueue_msg(peer, piece)
+            peer.out_msgs.append(piece)
+            peer.out_msgs_size += size
+            dirty[pid] = peer
         if honored:
             self._drop(DropReason.SEND_IDONTWANT_HONORED, honored)
 

@@ -114,6 +114,7 @@ class PeerScore:
             if tp is not None and ts.in_mesh:
                 self._apply_mesh_failure(ts, tp)
             ts.in_mesh = False
+            ts.mesh_active = False
         stats.connected = False
         stats.expire = now + self.params.retain_score
         self._cache.pop(peer, None)
@@ -157,6 +158,7 @@ class PeerScore:
             ts, tp = got
             self._apply_mesh_failure(ts, tp)
             ts.in_mesh = False
+            ts.mesh_active = False  # the deficit now lives on as the sticky P3b
 
     @staticmethod
     def _apply_mesh_failure(ts: _TopicStats, tp: TopicScoreParams) -> None:
@@ -202,7 +204,7 @@ class PeerScore:
         for other in rec.peers:
             if other != peer:
                 self._mark_invalid(other, topic)
-        rec.peers.clear()
+        rec.peers.add(peer)  # later copies from the same peers are not counted again
 
     def ignore_message(self, msg_id: bytes) -> None:
         """Validation said IGNORE: nobody is rewarded or penalised."""

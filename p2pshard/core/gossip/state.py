@@ -144,9 +144,11 @@ class RouterState:
     def _drop(self, reason: DropReason, count: int = 1) -> None:
         self.stats.dropped[reason] += count
 
-    def _reject(self, peer_id: bytes, reason: DropReason, detail: str = "", penalty: float = 0.0) -> None:
+    def _reject(
+        self, peer_id: bytes, reason: DropReason, detail: str = "", penalty: float = 0.0, count: int = 1
+    ) -> None:
         """A peer misbehaved: count, optionally add a P7 penalty, and report it."""
-        self.stats.dropped[reason] += 1
+        self.stats.dropped[reason] += count
         if penalty and self.scorer is not None:
             self.scorer.add_penalty(peer_id, penalty)
         self._cmds.append(Rejected(peer_id, reason, detail))
@@ -243,10 +245,17 @@ class RouterState:
         out: list[Command] = []
         limit = self.config.max_rpc_size
         for peer in self._dirty.values():
+            msgs = peer.out_msgs
+            if not peer.out_subs and peer.out_ctrl is None and peer.out_msgs_size <= limit:
+                # fast path: only messages, one frame
+                data = msgs[0] if len(msgs) == 1 else b"".join(msgs)
+                out.append(SendRpc(peer.id, data, len(msgs)))
+                peer.out_msgs = []
+                peer.out_msgs_size = 0
+                continue
             head = b"".join(peer.out_subs) if peer.out_subs else b""
             if peer.out_ctrl is not None:
                 head += control_piece(peer.out_ctrl)
-            msgs = peer.out_msgs
             if head and msgs and peer.out_msgs_size > _SEPARATE_CONTROL_ABOVE:
                 out.append(SendRpc(peer.id, head, 0))  # small control first, then bulk
                 head = b""
