@@ -81,8 +81,8 @@ class Network:
         config: GossipConfig,
         *,
         seed: int = 1,
-        tick: float = 0.01,
-        latency_ticks: tuple[int, int] = (1, 5),
+        tick: float = 0.02,
+        latency_ticks: tuple[int, int] = (1, 3),
         degree: int = 16,
         protocol: str | Callable[[int], str] = MESHSUB_V12,
     ) -> None:

@@ -305,11 +305,14 @@ class GossipRouter(ControlHandlers, HeartbeatMixin):
                     if scorer is not None:
                         scorer.duplicate_message(peer.id, mid, self._now)
                     continue
-            self._on_message(peer, m)
+                self._on_message(peer, m, mid)
+            else:
+                self._on_message(peer, m, None)
         if dups:
             self.stats.dropped[DropReason.MESSAGE_DUPLICATE] += dups
 
-    def _on_message(self, peer: PeerState, m: rpc_pb2.Message) -> None:
+    def _on_message(self, peer: PeerState, m: rpc_pb2.Message, mid: bytes | None) -> None:
+        """A message that is not a plain duplicate; ``mid`` is precomputed for the default id."""
         cfg = self.config
         pid = peer.id
         topic = m.topic
@@ -327,12 +330,8 @@ class GossipRouter(ControlHandlers, HeartbeatMixin):
             self._reject(pid, DropReason.MESSAGE_TOO_LARGE, f"{len(data)} bytes", penalty=1.0)
             return
         # --- id and duplicate check before any expensive work
-        if self._default_id:
-            source = getattr(m, "from")
-            seqno = m.seqno
-            mid = source + seqno
-            msg: GossipMessage | None = None
-        else:
+        msg: GossipMessage | None = None
+        if mid is None:
             msg = GossipMessage.from_pb(m)
             try:
                 mid = cfg.message_id_fn(msg)
