@@ -35,8 +35,18 @@ Outputs (frozen dataclasses, :data:`Command`):
 * :class:`Connect` ``(peer_id, signed_peer_record, reason)``: dial (peer exchange, direct peers).
 * :class:`Rejected` ``(peer_id, reason, detail)``: log only; already counted and scored.
 
-Everything dropped is counted in ``router.stats.dropped`` by :class:`DropReason`.
-Peer ids are opaque raw ``bytes`` (the multihash bytes, as in ``Message.from``).
+Write the ``SendRpc`` frames of one peer in the order given (a control frame may precede a
+large message frame on purpose, e.g. IDONTWANT). Everything dropped is counted in
+``router.stats.dropped`` by :class:`DropReason` (``router.stats.snapshot()`` for export); events
+(delivered, forwarded, grafts, IWANT served...) are in ``router.stats.events``. Peer ids are
+opaque raw ``bytes`` (the multihash bytes, as in ``Message.from``); the core never imports
+libp2p. For ``p2pshard status``: ``peers``, ``subscriptions``, ``mesh_peers(topic)``,
+``fanout_peers(topic)``, ``topic_peers(topic)``, ``peer_protocol(pid)``, ``peer_score(pid)``.
+
+Message ids default to libp2p's ``from || seqno``; p2pshard topics pass
+``GossipConfig.build(message_id_fn=..., signature_policy=...)`` with a content hash. Signing uses
+an injected :class:`Signer` (default :class:`Secp256k1Signer`, coincurve) and :class:`Verifier`
+(default :class:`LibP2PVerifier`: secp256k1, ed25519, RSA, ECDSA authors).
 
 Example::
 
