@@ -19,7 +19,7 @@ It prints three tables:
 Usage::
 
     python benchmarks/training.py --quick    # micro model, < 60 s on 2 CPU cores
-    python benchmarks/training.py            # tiny model, a few minutes
+    python benchmarks/training.py            # tiny model, ~12 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
