@@ -34,7 +34,8 @@ class NodeConfig:
     dial_timeout_s: float = 5.0
     gossip_heartbeat_s: float = 1.0
     fault: str = ""
-    """A fault switched on for testing conformance tooling (see specs); never set in production."""
+    """A fault switched on for testing conformance tooling; never set in production.
+    ``forward-invalid``: accept and forward every gossip message without validating it."""
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -46,6 +47,8 @@ class NodeConfig:
             raise ConfigError("max_peers must be at least 1")
         if self.dial_timeout_s <= 0:
             raise ConfigError("dial_timeout_s must be positive")
+        if self.fault not in ("", "forward-invalid"):
+            raise ConfigError(f"fault: unknown fault {self.fault!r} (known: forward-invalid)")
         if self.gossip_heartbeat_s <= 0:
             raise ConfigError("gossip_heartbeat_s must be positive")
 

@@ -37,6 +37,7 @@ from p2pshard.net.host import build_host, full_addrs, parse_multiaddr, parse_pee
 from p2pshard.net.pubsub import PubSub, PubSubConfig
 from p2pshard.net.reqresp import ProtocolSpec, ReqRespClient, ReqRespServer
 from p2pshard.protocols.status import status_spec
+from p2pshard.protocols.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class Node:
     blobs: BlobService
     discovery: Discovery
     pubsub: PubSub | None
+    topics: Topics | None
     started_at: float
     status_extensions: list[StatusExtension] = field(default_factory=list)
 
@@ -155,12 +157,14 @@ async def open_node(
                 blobs=BlobService(BlobStore(config.blob_store_bytes), client, counters),
                 discovery=discovery,
                 pubsub=pubsub,
+                topics=None if pubsub is None else Topics(pubsub, config.network_id, counters, config.fault),
                 started_at=trio.current_time(),
             )
             server.register(status_spec(node.status))
             server.register(node.blobs.spec())
-            if pubsub is not None:
+            if pubsub is not None and node.topics is not None:
                 await nursery.start(pubsub.run)
+                await nursery.start(node.topics.run)
             if not client_only:
                 await nursery.start(discovery.run)
             if bootstrap and not client_only:

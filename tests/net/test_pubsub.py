@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
@@ -9,19 +10,23 @@ import pytest
 import trio
 
 from p2pshard import NodeConfig, open_node
-from p2pshard.core.gossip import MESHSUB_V11, GossipMessage, ValidationResult
+from p2pshard.core.gossip import MESHSUB_V11, GossipMessage
+from p2pshard.core.wire import topics_pb2
 from p2pshard.core.wire.framing import encode_frame, encode_uvarint
 from p2pshard.net.pubsub import _PeerQueue
 from p2pshard.node import Node
 from tests.util import eventually
 
-TOPIC = "/p2pshard/test/votes/proto"
+TOPIC = "/test/plain"
+"""A topic outside the p2pshard namespace: no structural validation, any bytes go."""
+VOTES = "/p2pshard/test/votes/proto"
 
 
 @pytest.fixture
 async def four_nodes() -> AsyncIterator[list[Node]]:
+    """Four nodes of network "test"; the first one misbehaves (forwards whatever it gets)."""
     async with AsyncExitStack() as stack:
-        config = NodeConfig(network_id="test", gossip_heartbeat_s=0.2)
+        config = NodeConfig(network_id="test", gossip_heartbeat_s=0.2, fault="forward-invalid")
         first = await stack.enter_async_context(open_node(config))
         rest = [
             await stack.enter_async_context(
@@ -32,12 +37,23 @@ async def four_nodes() -> AsyncIterator[list[Node]]:
         yield [first, *rest]
 
 
-async def _subscribed(
-    stack: AsyncExitStack, nodes: list[Node]
-) -> list[trio.MemoryReceiveChannel[GossipMessage]]:
-    subs = [await stack.enter_async_context(n.pubsub.subscribe(TOPIC)) for n in nodes]
-    await eventually(lambda: all(n.pubsub.mesh_sizes().get(TOPIC, 0) >= 2 for n in nodes), within_s=15)
+Sub = trio.MemoryReceiveChannel[GossipMessage]
+
+
+async def _subscribed(stack: AsyncExitStack, nodes: list[Node], topic: str = TOPIC) -> list[Sub]:
+    subs = [await stack.enter_async_context(n.pubsub.subscribe(topic)) for n in nodes]
+    await eventually(lambda: all(n.pubsub.mesh_sizes().get(topic, 0) >= 2 for n in nodes), within_s=15)
     return subs
+
+
+def _vote(node: Node) -> bytes:
+    vote = topics_pb2.ValidationVote(
+        validator=node.peer_id.to_bytes(),
+        proof_id=b"\x01" * 32,
+        valid=True,
+        timestamp_ms=int(time.time() * 1000),
+    )
+    return vote.SerializeToString()
 
 
 async def test_publish_reaches_every_subscriber_once(four_nodes: list[Node]) -> None:
@@ -65,30 +81,27 @@ async def test_status_shows_mesh_and_scores(four_nodes: list[Node]) -> None:
 
 
 async def test_rejected_messages_are_not_forwarded_and_lower_the_score(four_nodes: list[Node]) -> None:
+    """The faulty node publishes votes that fail validation; honest nodes reject them, never
+    deliver or forward them, score the sender down to the graylist, and keep gossiping."""
     sender, *honest = four_nodes
-
-    async def no_bad(msg: GossipMessage) -> ValidationResult:
-        return ValidationResult.REJECT if msg.data.startswith(b"bad") else ValidationResult.ACCEPT
-
-    for node in honest:
-        node.pubsub.set_validator(TOPIC, no_bad)
     async with AsyncExitStack() as stack:
-        subs = await _subscribed(stack, four_nodes)
+        subs = await _subscribed(stack, four_nodes, VOTES)
         for i in range(5):
-            await sender.pubsub.publish(TOPIC, b"bad%d" % i)
-        await honest[0].pubsub.publish(TOPIC, b"good")
+            await sender.pubsub.publish(VOTES, b"\xff\xffnot a vote %d" % i)
+        valid = _vote(honest[0])
+        await honest[0].pubsub.publish(VOTES, valid)
         for sub in subs[1:]:
             with trio.fail_after(10):
-                assert (await sub.receive()).data == b"good"  # the bad ones never arrived
+                assert (await sub.receive()).data == valid  # the bad ones never arrived
         sender_key = sender.peer_id.to_base58()
         await eventually(lambda: all(n.pubsub.scores()[sender_key] < 0 for n in honest))
         # each honest node rejected the bad messages it validated (later ones may already have
         # been ignored wholesale once the sender fell below the graylist threshold)
+        assert all(n.counters.get("topics.reject.undecodable") >= 1 for n in honest)
         assert all(n.counters.get("gossip.dropped.validation_reject") >= 1 for n in honest)
-        # below the graylist threshold, the sender's RPCs are ignored altogether (and counted)
         graylist = honest[1].pubsub.router.config.score_thresholds.graylist_threshold
         await eventually(lambda: honest[1].pubsub.scores()[sender_key] < graylist)
-        await sender.pubsub.publish(TOPIC, b"after")
+        await sender.pubsub.publish(VOTES, b"after")
         await eventually(lambda: honest[1].counters.get("gossip.dropped.rpc_graylisted") >= 1)
 
 
