@@ -85,6 +85,11 @@ def test_bad_and_missing_signatures_are_rejected_with_p4() -> None:
     assert not delivered(cmds)
     assert r.scorer is not None and r.scorer.invalid_deliveries(bad, TOPIC) == 2
     assert r.peer_score(bad) < 0
+    anonymous = message(b"", 3, b"anon")
+    anonymous.ClearField("seqno")
+    (fresh,) = add_peers(r, 1, start=30)  # `bad` is graylisted by now
+    cmds = r.handle_rpc(fresh, msg_rpc(anonymous), 0.55)
+    assert [c.reason for c in rejected(cmds)] == [DropReason.MESSAGE_MISSING_SIGNATURE]
     # a forged message does not poison the seen cache: the genuine one still gets through
     genuine = message(peer_id_of(62), 1, b"forged")
     assert [d.msg_id for d in delivered(r.handle_rpc(good, msg_rpc(genuine), 0.6))]

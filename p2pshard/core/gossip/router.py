@@ -332,12 +332,15 @@ class GossipRouter(ControlHandlers, HeartbeatMixin):
         # --- id and duplicate check before any expensive work
         msg: GossipMessage | None = None
         if mid is None:
-            msg = GossipMessage.from_pb(m)
+            msg = GossipMessage(topic, data, getattr(m, "from"), m.seqno, m.signature, m.key)
             try:
                 mid = cfg.message_id_fn(msg)
             except Exception as exc:  # a bad message must not crash the router
                 self._reject(pid, DropReason.MESSAGE_BAD_ID, repr(exc)[:120], penalty=1.0)
                 return
+        if not mid and self._strict_sign and msg is None:
+            self._check_signature(peer, m, topic)  # no from/seqno: reported as unsigned
+            return
         if not mid or len(mid) > cfg.max_message_id_length:
             self._reject(pid, DropReason.MESSAGE_BAD_ID, f"id length {len(mid)}", penalty=1.0)
             return
@@ -350,7 +353,7 @@ class GossipRouter(ControlHandlers, HeartbeatMixin):
         if not self._check_signature(peer, m, topic):
             return
         if msg is None:
-            msg = GossipMessage.from_pb(m)
+            msg = GossipMessage(topic, data, getattr(m, "from"), m.seqno, m.signature, m.key)
         self._seen.add(mid, self._now)
         scorer = self.scorer
         if scorer is not None:
