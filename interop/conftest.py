@@ -2,10 +2,15 @@
 
 Run from the repository root after ``bash interop/setup.sh``:  ``pytest interop -q``.
 
-``py_peer`` is the only place that decides what the Python side is. Today: a py-libp2p 0.8.1 host
-with stock GossipSub (interop/pypeer.py). To test p2pshard's node instead, make
-``new_python_peer`` return a context manager that yields an object with the same methods
-(peer_id, addrs, connect, connection_info, open_stream, serve_stream, serve_echo, echo, gossip, dht).
+``new_python_peer`` is the only place that decides what the Python side is:
+
+* ``--py-peer=node`` (default): p2pshard's node — ``open_node`` with its host, connector, Discovery's
+  KadDHT and p2pshard's own gossip router (interop/nodepeer.py);
+* ``--py-peer=plain``: a plain py-libp2p 0.8.1 host with py-libp2p's stock GossipSub and KadDHT
+  (interop/pypeer.py) — the baseline that tells a p2pshard bug from a third-party quirk.
+
+Both yield a ``PyPeer`` (peer_id, addrs, connect, connection_info, open_stream, serve_stream,
+serve_echo, echo, gossip, dht); the scenarios use nothing else.
 """
 
 from __future__ import annotations
@@ -21,10 +26,34 @@ from interop.pypeer import PyPeer, make_py_peer
 from interop.remote import GoRemote, JsRemote
 from interop.scenarios import PeerFactory
 
+PY_PEER_KIND = "node"  # set from --py-peer in pytest_configure
+
 
 def new_python_peer(muxers: Sequence[str] = ("yamux", "mplex")) -> AbstractAsyncContextManager[PyPeer]:
-    """The Python side under test (swap this for p2pshard's node when it lands)."""
+    """The Python side under test: a plain py-libp2p host, or p2pshard's node (--py-peer=node)."""
+    if PY_PEER_KIND == "node":
+        from interop.nodepeer import make_node_peer
+
+        return make_node_peer(muxers=muxers)
     return make_py_peer(muxers=muxers)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--py-peer",
+        choices=("plain", "node"),
+        default="node",
+        help="Python side of the interop tests: a plain py-libp2p host, or p2pshard's node",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global PY_PEER_KIND
+    PY_PEER_KIND = config.getoption("--py-peer")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"interop: Python side = {config.getoption('--py-peer')}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -47,6 +47,10 @@ HANDLER_TIMEOUT_S = 10.0  # an inbound echo stream gets this long to send its fr
 StreamHandler = Callable[[INetStream], Awaitable[None]]
 
 
+class DialFailed(Exception):
+    """Connecting failed (py-libp2p's SwarmException or p2pshard's DialError underneath)."""
+
+
 @dataclass(frozen=True)
 class ReceivedMessage:
     """A pubsub message as the Python side received it."""
@@ -159,15 +163,25 @@ async def stock_gossip(host: IHost, stack: AsyncExitStack) -> GossipDriver:
     return await StockGossip.create(host, stack)
 
 
+class DhtDriver(Protocol):
+    """What the tests need from the DHT; CIDs are binary CIDv1 here."""
+
+    async def add_peer(self, peer: ID) -> bool: ...
+    async def find_peer(self, peer: ID) -> PeerInfo | None: ...
+    async def provide(self, cid: bytes) -> bool: ...
+    async def find_providers(self, cid: bytes, count: int = 20) -> list[PeerInfo]: ...
+
+
 class Dht:
-    """py-libp2p's KadDHT in server mode, with CIDs in binary form at this interface."""
+    """py-libp2p's KadDHT in server mode. Provider keys are the CID's multihash, as go and js use
+    (py-libp2p turns a CID string into its multihash)."""
 
     def __init__(self, kad: KadDHT) -> None:
         self.kad = kad
 
     async def add_peer(self, peer: ID) -> bool:
         """py-libp2p adds a peer to its table only when that peer sends it a DHT request."""
-        return await self.kad.add_peer(peer)
+        return await self.kad.add_peer(peer, skip_server_mode_check=True)
 
     async def find_peer(self, peer: ID) -> PeerInfo | None:
         return await self.kad.find_peer(peer)
@@ -187,14 +201,14 @@ class PyPeer:
         identity: Secp256k1PrivateKey,
         host: IHost,
         gossip: GossipDriver,
-        dht: Dht,
-        nursery: trio.Nursery,
+        dht: DhtDriver,
+        dial: Callable[[PeerInfo], Awaitable[None]] | None = None,
     ) -> None:
         self.private_key = identity
         self.host = host
         self.gossip = gossip
         self.dht = dht
-        self._nursery = nursery
+        self._dial = dial if dial is not None else host.connect
 
     @property
     def peer_id(self) -> ID:
@@ -209,7 +223,11 @@ class PyPeer:
         return f"{self.addrs[0]}/p2p/{self.peer_id.to_base58()}"
 
     async def connect(self, peer: ID, addrs: Sequence[multiaddr.Multiaddr]) -> None:
-        await self.host.connect(PeerInfo(peer, list(addrs)))
+        """Dial ``peer``; any failure of the dial path comes out as DialFailed."""
+        try:
+            await self._dial(PeerInfo(peer, list(addrs)))
+        except Exception as exc:
+            raise DialFailed(f"cannot connect to {peer}: {exc}") from exc
 
     def connection_info(self, peer: ID) -> dict[str, Any] | None:
         conns = self.host.get_network().get_connections(peer)
@@ -301,6 +319,4 @@ async def make_py_peer(
         kad = KadDHT(host, DHTMode.SERVER)
         await stack.enter_async_context(background_trio_service(kad))
         gossip = await gossip_factory(host, stack)
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        stack.callback(nursery.cancel_scope.cancel)
-        yield PyPeer(identity, host, gossip, Dht(kad), nursery)
+        yield PyPeer(identity, host, gossip, Dht(kad))

@@ -23,6 +23,7 @@ from interop.wire import ECHO_PROTOCOL, raw_sha256_cid
 
 WAIT_S = 10.0  # bound on any single thing the scenarios wait for
 POLL_S = 0.02
+PROBE_INTERVAL_S = 0.25  # p2pd's heartbeat in these tests is 500 ms
 SECP256K1_PREFIX = "16Uiu2"  # base58 of an identity-multihashed secp256k1 public key
 
 
@@ -110,13 +111,39 @@ async def _gossip_pair(py: PyPeer, remote: Remote, topic: str) -> None:
     )
 
 
+PROBE = b"\x00p2pshard-interop-probe:"
+
+
 async def _next_not_from(py: PyPeer, topic: str, me: ID) -> ReceivedMessage:
-    """py-libp2p hands our own publishes to our own subscription; skip those, nothing else."""
+    """The next message from someone else that is not a probe. py-libp2p hands our own publishes
+    to our own subscription; those and late probes are skipped, nothing else."""
     with trio.fail_after(WAIT_S):
         while True:
             msg = await py.gossip.next_message(topic)
-            if msg.from_peer != me:
+            if msg.from_peer != me and not msg.data.startswith(PROBE):
                 return msg
+
+
+async def _probe_until_delivered(py: PyPeer, remote: Remote, topic: str) -> int:
+    """Publish probes from the remote until one reaches Python; returns how many it took.
+
+    p2pd publishes to its mesh only (no flood publish): a message published before its heartbeat
+    has grafted the Python peer never reaches it (measured). No API shows p2pd's mesh, so a
+    delivered probe is the proof that the remote's publishes now reach us.
+    """
+    sent = 0
+    try:
+        with trio.fail_after(WAIT_S):
+            while True:
+                sent += 1
+                await remote.publish(topic, PROBE + str(sent).encode())
+                with trio.move_on_after(PROBE_INTERVAL_S):
+                    while True:
+                        msg = await py.gossip.next_message(topic)
+                        if msg.from_peer == remote.peer_id and msg.data.startswith(PROBE):
+                            return sent
+    except trio.TooSlowError:
+        raise AssertionError(f"none of {sent} probes from {remote.name} reached Python") from None
 
 
 async def gossip_python_to_remote(py: PyPeer, remote: Remote, payloads: list[bytes]) -> str | None:
@@ -149,6 +176,7 @@ async def gossip_remote_to_python(py: PyPeer, remote: Remote, payloads: list[byt
     """A message the remote publishes reaches Python intact, signed, attributed to the remote."""
     topic = unique("gossip-remote-to-py")
     await _gossip_pair(py, remote, topic)
+    await _probe_until_delivered(py, remote, topic)
     for payload in payloads:
         await remote.publish(topic, payload)
     received = []

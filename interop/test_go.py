@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import trio
-from libp2p.network.exceptions import SwarmException
 
 from interop import scenarios as sc
-from interop.pypeer import PyPeer
+from interop.pypeer import DialFailed, PyPeer
 from interop.remote import GoRemote
 from interop.scenarios import PeerFactory
 
@@ -65,6 +64,6 @@ async def test_dht_python_finds_go_provider(
 async def test_go_refuses_mplex(go_peer: GoRemote, more_py_peers: PeerFactory) -> None:
     """p2pd speaks yamux only: a Python peer that offers only mplex gets an error, not a hang."""
     async with more_py_peers(muxers=["mplex"]) as py:
-        with trio.fail_after(sc.WAIT_S), pytest.raises(SwarmException):
+        with trio.fail_after(sc.WAIT_S), pytest.raises(DialFailed):
             await py.connect(go_peer.peer_id, go_peer.addrs)
         assert py.connection_info(go_peer.peer_id) is None
