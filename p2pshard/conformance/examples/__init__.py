@@ -1,0 +1,1 @@
+"""Deliberately broken adapters that prove the suite can fail."""

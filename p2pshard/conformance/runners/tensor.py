@@ -1,0 +1,443 @@
+"""Runner ``tensor``: the tensor codec (specs/tensor.md, specs/proto/tensor.proto).
+
+Handlers: ``decode`` (payload → dense float32 tensors, or the error reason) and ``encode``
+(tensors + options → payload, byte-identical; lz4 is off in encode vectors because lz4 block
+output is not unique across compressors).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import lz4.block
+import numpy as np
+
+from p2pshard.conformance.model import JSON, AnswerError, Case, Runner, exact, unhex
+from p2pshard.core.wire import tensor_pb2 as pb
+from p2pshard.core.wire.tensor import (
+    MAGIC,
+    DecodeLimits,
+    EncodeOptions,
+    Encoding,
+    TensorDecodeError,
+    decode_tensors,
+    encode_tensors,
+)
+
+NAME = "tensor"
+FILES = {"decode": frozenset({"input.json", "payload.bin"}), "encode": frozenset({"input.json"})}
+
+
+def _f32(values: list[float] | np.ndarray) -> bytes:
+    return np.asarray(values, dtype="<f4").tobytes()
+
+
+def _tensors_json(tensors: Mapping[str, np.ndarray]) -> dict[str, JSON]:
+    return {
+        name: {"shape": list(arr.shape), "values_f32le": arr.astype("<f4").tobytes().hex()}
+        for name, arr in sorted(tensors.items())
+    }
+
+
+def _from_json(value: JSON) -> dict[str, np.ndarray]:
+    if not isinstance(value, dict):
+        raise AnswerError("tensors must be an object")
+    out = {}
+    for name, t in value.items():
+        arr = np.frombuffer(unhex(t["values_f32le"], "values_f32le"), dtype="<f4").astype(np.float32)
+        out[name] = arr.reshape(tuple(t["shape"]))
+    return out
+
+
+def envelope(body: bytes, compression: int = 0, raw_len: int | None = None, magic: bytes = MAGIC) -> bytes:
+    return struct.pack("<4sBI", magic, compression, len(body) if raw_len is None else raw_len) + body
+
+
+def _rec(**fields: Any) -> pb.TensorRecord:
+    return pb.TensorRecord(**fields)
+
+
+def _bundle(*records: pb.TensorRecord) -> bytes:
+    b = pb.TensorBundle()
+    b.tensors.extend(records)
+    return b.SerializeToString()
+
+
+def _dense(
+    name: str = "w",
+    shape: tuple[int, ...] = (2, 2),
+    values: bytes | None = None,
+    chunk: int = 4,
+    encoding: int = pb.VALUE_ENCODING_FLOAT32,
+) -> pb.TensorRecord:
+    n = int(np.prod(shape)) if shape else 1
+    return _rec(
+        name=name,
+        shape=list(shape),
+        layout=pb.LAYOUT_DENSE,
+        encoding=encoding,
+        chunk_size=chunk,
+        values=_f32(list(range(1, n + 1))) if values is None else values,
+    )
+
+
+def _topk(**kw: object) -> pb.TensorRecord:
+    base: dict[str, object] = dict(
+        name="s",
+        shape=[6],
+        layout=pb.LAYOUT_CHUNKED_TOPK,
+        encoding=pb.VALUE_ENCODING_FLOAT32,
+        chunk_size=4,
+        k=2,
+        values=_f32([1.0, -2.0, 3.0, 4.0]),
+        indices=struct.pack("<4H", 0, 3, 0, 1),
+    )
+    base.update(kw)
+    return _rec(**base)
+
+
+SAMPLE = {
+    "bias": np.array([0.5, -1.25, 3.0], dtype=np.float32),
+    "weight": np.array([[0.1, -0.2, 0.3, -0.45], [1.5, -2.5, 0.0, 7.75]], dtype=np.float32),
+}
+SCALAR = {"scale": np.array(2.5, dtype=np.float32)}
+RAMP = {
+    "g": (np.arange(1, 21, dtype=np.float32) * np.where(np.arange(20) % 3 == 0, -1, 1)).astype(np.float32) / 8
+}
+
+
+def generate() -> list[Case]:
+    cases: list[Case] = []
+
+    def decode(
+        name: str,
+        desc: str,
+        valid: bool,
+        payload: bytes,
+        expected: dict[str, JSON],
+        limits: dict[str, int] | None = None,
+    ) -> None:
+        cases.append(
+            Case(
+                NAME,
+                "decode",
+                name,
+                desc,
+                valid,
+                input_json={"limits": limits or {}},
+                input_bin={"payload": payload},
+                expected=expected,
+            )
+        )
+
+    def err(reason: str) -> dict[str, JSON]:
+        return {"error": reason}
+
+    variants: list[tuple[str, EncodeOptions, dict[str, np.ndarray]]] = [
+        ("dense_f32", EncodeOptions(Encoding.FLOAT32, 4, None, False), SAMPLE),
+        ("dense_f32_lz4", EncodeOptions(Encoding.FLOAT32, 4, None, True), SAMPLE),
+        ("dense_f16", EncodeOptions(Encoding.FLOAT16, 4, None, False), SAMPLE),
+        ("dense_bf16", EncodeOptions(Encoding.BFLOAT16, 4, None, False), SAMPLE),
+        ("dense_int8", EncodeOptions(Encoding.INT8, 4, None, False), SAMPLE),
+        ("topk_f32", EncodeOptions(Encoding.FLOAT32, 8, 3, False), RAMP),
+        ("topk_int8_lz4", EncodeOptions(Encoding.INT8, 8, 2, True), RAMP),
+        ("topk_f16_chunk_one", EncodeOptions(Encoding.FLOAT16, 1, 1, False), SAMPLE),
+        ("scalar", EncodeOptions(Encoding.FLOAT32, 1, None, False), SCALAR),
+        ("empty_bundle", EncodeOptions(Encoding.FLOAT32, 4, None, False), {}),
+    ]
+    for name, opts, tensors in variants:
+        payload = encode_tensors(tensors, opts)
+        decode(
+            name,
+            f"a payload written by the encoder ({name})",
+            True,
+            payload,
+            {"tensors": _tensors_json(decode_tensors(payload))},
+        )
+        if not opts.lz4:
+            cases.append(
+                Case(
+                    NAME,
+                    "encode",
+                    name,
+                    f"encode with {opts.encoding.name}, chunk {opts.chunk_size}, top-k {opts.topk}",
+                    True,
+                    input_json={
+                        "tensors": _tensors_json(tensors),
+                        "options": {
+                            "encoding": opts.encoding.name,
+                            "chunk_size": opts.chunk_size,
+                            "topk": opts.topk,
+                            "lz4": False,
+                        },
+                    },
+                    expected={"payload": payload.hex()},
+                )
+            )
+    hand = _bundle(_topk())
+    decode(
+        "topk_by_hand",
+        "top-k of 6 elements in chunks of 4: offsets restart per chunk",
+        True,
+        envelope(hand),
+        {"tensors": _tensors_json({"s": np.array([1, 0, 0, -2, 3, 4], dtype=np.float32)})},
+    )
+    decode(
+        "zero_dim",
+        "a tensor with a zero-length dimension",
+        True,
+        envelope(_bundle(_dense(shape=(0, 3), values=b""))),
+        {"tensors": _tensors_json({"w": np.zeros((0, 3), dtype=np.float32)})},
+    )
+    good = envelope(_bundle(_dense()))
+    decode("truncated_header", "fewer than 9 bytes", False, good[:8], err("truncated-header"))
+    decode("bad_magic", "magic P2T2", False, envelope(_bundle(_dense()), magic=b"P2T2"), err("bad-magic"))
+    decode(
+        "unknown_compression",
+        "compression byte 2",
+        False,
+        envelope(_bundle(_dense()), 2),
+        err("unknown-compression"),
+    )
+    decode(
+        "length_mismatch",
+        "uncompressed length one more than the body",
+        False,
+        envelope(_bundle(_dense()), 0, len(_bundle(_dense())) + 1),
+        err("length-mismatch"),
+    )
+    decode(
+        "bad_lz4",
+        "compression 1 with a body that is not lz4",
+        False,
+        envelope(b"\xff" * 16, 1, 64),
+        err("bad-lz4"),
+    )
+    body = _bundle(_dense())
+    decode(
+        "lz4_short",
+        "lz4 body that inflates to fewer bytes than claimed",
+        False,
+        envelope(lz4.block.compress(body, store_size=False), 1, len(body) + 10),
+        err("length-mismatch"),
+    )
+    decode(
+        "claimed_too_large",
+        "claimed length above max_bytes, refused before inflating",
+        False,
+        envelope(b"\x00" * 4, 1, 1 << 31),
+        err("claimed-size-too-large"),
+        {"max_bytes": 1 << 20},
+    )
+    decode(
+        "payload_too_large",
+        "payload above max_bytes",
+        False,
+        good,
+        err("payload-too-large"),
+        {"max_bytes": 16},
+    )
+    decode(
+        "malformed_protobuf",
+        "the body is not a TensorBundle",
+        False,
+        envelope(b"\x0a\x50ab"),
+        err("malformed-protobuf"),
+    )
+    decode(
+        "too_many_tensors",
+        "two tensors, max_tensors 1",
+        False,
+        envelope(_bundle(_dense("a"), _dense("b"))),
+        err("too-many-tensors"),
+        {"max_tensors": 1},
+    )
+    decode("empty_name", "a tensor without a name", False, envelope(_bundle(_dense(""))), err("bad-name"))
+    decode("long_name", "a 300-character name", False, envelope(_bundle(_dense("n" * 300))), err("bad-name"))
+    decode(
+        "duplicate_name",
+        "two tensors named w",
+        False,
+        envelope(_bundle(_dense(), _dense())),
+        err("duplicate-name"),
+    )
+    decode(
+        "rank_too_large",
+        "rank 9",
+        False,
+        envelope(_bundle(_dense(shape=(1,) * 9, values=_f32([1.0])))),
+        err("rank-too-large"),
+    )
+    decode(
+        "too_many_elements",
+        "one tensor above max_elements",
+        False,
+        good,
+        err("too-many-elements"),
+        {"max_elements": 3},
+    )
+    decode(
+        "too_many_elements_total",
+        "two tensors whose sum is above max_elements",
+        False,
+        envelope(_bundle(_dense("a"), _dense("b"))),
+        err("too-many-elements"),
+        {"max_elements": 6},
+    )
+    decode(
+        "huge_shape",
+        "a shape claiming (2^32 - 1)^2 elements with no values",
+        False,
+        envelope(_bundle(_dense(shape=(0xFFFFFFFF, 0xFFFFFFFF), values=b""))),
+        err("too-many-elements"),
+    )
+    decode("chunk_zero", "chunk_size 0", False, envelope(_bundle(_dense(chunk=0))), err("bad-chunk-size"))
+    decode(
+        "chunk_too_large",
+        "chunk_size 65537",
+        False,
+        envelope(_bundle(_dense(chunk=65537))),
+        err("bad-chunk-size"),
+    )
+    decode(
+        "unknown_encoding",
+        "encoding 9",
+        False,
+        envelope(_bundle(_dense(encoding=9))),
+        err("unknown-encoding"),
+    )
+    decode(
+        "unspecified_encoding",
+        "encoding 0 (UNSPECIFIED)",
+        False,
+        envelope(_bundle(_dense(encoding=0))),
+        err("unknown-encoding"),
+    )
+    decode(
+        "unknown_layout",
+        "layout 0 (UNSPECIFIED)",
+        False,
+        envelope(_bundle(_rec(name="w", shape=[1], encoding=1, chunk_size=1, values=_f32([1.0])))),
+        err("unknown-layout"),
+    )
+    decode("k_zero", "top-k with k 0", False, envelope(_bundle(_topk(k=0))), err("bad-k"))
+    decode("k_above_chunk", "top-k with k > chunk_size", False, envelope(_bundle(_topk(k=5))), err("bad-k"))
+    decode(
+        "values_short",
+        "dense values one element short",
+        False,
+        envelope(_bundle(_dense(values=_f32([1, 2, 3])))),
+        err("values-length-mismatch"),
+    )
+    decode(
+        "values_odd_f16",
+        "float16 values of odd byte length",
+        False,
+        envelope(_bundle(_dense(encoding=2, values=b"\x00" * 7))),
+        err("values-length-mismatch"),
+    )
+    decode(
+        "dense_with_indices",
+        "a dense record carrying indices",
+        False,
+        envelope(
+            _bundle(
+                _rec(
+                    name="w",
+                    shape=[2],
+                    layout=1,
+                    encoding=1,
+                    chunk_size=2,
+                    values=_f32([1, 2]),
+                    indices=b"\x00\x00",
+                )
+            )
+        ),
+        err("unexpected-indices"),
+    )
+    decode(
+        "indices_short",
+        "top-k indices one short",
+        False,
+        envelope(_bundle(_topk(indices=struct.pack("<3H", 0, 3, 0)))),
+        err("indices-length-mismatch"),
+    )
+    decode(
+        "index_out_of_range",
+        "offset 4 in a chunk of 4",
+        False,
+        envelope(_bundle(_topk(indices=struct.pack("<4H", 0, 4, 0, 1)))),
+        err("index-out-of-range"),
+    )
+    decode(
+        "index_past_tail",
+        "offset 2 in the 2-element last chunk",
+        False,
+        envelope(_bundle(_topk(indices=struct.pack("<4H", 0, 3, 0, 2)))),
+        err("index-out-of-range"),
+    )
+    decode(
+        "indices_not_increasing",
+        "offsets 3, 0 inside one chunk",
+        False,
+        envelope(_bundle(_topk(indices=struct.pack("<4H", 3, 0, 0, 1)))),
+        err("indices-not-increasing"),
+    )
+    decode(
+        "indices_duplicate",
+        "offset 1 twice in one chunk",
+        False,
+        envelope(_bundle(_topk(indices=struct.pack("<4H", 1, 1, 0, 1)))),
+        err("indices-not-increasing"),
+    )
+    decode(
+        "int8_no_scales",
+        "int8 values without scales",
+        False,
+        envelope(_bundle(_dense(encoding=4, values=b"\x01\x02\x03\x04"))),
+        err("scales-length-mismatch"),
+    )
+    decode(
+        "int8_minus_128",
+        "int8 value -128 (outside [-127, 127])",
+        False,
+        envelope(
+            _bundle(
+                _rec(
+                    name="w",
+                    shape=[4],
+                    layout=1,
+                    encoding=4,
+                    chunk_size=4,
+                    values=b"\x01\x80\x03\x04",
+                    scales=_f32([1.0]),
+                )
+            )
+        ),
+        err("int8-out-of-range"),
+    )
+    return cases
+
+
+def answer(handler: str, inp: Mapping[str, JSON]) -> Mapping[str, JSON]:
+    if handler == "decode":
+        limits = inp.get("limits") or {}
+        if not isinstance(limits, dict):
+            raise AnswerError("limits must be an object")
+        try:
+            tensors = decode_tensors(unhex(inp.get("payload"), "payload"), DecodeLimits(**limits))
+        except TensorDecodeError as exc:
+            return {"error": exc.reason}
+        return {"tensors": _tensors_json(tensors)}
+    if handler == "encode":
+        o = inp.get("options")
+        if not isinstance(o, dict):
+            raise AnswerError("options must be an object")
+        opts = EncodeOptions(Encoding[o["encoding"]], int(o["chunk_size"]), o.get("topk"), bool(o.get("lz4")))
+        return {"payload": encode_tensors(_from_json(inp.get("tensors")), opts).hex()}
+    raise AnswerError(f"unknown handler {handler!r}")
+
+
+RUNNER = Runner(NAME, FILES, generate, answer, exact)
