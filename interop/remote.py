@@ -29,6 +29,7 @@ class RemoteMessage:
     data: bytes
     from_peer: ID | None
     signed: bool
+    received_from: ID | None = None  # the forwarding neighbour, where the remote tells it
 
 
 class Remote(Protocol):
@@ -158,7 +159,7 @@ class JsRemote:
 
     async def next_message(self, topic: str) -> RemoteMessage:
         msg = await self.peer.next_message(topic)
-        return RemoteMessage(msg.data, msg.from_peer, msg.signed)
+        return RemoteMessage(msg.data, msg.from_peer, msg.signed, msg.received_from)
 
     async def serve_echo(self) -> None:
         await self.peer.serve_echo(ECHO_PROTOCOL)

@@ -18,7 +18,7 @@ import trio
 from libp2p.peer.id import ID
 
 from interop.pypeer import PyPeer, ReceivedMessage
-from interop.remote import Remote, strip_p2p
+from interop.remote import Remote, RemoteMessage, strip_p2p
 from interop.wire import ECHO_PROTOCOL, raw_sha256_cid
 
 WAIT_S = 10.0  # bound on any single thing the scenarios wait for
@@ -187,6 +187,45 @@ async def gossip_remote_to_python(py: PyPeer, remote: Remote, payloads: list[byt
         received.append(got.data)
     assert sorted(received) == sorted(payloads)
     return py.gossip.protocol_of(remote.peer_id)
+
+
+async def relay(py: PyPeer, src: Remote, dst: Remote, payloads: list[bytes]) -> list[RemoteMessage]:
+    """``src`` and ``dst`` are not connected to each other; Python is connected to both. What ``src``
+    publishes reaches ``dst`` through the Python router, with the author's signature intact.
+
+    The caller must keep ``src`` and ``dst`` apart (the js peer can refuse a peer id).
+    """
+    topic = unique("relay")
+    await py.gossip.subscribe(topic)
+    for remote in (src, dst):
+        await remote.subscribe(topic)
+    for remote in (src, dst):
+        with trio.fail_after(WAIT_S):
+            await py.connect(remote.peer_id, remote.addrs)
+    for remote in (src, dst):
+        await eventually(
+            lambda r=remote: r.peer_id in py.gossip.mesh_peers(topic),  # type: ignore[misc]
+            f"{remote.name} is in the Python mesh",
+        )
+        await eventually(
+            lambda r=remote: _has(r.topic_peers(topic), py.peer_id),  # type: ignore[misc]
+            f"{remote.name} sees the Python subscription",
+        )
+    await _probe_until_delivered(py, src, topic)
+    for payload in payloads:
+        await src.publish(topic, payload)
+    received: list[RemoteMessage] = []
+    with trio.fail_after(WAIT_S):
+        while len(received) < len(payloads):
+            got = await dst.next_message(topic)
+            if got.data.startswith(PROBE):
+                continue
+            assert got.from_peer == src.peer_id
+            assert got.signed
+            received.append(got)
+    assert sorted(m.data for m in received) == sorted(payloads)
+    assert src.peer_id not in await dst.connected_peers(), "src and dst met directly"
+    return received
 
 
 # ---------------------------------------------------------------- streams

@@ -40,6 +40,7 @@ class JsMessage:
     signed: bool
     from_peer: ID | None
     seqno: int | None
+    received_from: ID | None  # the neighbour that forwarded it (gossipsub's propagationSource)
 
 
 class JsPeer:
@@ -84,6 +85,7 @@ class JsPeer:
             signed=msg["type"] == "signed",
             from_peer=ID.from_base58(msg["from"]) if msg["from"] else None,
             seqno=int(msg["seqno"]) if msg["seqno"] is not None else None,
+            received_from=ID.from_base58(msg["receivedFrom"]) if msg.get("receivedFrom") else None,
         )
         try:
             self._queue(topic)[0].send_nowait(item)
@@ -131,6 +133,10 @@ class JsPeer:
 
     async def dial(self, addr: str) -> dict[str, Any]:
         return await self.call("dial", addr=addr)
+
+    async def deny_peer(self, peer: ID) -> None:
+        """Refuse connections to and from ``peer`` from now on (closes any that exist)."""
+        await self.call("deny-peer", peer=peer.to_base58())
 
     async def peer_protocols(self, peer: ID) -> list[str]:
         return list((await self.call("peer-protocols", peer=peer.to_base58()))["protocols"])

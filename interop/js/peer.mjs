@@ -46,8 +46,15 @@ function argValue (name, fallback) {
 const keyType = argValue('--key', 'Ed25519')
 const privateKey = await generateKeyPair(keyType.toLowerCase() === 'secp256k1' ? 'secp256k1' : 'Ed25519')
 
+// Peers we refuse to connect to in either direction (tests use it to force a topology).
+const denied = new Set()
+
 const node = await createLibp2p({
   privateKey,
+  connectionGater: {
+    denyDialPeer: async (peerId) => denied.has(peerId.toString()),
+    denyInboundEncryptedConnection: async (peerId) => denied.has(peerId.toString())
+  },
   addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
   transports: [tcp()],
   connectionEncrypters: [noise()],
@@ -74,15 +81,17 @@ const node = await createLibp2p({
 
 // ---- received pubsub messages are pushed to stdout as events, as they arrive ----
 // (No queue here: the controlling process owns the buffering and the waiting, with its own bounds.)
-node.services.pubsub.addEventListener('message', (evt) => {
-  const msg = evt.detail
+// 'gossipsub:message' (rather than 'message') also names the peer that forwarded the message.
+node.services.pubsub.addEventListener('gossipsub:message', (evt) => {
+  const { propagationSource, msg } = evt.detail
   emit({
     event: 'message',
     topic: msg.topic,
     data: toHex(msg.data, 'base16'),
     type: msg.type,
     from: msg.type === 'signed' ? msg.from.toString() : null,
-    seqno: msg.type === 'signed' ? msg.sequenceNumber.toString() : null
+    seqno: msg.type === 'signed' ? msg.sequenceNumber.toString() : null,
+    receivedFrom: propagationSource.toString()
   })
 })
 
@@ -132,6 +141,11 @@ const handlers = {
   async dial (cmd) {
     const conn = await node.dial(target(cmd), { signal: AbortSignal.timeout(cmd.timeoutMs ?? DEFAULT_TIMEOUT_MS) })
     return connectionJson(conn)
+  },
+  async 'deny-peer' (cmd) {
+    denied.add(peerIdFromString(cmd.peer).toString())
+    await node.hangUp(peerIdFromString(cmd.peer))
+    return {}
   },
   async 'peer-protocols' (cmd) {
     const peer = await node.peerStore.get(peerIdFromString(cmd.peer))
