@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ import trio
 
 MAX_LINE = 1 << 20  # a longer line from a child is a bug in the child; we fail loudly
 TERM_GRACE_S = 5.0  # how long a child gets to exit after SIGTERM before SIGKILL
+PR_SET_PDEATHSIG = 1
 
 
 class PeerProcessError(RuntimeError):
@@ -93,6 +96,13 @@ async def _drain(
             on_line(line)
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL the child if the test process dies without running its teardown."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 async def kill_by_pid(proc: PeerProcess, grace_s: float = TERM_GRACE_S) -> None:
     """SIGTERM the child by PID, wait up to ``grace_s``, then SIGKILL it and reap it."""
     if proc.process.returncode is not None:
@@ -131,6 +141,7 @@ async def run_peer_process(
         cwd=cwd,
         env=env,
         start_new_session=True,  # a Ctrl-C in the terminal reaches pytest, which then ends it
+        preexec_fn=_die_with_parent,
     )
     proc = PeerProcess(name, process)
     try:
