@@ -19,7 +19,7 @@ import coincurve
 import multiaddr
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost, INetStream
+from libp2p.abc import IHost, IMuxedConn, INetStream
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.secp256k1 import Secp256k1PrivateKey
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
@@ -285,7 +285,7 @@ def new_identity(secret: bytes | None = None) -> Secp256k1PrivateKey:
     return Secp256k1PrivateKey(key)
 
 
-MUXERS = {
+MUXERS: dict[str, tuple[TProtocol, type[IMuxedConn]]] = {
     "yamux": (TProtocol(YAMUX_PROTOCOL_ID), Yamux),
     "mplex": (TProtocol(MPLEX_PROTOCOL_ID), Mplex),
 }

@@ -204,11 +204,11 @@ async def relay(py: PyPeer, src: Remote, dst: Remote, payloads: list[bytes]) -> 
             await py.connect(remote.peer_id, remote.addrs)
     for remote in (src, dst):
         await eventually(
-            lambda r=remote: r.peer_id in py.gossip.mesh_peers(topic),  # type: ignore[misc]
+            lambda r=remote: r.peer_id in py.gossip.mesh_peers(topic),
             f"{remote.name} is in the Python mesh",
         )
         await eventually(
-            lambda r=remote: _has(r.topic_peers(topic), py.peer_id),  # type: ignore[misc]
+            lambda r=remote: _has(r.topic_peers(topic), py.peer_id),
             f"{remote.name} sees the Python subscription",
         )
     await _probe_until_delivered(py, src, topic)

@@ -232,7 +232,7 @@ class P2pd:
             finally:
                 await sock.aclose()
 
-        await trio.serve_listeners(one, listeners)  # type: ignore[arg-type]
+        await trio.serve_listeners(one, listeners)
 
     async def dht_find_peer(self, peer: ID) -> list[multiaddr.Multiaddr]:
         resp = await self._request(
