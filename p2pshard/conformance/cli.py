@@ -123,8 +123,12 @@ def generate(check: bool, vectors_dir: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def live(address: str, timeout: float, gossip_wait: float, as_json: bool) -> None:
     """Dial a running node and check it black-box; exit 1 if any rule fails."""
+    import logging
+
     from p2pshard.conformance.live import LiveOptions, print_live, run_live
 
+    for name in ("libp2p", "multiaddr"):  # py-libp2p logs refused streams and closes as errors
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         results = run_live(address, LiveOptions(timeout_s=timeout, gossip_wait_s=gossip_wait))
     except ValueError as exc:
