@@ -17,6 +17,7 @@ from p2pshard.config import DEFAULT_LISTEN, ConfigError, NodeConfig
 from p2pshard.identity import Identity, KeyFileError
 from p2pshard.net.host import AddressError, parse_peer_addr
 from p2pshard.node import JoinError, Node, open_node
+from p2pshard.protocols.training import RoundReport
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -87,62 +88,80 @@ def _node_options(fn: Any) -> Any:
         ),
         click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines."),
         click.option("--max-peers", type=int, help="Stop discovering new peers at this many connections."),
+        click.option(
+            "--train/--no-train",
+            default=True,
+            show_default=True,
+            help="Train the network's model (or only relay, serve and discover).",
+        ),
+        click.option(
+            "--preset",
+            type=click.Choice(["micro", "tiny", "small", "base"]),
+            help="Model size (all nodes of a network must agree). Default: tiny.",
+        ),
+        click.option(
+            "--rounds", type=click.IntRange(0), help="Stop after this many rounds (0 = run until stopped)."
+        ),
+        click.option(
+            "--round-seconds", type=float, help="Length of one round (the first node decides). Default 12."
+        ),
+        click.option(
+            "--inner-steps", type=click.IntRange(1), help="Local optimizer steps per round. Default 30."
+        ),
+        click.option(
+            "--compression",
+            type=click.Choice(["none", "fp16", "bf16", "int8", "topk"]),
+            help="How pseudo-gradients are compressed on the wire.",
+        ),
+        click.option(
+            "--aggregation",
+            type=click.Choice(["mean", "trimmed_mean", "median", "krum", "multi_krum", "centered_clip"]),
+            help="Robust aggregation rule.",
+        ),
+        click.option(
+            "--snapshot-dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            help="Keep hot snapshots here and resume from the newest on restart.",
+        ),
+        click.option(
+            "--genesis",
+            type=click.Path(path_type=Path, exists=True, file_okay=False),
+            help="Train on a dataset made by `p2pshard genesis build` (default: the embedded corpus).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def _config(
-    listen: tuple[str, ...],
-    key: Path | None,
-    config_file: Path | None,
-    bootstrap: list[str] | None,
-    max_peers: int | None,
-) -> NodeConfig:
+def _config(config_file: Path | None, bootstrap: list[str] | None, **flags: Any) -> NodeConfig:
+    renames = {"round_seconds": "round_s"}
+    values = {renames.get(k, k): v for k, v in flags.items() if k not in ("as_json",)}
+    values["listen"] = list(values.get("listen") or ()) or None
     try:
-        return NodeConfig.load(
-            config_file,
-            listen=list(listen) or None,
-            key=key,
-            bootstrap=bootstrap,
-            max_peers=max_peers,
-        )
+        return NodeConfig.load(config_file, bootstrap=bootstrap, **values)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
 @main.command()
 @_node_options
-def start(
-    listen: tuple[str, ...],
-    key: Path | None,
-    config_file: Path | None,
-    as_json: bool,
-    max_peers: int | None,
-) -> None:
+def start(config_file: Path | None, as_json: bool, **flags: Any) -> None:
     """Start the first node of a network and print the address others join through."""
-    _run_node(_config(listen, key, config_file, None, max_peers), as_json)
+    _run_node(_config(config_file, None, **flags), as_json)
 
 
 @main.command()
 @click.argument("bootstrap", nargs=-1, required=True, metavar="MULTIADDR...")
 @_node_options
-def join(
-    bootstrap: tuple[str, ...],
-    listen: tuple[str, ...],
-    key: Path | None,
-    config_file: Path | None,
-    as_json: bool,
-    max_peers: int | None,
-) -> None:
+def join(bootstrap: tuple[str, ...], config_file: Path | None, as_json: bool, **flags: Any) -> None:
     """Join a network through one or more of its nodes (full /ip4/…/tcp/…/p2p/… addresses)."""
     for addr in bootstrap:
         try:
             parse_peer_addr(addr)
         except AddressError as exc:
             raise click.BadParameter(str(exc), param_hint="MULTIADDR") from exc
-    _run_node(_config(listen, key, config_file, list(bootstrap), max_peers), as_json)
+    _run_node(_config(config_file, list(bootstrap), **flags), as_json)
 
 
 def _run_node(config: NodeConfig, as_json: bool) -> None:
@@ -162,9 +181,13 @@ async def _serve_until_signal(config: NodeConfig, as_json: bool) -> None:
                 f"p2pshard node {pid} listening on:\n  " + "\n  ".join(node.addrs),
                 peer_id=pid,
                 addrs=node.addrs,
+                network_id=node.config.network_id,
             )
+            node.round_listeners.append(lambda report: _emit_round(report, as_json))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_report_peers, node, as_json)
+                if node.trainer is not None and config.rounds:
+                    nursery.start_soon(_stop_when_trained, node, nursery.cancel_scope, as_json)
                 async for signum in signals:
                     _emit(
                         "stopping",
@@ -175,6 +198,43 @@ async def _serve_until_signal(config: NodeConfig, as_json: bool) -> None:
                     nursery.cancel_scope.cancel()
                     break
     _emit("stopped", as_json, "stopped")
+
+
+def _emit_round(report: RoundReport, as_json: bool) -> None:
+    loss = f"{report.loss:.4f}" if report.loss is not None else "-"
+    text = (
+        f"round {report.round:>4}  loss {loss}  model {report.model_hash.hex()[:12]}  "
+        f"contributors {report.contributors}  {report.tokens_per_s:,.0f} tok/s  "
+        f"sent {report.bytes_sent / 1e6:.2f} MB  received {report.bytes_received / 1e6:.2f} MB"
+    )
+    _emit(
+        "round",
+        as_json,
+        text,
+        round=report.round,
+        loss=report.loss,
+        model_hash=report.model_hash.hex(),
+        tokens=report.tokens,
+        contributors=report.contributors,
+        rejected=report.rejected,
+        tokens_per_s=report.tokens_per_s,
+        bytes_sent=report.bytes_sent,
+        bytes_received=report.bytes_received,
+    )
+
+
+async def _stop_when_trained(node: Node, scope: trio.CancelScope, as_json: bool) -> None:
+    assert node.trainer is not None
+    await node.trainer.done.wait()
+    _emit(
+        "trained",
+        as_json,
+        f"finished {node.config.rounds} rounds",
+        rounds=node.config.rounds,
+        model_hash=node.trainer.engine.model_hash().hex(),
+    )
+    await trio.sleep(node.config.round_s * 0.3)  # keep serving our last payload to slower peers
+    scope.cancel()
 
 
 async def _report_peers(node: Node, as_json: bool) -> None:
@@ -226,24 +286,84 @@ def status(address: str, as_json: bool, timeout: float) -> None:
 @main.command()
 @click.option("--nodes", default=4, show_default=True, type=click.IntRange(1, 32), help="How many nodes.")
 @click.option(
+    "--rounds",
+    default=20,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Train this many rounds, then stop and summarise (0 = until Ctrl-C).",
+)
+@click.option("--train/--no-train", default=True, show_default=True, help="Train, or only form the network.")
+@click.option(
+    "--preset", type=click.Choice(["micro", "tiny", "small", "base"]), default="tiny", show_default=True
+)
+@click.option("--round-seconds", type=float, help="Length of one round (default 12 s).")
+@click.option("--inner-steps", type=click.IntRange(1), help="Local optimizer steps per round (default 30).")
+@click.option("--compression", type=click.Choice(["none", "fp16", "bf16", "int8", "topk"]))
+@click.option(
+    "--aggregation",
+    type=click.Choice(["mean", "trimmed_mean", "median", "krum", "multi_krum", "centered_clip"]),
+)
+@click.option(
     "--base-port",
     default=0,
     show_default=True,
     type=click.IntRange(0, 65000),
     help="First TCP port (0 = any free ports).",
 )
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("devnet-out"),
+    show_default=True,
+    help="Where the summary and the loss plot go.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines instead of a live table.")
 @click.option(
-    "--duration",
-    type=float,
-    default=None,
-    help="Stop after this many seconds (default: until Ctrl-C).",
+    "--duration", type=float, default=None, help="Stop after this many seconds (default: until done)."
 )
-def devnet(nodes: int, base_port: int, as_json: bool, duration: float | None) -> None:
-    """Start a local network of NODES nodes on 127.0.0.1 and show it until Ctrl-C."""
+def devnet(
+    nodes: int,
+    rounds: int,
+    train: bool,
+    preset: str,
+    round_seconds: float | None,
+    inner_steps: int | None,
+    compression: str | None,
+    aggregation: str | None,
+    base_port: int,
+    out: Path,
+    as_json: bool,
+    duration: float | None,
+) -> None:
+    """Start a local network of NODES nodes on 127.0.0.1 that trains together, and show it.
+
+    Each node is its own process. With --rounds N (default 20) the devnet ends after N rounds
+    with a summary table and a plot of loss against tokens (OUT/loss.png); Ctrl-C stops it early.
+    """
     from p2pshard.devnet import run_devnet
 
-    sys.exit(run_devnet(nodes=nodes, base_port=base_port, as_json=as_json, duration=duration))
+    node_args = ["--train" if train else "--no-train", "--preset", preset]
+    if train:
+        node_args += ["--rounds", str(rounds)]
+    for flag, value in (
+        ("--round-seconds", round_seconds),
+        ("--inner-steps", inner_steps),
+        ("--compression", compression),
+        ("--aggregation", aggregation),
+    ):
+        if value is not None:
+            node_args += [flag, str(value)]
+    sys.exit(
+        run_devnet(
+            nodes=nodes,
+            base_port=base_port,
+            as_json=as_json,
+            duration=duration,
+            rounds=rounds if train else 0,
+            node_args=node_args,
+            out=out,
+        )
+    )
 
 
 if __name__ == "__main__":

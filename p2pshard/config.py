@@ -33,6 +33,21 @@ class NodeConfig:
     blob_store_bytes: int = 2 << 30
     dial_timeout_s: float = 5.0
     gossip_heartbeat_s: float = 1.0
+    # training (see p2pshard/protocols/training.py)
+    train: bool = False
+    preset: str = "tiny"
+    rounds: int = 0
+    """Stop training after this many rounds (0 = until stopped)."""
+    round_s: float = 12.0
+    inner_steps: int = 30
+    compression: str = ""
+    """Pseudo-gradient compression: none, fp16, bf16, int8, topk ('' = the engine's default)."""
+    aggregation: str = ""
+    """Robust aggregation rule: mean, trimmed_mean, median, krum, multi_krum, centered_clip ('' = default)."""
+    snapshot_dir: Path | None = None
+    snapshot_interval_s: float = 120.0
+    genesis: Path | None = None
+    """Directory written by `p2pshard genesis build` (default: the embedded corpus)."""
     fault: str = ""
     """A fault switched on for testing conformance tooling; never set in production.
     ``forward-invalid``: accept and forward every gossip message without validating it."""
@@ -47,6 +62,8 @@ class NodeConfig:
             raise ConfigError("max_peers must be at least 1")
         if self.dial_timeout_s <= 0:
             raise ConfigError("dial_timeout_s must be positive")
+        if self.round_s <= 0 or self.inner_steps < 1 or self.rounds < 0:
+            raise ConfigError("round_s must be positive, inner_steps >= 1 and rounds >= 0")
         if self.fault not in ("", "forward-invalid"):
             raise ConfigError(f"fault: unknown fault {self.fault!r} (known: forward-invalid)")
         if self.gossip_heartbeat_s <= 0:
@@ -85,6 +102,14 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
             return [str(v) for v in value]
         if typ.startswith("Path"):
             return Path(value) if value not in (None, "") else None
+        if typ == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
         if typ == "int":
             return int(value)
         if typ == "float":

@@ -1,8 +1,11 @@
 """``p2pshard devnet``: a whole network on this machine, one process per node, shown live.
 
 The first node is started with ``p2pshard start``, the others with ``p2pshard join <first>``, all
-with ``--json`` so this supervisor can follow their events. Ctrl-C (or SIGTERM, or ``--duration``)
-sends SIGTERM to every node by PID, waits for each to exit cleanly, and kills any that do not.
+with ``--json`` so this supervisor can follow their events and show them (round, loss, tokens/s,
+bytes sent and received per node). With ``--rounds N`` the network trains N rounds and the
+devnet ends with a summary and a PNG plot of loss against tokens per node. Ctrl-C (or SIGTERM, or
+``--duration``) sends SIGTERM to every node by PID, waits for each to exit cleanly, and kills any
+that do not.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import trio
 from rich.console import Console
@@ -34,26 +38,45 @@ class NodeView:
     state: str = "starting"
     last: dict[str, Any] = field(default_factory=dict)
     exit_code: int | None = None
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    trained: bool = False
 
 
-def _command(index: int, port: int, bootstrap: str | None) -> list[str]:
+def _command(index: int, port: int, bootstrap: str | None, node_args: list[str]) -> list[str]:
     listen = f"/ip4/127.0.0.1/tcp/{port + index if port else 0}"
-    cmd = [sys.executable, "-m", "p2pshard", "start" if bootstrap is None else "join"]
+    cmd = [sys.executable, "-m", "p2pshard", "-v", "start" if bootstrap is None else "join"]
     if bootstrap is not None:
         cmd.append(bootstrap)
-    return [*cmd, "--listen", listen, "--json"]
+    return [*cmd, "--listen", listen, "--json", *node_args]
 
 
 def _table(views: list[NodeView]) -> Table:
     table = Table(title="p2pshard devnet (Ctrl-C to stop)")
-    for col in ("node", "peer id", "address", "peers", "state"):
-        table.add_column(col)
+    for col in (
+        "node",
+        "peer id",
+        "address",
+        "peers",
+        "round",
+        "loss",
+        "tok/s",
+        "sent MB",
+        "recv MB",
+        "state",
+    ):
+        table.add_column(col, justify="left" if col in ("peer id", "address", "state") else "right")
     for v in views:
+        r = v.rounds[-1] if v.rounds else {}
         table.add_row(
             str(v.index),
             v.peer_id[-12:] if v.peer_id else "…",
             v.addrs[0].split("/p2p/")[0] if v.addrs else "…",
             str(v.peers),
+            str(r.get("round", "…")),
+            f"{r['loss']:.4f}" if r.get("loss") is not None else "…",
+            f"{r['tokens_per_s']:,.0f}" if r else "…",
+            f"{r['bytes_sent'] / 1e6:.2f}" if r else "…",
+            f"{r['bytes_received'] / 1e6:.2f}" if r else "…",
             v.state,
         )
     return table
@@ -78,14 +101,27 @@ async def _follow(view: NodeView, stdout: trio.abc.ReceiveStream, ready: trio.Ev
                 ready.set()
             elif kind == "peers":
                 view.peers = int(event["count"])
+            elif kind == "round":
+                view.rounds.append(event)
+                view.state = "training"
+            elif kind == "trained":
+                view.trained = True
+                view.state = "trained"
             elif kind in ("stopping", "stopped"):
                 view.state = kind
 
 
-async def _start(view: NodeView, cmd: list[str], nursery: trio.Nursery, as_json: bool) -> None:
-    proc = await trio.lowlevel.open_process(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+def _log_file(out: Path, index: int) -> BinaryIO:
+    return open(out / f"node-{index}.log", "wb")
+
+
+async def _start(view: NodeView, cmd: list[str], nursery: trio.Nursery, as_json: bool, out: Path) -> None:
+    # One torch thread per node: several nodes share this machine's cores.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with _log_file(out, view.index) as log:  # the child keeps its own copy of the fd
+        proc = await trio.lowlevel.open_process(
+            cmd, stdout=subprocess.PIPE, stderr=log, start_new_session=True, env=env
+        )
     view.process = proc
     ready = trio.Event()
     assert proc.stdout is not None
@@ -117,7 +153,27 @@ async def _refresh(live: Live, views: list[NodeView]) -> None:
         await trio.sleep(0.25)
 
 
-async def _devnet(nodes: int, base_port: int, as_json: bool, duration: float | None) -> int:
+async def _until_trained(views: list[NodeView], scope: trio.CancelScope) -> None:
+    """Every node has finished its rounds (or exited)."""
+
+    def finished(v: NodeView) -> bool:
+        return v.trained or (v.process is not None and v.process.returncode is not None)
+
+    while not all(finished(v) for v in views):  # noqa: ASYNC110 - polls child processes' state
+        await trio.sleep(0.5)
+    await trio.sleep(2.0)  # let the last payloads be served
+    scope.cancel()
+
+
+async def _devnet(
+    nodes: int,
+    base_port: int,
+    as_json: bool,
+    duration: float | None,
+    rounds: int,
+    node_args: list[str],
+    out: Path,
+) -> int:
     console = Console(stderr=as_json)
     views = [NodeView(i) for i in range(nodes)]
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -127,14 +183,19 @@ async def _devnet(nodes: int, base_port: int, as_json: bool, duration: float | N
                 live.start()
                 nursery.start_soon(_refresh, live, views)
             try:
-                await _start(views[0], _command(0, base_port, None), nursery, as_json)
+                await _start(views[0], _command(0, base_port, None, node_args), nursery, as_json, out)
                 first = views[0].addrs[0]
                 async with trio.open_nursery() as starters:
                     for v in views[1:]:
-                        starters.start_soon(_start, v, _command(v.index, base_port, first), nursery, as_json)
+                        cmd = _command(v.index, base_port, first, node_args)
+                        starters.start_soon(_start, v, cmd, nursery, as_json, out)
                 with trio.move_on_after(duration if duration is not None else float("inf")):
-                    async for _ in signals:
-                        break
+                    async with trio.open_nursery() as waiters:
+                        if rounds:
+                            waiters.start_soon(_until_trained, views, waiters.cancel_scope)
+                        async for _ in signals:
+                            break
+                        waiters.cancel_scope.cancel()
             finally:
                 with trio.CancelScope(shield=True):
                     await _stop_all(views)
@@ -143,10 +204,83 @@ async def _devnet(nodes: int, base_port: int, as_json: bool, duration: float | N
                     live.stop()
                 nursery.cancel_scope.cancel()
     clean = all(v.exit_code == 0 for v in views if v.process is not None)
+    if any(v.rounds for v in views):
+        _summary(views, out, console, as_json)
     if not as_json:
         console.print("all nodes stopped cleanly" if clean else "some nodes did not stop cleanly")
     return 0 if clean else 1
 
 
-def run_devnet(nodes: int, base_port: int = 0, as_json: bool = False, duration: float | None = None) -> int:
-    return trio.run(_devnet, nodes, base_port, as_json, duration)
+def _summary(views: list[NodeView], out: Path, console: Console, as_json: bool) -> None:
+    hashes = {v.rounds[-1]["model_hash"] for v in views if v.rounds}
+    table = Table(title="training summary")
+    for col in ("node", "rounds", "first loss", "last loss", "tokens", "model hash"):
+        table.add_column(col)
+    for v in views:
+        if not v.rounds:
+            table.add_row(str(v.index), "0", "-", "-", "-", "-")
+            continue
+        losses = [r["loss"] for r in v.rounds if r.get("loss") is not None]
+        table.add_row(
+            str(v.index),
+            str(len(v.rounds)),
+            f"{losses[0]:.4f}" if losses else "-",
+            f"{losses[-1]:.4f}" if losses else "-",
+            f"{v.rounds[-1]['tokens']:,}",
+            v.rounds[-1]["model_hash"][:16],
+        )
+    plot = _plot(views, out)
+    summary = {
+        "event": "summary",
+        "same_model_hash": len(hashes) == 1,
+        "model_hashes": sorted(hashes),
+        "plot": str(plot),
+        "nodes": [{"node": v.index, "peer_id": v.peer_id, "rounds": v.rounds} for v in views],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if as_json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "nodes"}), flush=True)
+        return
+    console.print(table)
+    same = len(hashes) == 1
+    console.print("all nodes hold the same model" if same else f"nodes disagree: {len(hashes)} model hashes")
+    console.print(f"loss plot: {plot}")
+
+
+def _plot(views: list[NodeView], out: Path) -> Path:
+    """Loss against tokens trained, one line per node (matplotlib, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for v in views:
+        points = [(r["tokens"], r["loss"]) for r in v.rounds if r.get("loss") is not None]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o", markersize=3, label=f"node {v.index}")
+    ax.set_xlabel("tokens trained by the node")
+    ax.set_ylabel("training loss (mean over inner steps)")
+    ax.set_title("p2pshard devnet: DiLoCo rounds")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = out / "loss.png"
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def run_devnet(
+    nodes: int,
+    base_port: int = 0,
+    as_json: bool = False,
+    duration: float | None = None,
+    rounds: int = 0,
+    node_args: list[str] | None = None,
+    out: Path | None = None,
+) -> int:
+    out = out or Path("devnet-out")
+    out.mkdir(parents=True, exist_ok=True)
+    return trio.run(_devnet, nodes, base_port, as_json, duration, rounds, node_args or [], out)

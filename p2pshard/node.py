@@ -7,11 +7,14 @@ the block cancels every task and closes the host; nothing of py-libp2p's shutdow
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 from libp2p.abc import IHost
@@ -36,14 +39,35 @@ from p2pshard.net.discovery import Discovery
 from p2pshard.net.host import build_host, full_addrs, parse_multiaddr, parse_peer_addr
 from p2pshard.net.pubsub import PubSub, PubSubConfig
 from p2pshard.net.reqresp import ProtocolSpec, ReqRespClient, ReqRespServer
+from p2pshard.protocols.engine_api import Engine
 from p2pshard.protocols.status import status_spec
 from p2pshard.protocols.topics import Topics
+from p2pshard.protocols.training import RoundReport, Trainer, TrainingOptions
 
 log = logging.getLogger(__name__)
 
 AGENT = f"p2pshard/{p2pshard.__version__}"
 
 StatusExtension = Callable[[status_pb2.StatusResponse], None]
+
+
+class AppPenalties:
+    """Application-level penalties (gossip score P5), e.g. for a pseudo-gradient that failed
+    screening. A penalty halves every ``half_life_s`` so a peer can recover."""
+
+    def __init__(self, half_life_s: float = 300.0) -> None:
+        self.half_life_s = half_life_s
+        self._penalties: dict[bytes, tuple[float, float]] = {}
+
+    def add(self, peer: bytes, amount: float) -> None:
+        self._penalties[peer] = (self._current(peer) + amount, time.monotonic())
+
+    def _current(self, peer: bytes) -> float:
+        amount, since = self._penalties.get(peer, (0.0, 0.0))
+        return amount * 0.5 ** ((time.monotonic() - since) / self.half_life_s) if amount else 0.0
+
+    def score(self, peer: bytes) -> float:
+        return -self._current(peer)
 
 
 class JoinError(Exception):
@@ -65,6 +89,9 @@ class Node:
     pubsub: PubSub | None
     topics: Topics | None
     started_at: float
+    app_penalties: AppPenalties = field(default_factory=AppPenalties)
+    trainer: Trainer | None = None
+    round_listeners: list[Callable[[RoundReport], None]] = field(default_factory=list)
     status_extensions: list[StatusExtension] = field(default_factory=list)
 
     @property
@@ -78,6 +105,10 @@ class Node:
 
     def peers(self) -> list[ID]:
         return sorted(self.connector.connected_peers(), key=lambda p: p.to_bytes())
+
+    def report_round(self, report: RoundReport) -> None:
+        for listener in self.round_listeners:
+            listener(report)
 
     def register(self, spec: ProtocolSpec) -> None:
         self.server.register(spec)
@@ -124,6 +155,10 @@ async def open_node(
     """
     if identity is None:
         identity = Identity.load_or_create(config.key)[0] if config.key else Identity.generate()
+    engine: Engine | None = None
+    if config.train and not client_only:
+        engine = await trio.to_thread.run_sync(make_engine, config, identity.peer_id.to_base58())
+        config = dataclasses.replace(config, network_id=engine.network_id)
     listen = [parse_multiaddr(a) for a in config.listen]
     bootstrap = [parse_peer_addr(a) for a in config.bootstrap]
     host = build_host(
@@ -144,7 +179,10 @@ async def open_node(
     _count_failed_negotiations(host, counters)
     try:
         async with host.run(listen), trio.open_nursery() as nursery:
-            pubsub = None if client_only else _make_pubsub(config, identity, host, connector, counters)
+            penalties = AppPenalties()
+            pubsub = (
+                None if client_only else _make_pubsub(config, identity, host, connector, counters, penalties)
+            )
             node = Node(
                 config=config,
                 identity=identity,
@@ -159,6 +197,7 @@ async def open_node(
                 pubsub=pubsub,
                 topics=None if pubsub is None else Topics(pubsub, config.network_id, counters, config.fault),
                 started_at=trio.current_time(),
+                app_penalties=penalties,
             )
             server.register(status_spec(node.status))
             server.register(node.blobs.spec())
@@ -171,6 +210,14 @@ async def open_node(
                 errors = await discovery.bootstrap(bootstrap)
                 if len(errors) == len(bootstrap):
                     raise JoinError("could not reach any bootstrap peer: " + "; ".join(errors))
+            if engine is not None:
+                node.trainer = Trainer(
+                    node,
+                    engine,
+                    training_options(config),
+                    report=node.report_round,
+                )
+                await nursery.start(node.trainer.run)
             try:
                 yield node
             finally:
@@ -191,14 +238,59 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
+def make_engine(config: NodeConfig, peer_id: str) -> Engine:
+    """The torch engine ``config`` asks for (blocking: imports torch and builds the model)."""
+    from p2pshard.engine import Genesis, TorchEngine, default_genesis
+    from p2pshard.engine.aggregation import AggregationConfig
+    from p2pshard.engine.compression import CompressionConfig
+    from p2pshard.engine.diloco import DiLoCoConfig
+
+    genesis = Genesis.load(config.genesis) if config.genesis else default_genesis()
+    overrides: dict[str, Any] = {
+        "diloco": dataclasses.replace(DiLoCoConfig(), inner_steps=config.inner_steps),
+        "node_salt": peer_id.encode(),
+    }
+    if config.compression:
+        overrides["compression"] = CompressionConfig(kind=config.compression)
+    if config.aggregation:
+        overrides["aggregation"] = AggregationConfig(rule=config.aggregation)
+    engine = TorchEngine.create(config.preset, genesis=genesis, **overrides)
+    if config.snapshot_dir is not None:
+        from p2pshard.engine.checkpoint import HotSnapshots
+
+        latest = HotSnapshots(config.snapshot_dir, config.snapshot_interval_s).latest()
+        if latest is not None:
+            engine.load_checkpoint(latest)
+            log.info("restored round %d from snapshot %s", engine.round, latest)
+    return engine
+
+
+def training_options(config: NodeConfig) -> TrainingOptions:
+    period = config.round_s
+    return TrainingOptions(
+        rounds=config.rounds,
+        period_s=period,
+        announce_deadline_s=period * 0.7,
+        fetch_timeout_s=period * 0.25,
+        start_delay_s=max(8.0, period * 1.5),  # time for the other nodes to start and join
+        snapshot_dir=config.snapshot_dir,
+        snapshot_interval_s=config.snapshot_interval_s,
+    )
+
+
 def _make_pubsub(
-    config: NodeConfig, identity: Identity, host: IHost, connector: Connector, counters: Counters
+    config: NodeConfig,
+    identity: Identity,
+    host: IHost,
+    connector: Connector,
+    counters: Counters,
+    penalties: AppPenalties,
 ) -> PubSub:
     """Our router with peer scoring on for the network's topics (py-libp2p ships it off)."""
     topics = {topic_name(config.network_id, name): TopicScoreParams() for name in TOPICS}
     gossip_config = GossipConfig.build(
         message_id_fn=message_id,
-        score_params=PeerScoreParams(topics=topics),
+        score_params=PeerScoreParams(topics=topics, app_specific_score=penalties.score),
         heartbeat_interval=config.gossip_heartbeat_s,
     )
     signer = Secp256k1Signer(bytes(identity.private_key.to_bytes()))

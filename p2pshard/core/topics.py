@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
 from p2pshard.core.gossip import GossipMessage, ValidationResult, default_message_id
+from p2pshard.core.gossip.signing import KeyType, inlined_public_key, unmarshal_public_key
 from p2pshard.core.wire import topics_pb2
 
 TOPIC_PREFIX: Final = "/p2pshard/"
@@ -140,3 +141,31 @@ def validate(msg: GossipMessage, network_id: str, now_ms: int, hook: Hook | None
     if hook is not None:
         return hook(msg, decoded, now_ms)
     return ACCEPT
+
+
+SIGNING_DOMAIN: Final = b"p2pshard-topic:"
+
+
+def signing_bytes(short: str, message: ProtoMessage) -> bytes:
+    """What an author signs: domain tag, topic name, and the message with ``signature`` cleared,
+    serialised deterministically. Binding the topic name stops a signature moving between topics."""
+    bare = type(message)()
+    bare.CopyFrom(message)
+    bare.ClearField("signature")
+    return SIGNING_DOMAIN + short.encode() + b"\x00" + bare.SerializeToString(deterministic=True)
+
+
+def verify_author(author: bytes, data: bytes, signature: bytes) -> bool:
+    """Check a secp256k1 signature by the key inlined in ``author`` (a raw ``16Uiu2…`` peer id)."""
+    import coincurve
+
+    marshalled = inlined_public_key(author)
+    if marshalled is None:
+        return False
+    try:
+        key_type, key = unmarshal_public_key(marshalled)
+        if key_type is not KeyType.SECP256K1:
+            return False
+        return bool(coincurve.PublicKey(key).verify(signature, data))
+    except Exception:  # malformed key or DER signature: not a valid signature
+        return False

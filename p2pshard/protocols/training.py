@@ -1,0 +1,535 @@
+"""The DiLoCo round protocol over the network: train, announce, collect, fetch, aggregate, commit.
+
+Rounds follow a schedule every node computes from its own clock (:class:`RoundSchedule`). In
+round ``r`` a node
+
+1. trains H inner steps on the shard the manifest assigns to (its peer id, r) — in a worker
+   thread, the engine being blocking torch code;
+2. serves the compressed pseudo-gradient over the blob protocol and announces it on the
+   ``gradients`` topic (round, model hash, content hash, size, tokens, loss, signature);
+3. collects announcements until the deadline (:class:`RoundMachine` judges each: too early, too
+   late, stale, equivocating... → REJECT or IGNORE with a reason, which gossip scoring uses);
+4. fetches the chosen payloads from several providers in parallel, verified by hash and screened
+   by the engine (wrong shape, NaN, absurd norm → rejected, counted, and the contributor's
+   application score lowered); the round goes on without them;
+5. aggregates robustly in contributor order, applies the outer step and records the model hash.
+
+A node whose model hash differs from the stated majority, or which is behind the network (a late
+joiner, or one restarted from an older snapshot), loads the current checkpoint from peers:
+``/p2pshard/checkpoint/1.0.0`` names it, the blob protocol moves it, the engine verifies it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+from google.protobuf.message import Message as ProtoMessage
+from libp2p.peer.id import ID
+
+from p2pshard.core import topics as core_topics
+from p2pshard.core.gossip import GossipMessage
+from p2pshard.core.rounds import (
+    Aggregate,
+    Announcement,
+    Command,
+    Commit,
+    Fetch,
+    Resync,
+    RoundConfig,
+    RoundMachine,
+    RoundSchedule,
+    VerdictKind,
+)
+from p2pshard.core.wire import checkpoint_pb2, topics_pb2
+from p2pshard.net.blob import BlobError
+from p2pshard.net.reqresp import RpcError
+from p2pshard.protocols.checkpoint import (
+    checkpoint_spec,
+    fetch_checkpoint_info,
+    schedule_from_pb,
+    schedule_to_pb,
+)
+from p2pshard.protocols.engine_api import Engine, UpdateRejected
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+    from p2pshard.node import Node
+
+log = logging.getLogger(__name__)
+
+GRADIENTS = "gradients"
+MAX_CHECKPOINT_BYTES = 4 << 30
+REJECTED_PAYLOAD_PENALTY = 50.0
+"""Application-score penalty (P5) per payload that failed screening."""
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    rounds: int = 0
+    """Stop after this many rounds (0 = train until stopped)."""
+    period_s: float = 12.0
+    announce_deadline_s: float = 8.0
+    fetch_timeout_s: float = 3.0
+    start_delay_s: float = 8.0
+    """How long after the first node starts round 0 opens (time for others to join)."""
+    snapshot_dir: Path | None = None
+    snapshot_interval_s: float = 120.0
+    max_payload_bytes: int = 256 << 20
+
+
+@dataclass
+class RoundReport:
+    round: int
+    model_hash: bytes
+    loss: float | None
+    tokens: int
+    contributors: int
+    rejected: dict[str, str]
+    seconds: float
+    tokens_per_s: float
+    bytes_sent: int
+    bytes_received: int
+
+
+Reporter = Callable[[RoundReport], None]
+
+
+MAX_ANNOUNCEMENTS_PER_ROUND = 1024
+ROUNDS_AHEAD = 2
+"""Announcements for rounds up to this far ahead of ours are kept (and forwarded), not dropped."""
+
+
+class Trainer:
+    """Runs rounds for one node. Start with ``await nursery.start(trainer.run)``."""
+
+    def __init__(
+        self, node: Node, engine: Engine, options: TrainingOptions, report: Reporter | None = None
+    ) -> None:
+        if node.topics is None:
+            raise ValueError("training needs a node with pubsub")
+        self.node = node
+        self.engine = engine
+        self.options = options
+        self.report = report or (lambda r: None)
+        self.lock = trio.Lock()
+        self.schedule: RoundSchedule | None = None
+        self.machine: RoundMachine | None = None
+        self._seen: dict[int, list[tuple[Announcement, float]]] = {}
+        """Every announcement received, by round, with when it arrived (replayed into a new machine)."""
+        self._announced: set[int] = set()
+        self._queue: list[Command] = []
+        self._wake = trio.Event()
+        self._own_blobs: dict[int, bytes] = {}
+        self._checkpoint_cache: tuple[int, bytes, bytes] | None = None  # (round, model hash, digest)
+        self._peer_id = node.peer_id.to_base58()
+        self.last_loss: float | None = None
+        self.train_seconds = 0.0
+        self.tokens = 0
+        self.done = trio.Event()
+
+    # -- setup --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        topics = self.node.topics
+        assert topics is not None
+        topics.set_hook(GRADIENTS, self._judge_announcement)
+        topics.on_message(GRADIENTS, self._on_announcement)
+        self.node.register(checkpoint_spec(self._checkpoint_info))
+        self.node.status_extensions.append(self._extend_status)
+        await self._join_schedule()
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            if self.options.snapshot_dir is not None:
+                nursery.start_soon(self._snapshot_loop)
+            await self._round_loop()
+            self.done.set()
+            nursery.cancel_scope.cancel()
+
+    async def _join_schedule(self) -> None:
+        """Learn the schedule (and catch up) from bootstrap peers, or start a new one."""
+        for peer in self.node.peers():
+            try:
+                info = await fetch_checkpoint_info(self.node.client, peer, timeout_s=10)
+            except RpcError:
+                continue
+            if info.network_id != self.engine.network_id:
+                log.warning(
+                    "peer %s trains network %s, not ours (%s)", peer, info.network_id, self.engine.network_id
+                )
+                continue
+            try:
+                self.schedule = schedule_from_pb(info.schedule)
+            except ValueError as exc:
+                log.warning("peer %s sent a bad schedule: %s", peer, exc)
+                continue
+            if info.schedule.last_round:
+                self.options = _replace(self.options, rounds=int(info.schedule.last_round))
+            break
+        if self.schedule is None:
+            o = self.options
+            self.schedule = RoundSchedule(
+                time.time() + o.start_delay_s, o.period_s, o.announce_deadline_s, o.fetch_timeout_s
+            )
+        behind = self.schedule.round_at(time.time()) - self.engine.round
+        if behind > 0:
+            await self._resync(None, reason=f"behind by {behind} rounds")
+
+    # -- the round loop ---------------------------------------------------------------------
+
+    async def _round_loop(self) -> None:
+        assert self.schedule is not None
+        while not self.options.rounds or self.engine.round < self.options.rounds:
+            r = self.engine.round
+            now_round = self.schedule.round_at(time.time())
+            if now_round > r:  # we fell behind (slow round, suspended process): catch up
+                await self._resync(None, reason=f"round {r} is over (network is at {now_round})")
+                if self.engine.round == r:  # nobody had a newer checkpoint: skip ahead alone
+                    await self._apply(r, {}, started=time.time())
+                continue
+            await self._run_round(r)
+
+    async def _run_round(self, r: int) -> None:
+        assert self.schedule is not None
+        started = time.time()
+        self.machine = machine = RoundMachine(
+            r,
+            self.schedule,
+            self.engine.model_hash(),
+            RoundConfig(max_payload_bytes=self.options.max_payload_bytes),
+        )
+        self._queue.clear()
+        for a, seen_at in self._seen.get(r, []):
+            machine.announce(a, seen_at)
+        payloads: dict[str, bytes] = {}
+        resync_to: bytes | None = None
+        async with trio.open_nursery() as nursery:
+            # Train now (the model for round r is ready as soon as r-1 committed) and announce once
+            # the round opens: nearly the whole period is training time. Training runs beside the
+            # loop below, so collection and fetching keep their deadlines however long it takes.
+            if self._can_train_in_time(r):
+                nursery.start_soon(self._train_and_announce, r)
+            else:
+                self.node.counters.incr("training.rounds_skipped")
+            while machine.committed_hash is None:
+                commands, self._queue = self._queue, []
+                for cmd in [*commands, *machine.tick(time.time())]:
+                    match cmd:
+                        case Resync(model_hash=want):
+                            resync_to = want  # after this round's tasks have stopped
+                            nursery.cancel_scope.cancel()
+                        case Fetch(contributions=chosen):
+                            nursery.start_soon(self._fetch_all, r, chosen, payloads)
+                        case Aggregate(contributors=ready):
+                            outcome_hash = await self._apply(r, {c: payloads[c] for c in ready}, started)
+                            self._queue.extend(machine.aggregated(outcome_hash))
+                        case Commit():
+                            pass
+                if self._queue:
+                    continue
+                self._wake = trio.Event()
+                with trio.move_on_after(_next_deadline(self.schedule, r, time.time())):
+                    await self._wake.wait()
+        if resync_to is not None:  # the loaded checkpoint decides what round comes next
+            await self._resync(resync_to, reason="majority holds another model")
+
+    def _can_train_in_time(self, r: int) -> bool:
+        """Train this round unless we already did, or the last round's training time says we
+        would miss the deadline (a late joiner, or a resync mid-round): then only aggregate."""
+        assert self.schedule is not None
+        if r in self._announced or self.engine.round != r:
+            return False
+        return time.time() + self.train_seconds < self.schedule.deadline(r)
+
+    async def _train_and_announce(self, r: int) -> None:
+        shard_id = self.engine.assigned_shard(self._peer_id, r)
+        shard = await self._shard(shard_id)
+        began = time.time()
+        async with self.lock:
+            update = await trio.to_thread.run_sync(self.engine.train_round, r, shard)
+        self.train_seconds = time.time() - began
+        log.info(
+            "round %d: trained %d tokens in %.1fs, loss %.4f",
+            r,
+            update.tokens,
+            self.train_seconds,
+            update.loss,
+        )
+        self.last_loss = update.loss
+        self.tokens += update.tokens
+        self.node.blobs.store.put_verified(update.content_hash, update.payload, pin=True)
+        self._own_blobs[r] = update.content_hash
+        for old in [k for k in self._own_blobs if k < r - 2]:
+            self.node.blobs.store.remove(self._own_blobs.pop(old))
+        ann = topics_pb2.GradientAnnouncement(
+            round=r,
+            model_hash=update.base_model_hash,
+            content_hash=update.content_hash,
+            size=update.size,
+            tokens=update.tokens,
+            loss=update.loss,
+            contributor=self.node.peer_id.to_bytes(),
+            timestamp_ms=int(time.time() * 1000),
+        )
+        await _sleep_until(self.schedule.opens_at(r) if self.schedule else 0.0)
+        ann.timestamp_ms = int(time.time() * 1000)
+        ann.signature = self.node.identity.sign(core_topics.signing_bytes(GRADIENTS, ann))
+        self._announced.add(r)
+        assert self.machine is not None
+        verdict = self.machine.announce(_announcement(ann, self._peer_id), time.time())
+        if verdict.kind is not VerdictKind.ACCEPT:
+            self.node.counters.incr(f"training.own_update.{verdict.reason}")
+            log.warning("round %d: our own update was %s (%s)", r, verdict.kind.value, verdict.reason)
+            return
+        self._remember(_announcement(ann, self._peer_id), time.time())
+        self.node.counters.incr("training.bytes_sent", update.size)
+        try:
+            assert self.node.topics is not None
+            await self.node.topics.publish(GRADIENTS, ann)
+        except Exception as exc:  # no peers yet, or queues full: the round goes on locally
+            self.node.counters.incr("training.announce_failed")
+            log.warning("round %d: announcing failed: %s", r, exc)
+
+    async def _shard(self, shard_id: str) -> bytes:
+        genesis = getattr(self.engine, "genesis", None)
+        if genesis is not None:
+            return bytes(genesis.shard_bytes(shard_id))
+        raise RuntimeError("this engine has no local shards")  # fetching shards: see blob protocol
+
+    async def _fetch_all(self, r: int, chosen: tuple[Announcement, ...], payloads: dict[str, bytes]) -> None:
+        async with trio.open_nursery() as nursery:
+            for a in chosen:
+                nursery.start_soon(self._fetch_one, r, a, payloads)
+
+    async def _fetch_one(self, r: int, a: Announcement, payloads: dict[str, bytes]) -> None:
+        machine = self.machine
+        assert machine is not None and machine.round == r
+        if a.contributor == self._peer_id:
+            data = self.node.blobs.store.get(a.content_hash)
+            if data is None:
+                return self._feed(machine.fetch_failed(a.contributor, "own-payload-lost"))
+            payloads[a.contributor] = bytes(data)
+            return self._feed(machine.fetched(a.contributor, a.content_hash))
+        providers = [ID.from_base58(a.contributor)] + [
+            p for p in self.node.peers() if p.to_base58() != a.contributor
+        ]
+        try:
+            data = await self.node.blobs.fetch(
+                a.content_hash,
+                providers,
+                max_size=a.size,
+                timeout_s=self.options.fetch_timeout_s + self.options.period_s,
+            )
+            self.node.counters.incr("training.bytes_received", len(data))
+            async with self.lock:
+                await trio.to_thread.run_sync(self.engine.check_update, bytes(data))
+        except UpdateRejected as exc:
+            self._penalise(a.contributor, exc.reason)
+            return self._feed(machine.fetch_failed(a.contributor, exc.reason))
+        except (BlobError, RpcError, trio.TooSlowError) as exc:
+            self.node.counters.incr("training.fetch_failed")
+            log.info("round %d: fetching %s's update failed: %s", r, a.contributor[-8:], exc)
+            return self._feed(machine.fetch_failed(a.contributor, "fetch-failed"))
+        payloads[a.contributor] = bytes(data)
+        self._feed(machine.fetched(a.contributor, hashlib.sha256(data).digest()))
+
+    def _feed(self, commands: list[Command]) -> None:
+        """Hand commands from a fetch result to the round loop (fetched() may start aggregation)."""
+        self._queue.extend(commands)
+        self._wake.set()
+
+    def _penalise(self, contributor: str, reason: str) -> None:
+        self.node.counters.incr(f"training.rejected.{reason}")
+        log.warning("rejected %s's update: %s", contributor[-8:], reason)
+        with contextlib.suppress(ValueError):  # not a peer id: nobody to penalise
+            self.node.app_penalties.add(ID.from_base58(contributor).to_bytes(), REJECTED_PAYLOAD_PENALTY)
+
+    async def _apply(self, r: int, payloads: Mapping[str, bytes], started: float) -> bytes:
+        async with self.lock:
+            outcome = await trio.to_thread.run_sync(self.engine.apply_round, r, dict(payloads))
+        for contributor, reason in outcome.rejected.items():
+            self._penalise(contributor, reason)
+        seconds = time.time() - started
+        self.report(
+            RoundReport(
+                round=r,
+                model_hash=outcome.model_hash,
+                loss=self.last_loss,
+                tokens=self.tokens,
+                contributors=len(outcome.accepted),
+                rejected=dict(outcome.rejected),
+                seconds=seconds,
+                tokens_per_s=self.tokens
+                / max(1e-9, time.time() - (self.schedule.genesis_time if self.schedule else started)),
+                bytes_sent=self.node.counters.get("training.bytes_sent"),
+                bytes_received=self.node.counters.get("training.bytes_received"),
+            )
+        )
+        return outcome.model_hash
+
+    # -- announcements ------------------------------------------------------------------------
+
+    def _judge_announcement(
+        self, msg: GossipMessage, decoded: ProtoMessage, now_ms: int
+    ) -> core_topics.Verdict:
+        """The gossip validation hook for ``gradients``: signature, then the round rules."""
+        assert isinstance(decoded, topics_pb2.GradientAnnouncement)
+        if not core_topics.verify_author(
+            decoded.contributor, core_topics.signing_bytes(GRADIENTS, decoded), decoded.signature
+        ):
+            return core_topics.reject("bad_signature")
+        a = _announcement(decoded, ID(decoded.contributor).to_base58())
+        now = now_ms / 1000
+        machine = self.machine
+        current = machine.round if machine is not None else self.engine.round
+        if a.round > current:
+            if a.round <= current + ROUNDS_AHEAD and self._remember(a, now):
+                return core_topics.ACCEPT  # early for us, but plausible: keep it and pass it on
+            return core_topics.ignore("future-round")
+        if machine is None:
+            return core_topics.ignore("not-training")
+        verdict = machine.announce(a, now)
+        self._remember(a, now)
+        self.node.counters.incr(f"training.announcement.{verdict.kind.value}.{verdict.reason or 'ok'}")
+        self._wake.set()
+        if verdict.kind is VerdictKind.REJECT:
+            return core_topics.reject(verdict.reason)
+        if verdict.kind is VerdictKind.IGNORE:
+            return core_topics.ignore(verdict.reason)
+        return core_topics.ACCEPT
+
+    async def _on_announcement(self, msg: GossipMessage, decoded: ProtoMessage) -> None:
+        """Accepted announcements were recorded by the hook already."""
+
+    def _remember(self, a: Announcement, at: float) -> bool:
+        bucket = self._seen.setdefault(a.round, [])
+        if len(bucket) >= MAX_ANNOUNCEMENTS_PER_ROUND:
+            self.node.counters.incr("training.announcements_over_limit")
+            return False
+        bucket.append((a, at))
+        for old in [k for k in self._seen if k < a.round - ROUNDS_AHEAD]:
+            del self._seen[old]
+        return True
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    async def _checkpoint_info(self) -> checkpoint_pb2.CheckpointInfo:
+        assert self.schedule is not None
+        async with self.lock:
+            r, model_hash = self.engine.round, self.engine.model_hash()
+            cached = self._checkpoint_cache
+            if cached is None or cached[0] != r or cached[1] != model_hash:
+                data = await trio.to_thread.run_sync(self.engine.checkpoint_bytes)
+                digest = hashlib.sha256(data).digest()
+                if cached is not None:
+                    self.node.blobs.store.remove(cached[2])
+                self.node.blobs.store.put_verified(digest, data, pin=True)
+                self._checkpoint_cache = cached = (r, model_hash, digest)
+        stored = self.node.blobs.store.get(cached[2])
+        return checkpoint_pb2.CheckpointInfo(
+            network_id=self.engine.network_id,
+            round=r,
+            model_hash=model_hash,
+            digest=cached[2],
+            size=len(stored or b""),
+            schedule=schedule_to_pb(self.schedule, self.options.rounds),
+        )
+
+    async def _resync(self, want: bytes | None, *, reason: str) -> bool:
+        """Load the newest checkpoint peers hold (with hash ``want`` when given)."""
+        self.node.counters.incr("training.resyncs")
+        log.info("resyncing: %s", reason)
+        infos: list[tuple[ID, checkpoint_pb2.CheckpointInfo]] = []
+        for peer in self.node.peers():
+            try:
+                info = await fetch_checkpoint_info(self.node.client, peer, timeout_s=15)
+            except RpcError:
+                continue
+            if info.network_id == self.engine.network_id and (want is None or info.model_hash == want):
+                infos.append((peer, info))
+        if not infos:
+            return False
+        best = max(infos, key=lambda pi: (pi[1].round, _votes(infos, pi[1].model_hash)))[1]
+        providers = [p for p, i in infos if i.digest == best.digest]
+        if best.round < self.engine.round or (
+            best.round == self.engine.round and best.model_hash == self.engine.model_hash()
+        ):
+            return False
+        try:
+            data = await self.node.blobs.fetch(
+                best.digest, providers, max_size=min(best.size, MAX_CHECKPOINT_BYTES), timeout_s=60
+            )
+            async with self.lock:
+                await trio.to_thread.run_sync(self.engine.load_checkpoint_bytes, bytes(data))
+        except (BlobError, RpcError, ValueError) as exc:
+            self.node.counters.incr("training.resync_failed")
+            log.warning("resync failed: %s", exc)
+            return False
+        self.node.counters.incr("training.resynced")
+        log.info("resynced to round %d, model %s", self.engine.round, self.engine.model_hash().hex()[:16])
+        return True
+
+    async def _snapshot_loop(self) -> None:
+        from p2pshard.engine.checkpoint import HotSnapshots
+
+        assert self.options.snapshot_dir is not None
+        snaps = HotSnapshots(self.options.snapshot_dir, self.options.snapshot_interval_s)
+        while True:
+            await trio.sleep(1.0)
+            now = time.time()
+            if snaps.due(now):
+                async with self.lock:
+                    r = self.engine.round
+                    data = await trio.to_thread.run_sync(self.engine.checkpoint_bytes)
+                await trio.to_thread.run_sync(snaps.write, now, r, data)
+                self.node.counters.incr("training.snapshots")
+
+    def _extend_status(self, resp: Any) -> None:
+        resp.training.round = self.engine.round
+        resp.training.loss = self.last_loss or 0.0
+        resp.training.model_hash = self.engine.model_hash()
+        resp.training.tokens = self.tokens
+
+
+def _announcement(ann: topics_pb2.GradientAnnouncement, contributor: str) -> Announcement:
+    return Announcement(
+        round=ann.round,
+        contributor=contributor,
+        model_hash=bytes(ann.model_hash),
+        content_hash=bytes(ann.content_hash),
+        size=ann.size,
+        tokens=ann.tokens,
+        loss=float(ann.loss),
+    )
+
+
+def _votes(infos: list[tuple[ID, checkpoint_pb2.CheckpointInfo]], model_hash: bytes) -> int:
+    return sum(1 for _, i in infos if i.model_hash == model_hash)
+
+
+def _next_deadline(s: RoundSchedule, r: int, now: float) -> float:
+    for t in (s.opens_at(r), s.deadline(r) + s.clock_skew, s.fetch_deadline(r)):
+        if t > now:
+            return min(t - now + 0.01, 1.0)
+    return 0.25
+
+
+async def _sleep_until(t: float) -> None:
+    delay = t - time.time()
+    if delay > 0 and math.isfinite(delay):
+        await trio.sleep(delay)
+
+
+def _replace(o: TrainingOptions, **changes: Any) -> TrainingOptions:
+    from dataclasses import replace
+
+    return replace(o, **changes)
