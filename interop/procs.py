@@ -4,17 +4,20 @@ Every peer runs in its own OS process. Its output is read continuously by a task
 blocks on a full pipe would look like a protocol bug) and the last lines are kept for the failure
 message. Ending a peer always goes through ``os.kill(pid, …)`` on the PID we started: SIGTERM,
 a bounded wait, then SIGKILL — never a kill by name.
+
+No PR_SET_PDEATHSIG: trio starts children from a worker thread, and the signal fires when *that
+thread* ends (trio retires idle worker threads after ~10 s), killing healthy peers mid-test
+(measured). If the test process is killed outright, the js peer still exits when its stdin
+closes; p2pd does not, and would need ending by hand.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,7 +27,6 @@ import trio
 
 MAX_LINE = 1 << 20  # a longer line from a child is a bug in the child; we fail loudly
 TERM_GRACE_S = 5.0  # how long a child gets to exit after SIGTERM before SIGKILL
-PR_SET_PDEATHSIG = 1
 
 
 class PeerProcessError(RuntimeError):
@@ -96,13 +98,6 @@ async def _drain(
             on_line(line)
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL the child if the test process dies without running its teardown."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 async def kill_by_pid(proc: PeerProcess, grace_s: float = TERM_GRACE_S) -> None:
     """SIGTERM the child by PID, wait up to ``grace_s``, then SIGKILL it and reap it."""
     if proc.process.returncode is not None:
@@ -141,7 +136,6 @@ async def run_peer_process(
         cwd=cwd,
         env=env,
         start_new_session=True,  # a Ctrl-C in the terminal reaches pytest, which then ends it
-        preexec_fn=_die_with_parent,
     )
     proc = PeerProcess(name, process)
     try:
