@@ -89,13 +89,22 @@ def payload(phase: int, seq: int, size: int, pad: bytes) -> bytes:
 class OursNode:
     settings: dict[str, Any]
 
-    def __init__(self, stack: AsyncExitStack, rec: Recorder) -> None:
+    def __init__(self, stack: AsyncExitStack, rec: Recorder, args: argparse.Namespace) -> None:
         self.stack = stack
         self.rec = rec
+        self.args = args
 
     async def start(self) -> str:
         from p2pshard import NodeConfig, open_node
+        from p2pshard.net.discovery import Discovery
 
+        if not self.args.with_discovery:
+            # The benchmark dials the full mesh itself; the stock side runs no DHT. Without this,
+            # each node's young-node lookups (every 1 s for 20 s) cost it ~20% of its CPU here.
+            async def no_lookups(self: Discovery) -> None:
+                await trio.sleep_forever()
+
+            Discovery._discover_forever = no_lookups  # type: ignore[method-assign]
         self.node = await self.stack.enter_async_context(
             open_node(NodeConfig(listen=["/ip4/127.0.0.1/tcp/0"], gossip_heartbeat_s=1.0))
         )
@@ -115,6 +124,7 @@ class OursNode:
             "scoring": "on (p2pshard topics only; /bench/gossip has no topic params)",
             "peer_queue": f"{pcfg.peer_queue_bytes >> 20} MiB, publisher waits (backpressure)",
             "subscriber_queue": pcfg.subscriber_queue,
+            "DHT discovery lookups": "on" if self.args.with_discovery else "off (mesh dialled directly)",
         }
         return self.node.addrs[0]
 
@@ -264,6 +274,19 @@ class StockNode:
         await self.pubsub.publish(TOPIC, data)
 
 
+async def quiesce(node: Any, rec: Recorder, quiet_s: float = 0.3, limit_s: float = 3.0) -> None:
+    """Wait until no copy of anything arrives for ``quiet_s`` (late duplicates of the previous
+    phase must not be counted in the next one), at most ``limit_s``."""
+    with trio.move_on_after(limit_s):
+        last = (node.duplicates(), sum(rec.receptions.values()), len(rec.recv))
+        while True:
+            await trio.sleep(quiet_s)
+            now = (node.duplicates(), sum(rec.receptions.values()), len(rec.recv))
+            if now == last:
+                return
+            last = now
+
+
 async def publish_phase(node: Any, phase: int, count: int, rate: float, size: int) -> dict[str, Any]:
     pad = os.urandom(size)
     errors: Counter[str] = Counter()
@@ -287,7 +310,7 @@ async def serve(args: argparse.Namespace) -> None:
     rec = Recorder()
     out = sys.stdout
     async with AsyncExitStack() as stack:
-        node: Any = OursNode(stack, rec) if args.impl == "ours" else StockNode(stack, rec, args)
+        node: Any = OursNode(stack, rec, args) if args.impl == "ours" else StockNode(stack, rec, args)
         addr = await node.start()
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)
@@ -322,6 +345,7 @@ async def serve(args: argparse.Namespace) -> None:
                 case "status":
                     reply.update(node.status())
                 case "phase_start":
+                    await quiesce(node, rec)
                     rec.phase = cmd["phase"]
                     rec.recv = {}
                     rec.pub_times = {}
@@ -336,6 +360,7 @@ async def serve(args: argparse.Namespace) -> None:
                 case "progress":
                     reply["received"] = len(rec.recv)
                 case "phase_end":
+                    await quiesce(node, rec)
                     rec.sampling = False
                     seqs = sorted(rec.recv)
                     reply["seqs"] = seqs
@@ -361,18 +386,37 @@ async def serve(args: argparse.Namespace) -> None:
             out.flush()
 
 
-def main() -> None:
+def preload() -> None:
+    """Import what a node needs, so that processes forked from the parent start at once."""
+    import libp2p.pubsub.gossipsub  # noqa: F401
+    import libp2p.pubsub.pubsub  # noqa: F401
+
+    import p2pshard.node  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--impl", choices=["ours", "stock"], required=True)
     parser.add_argument("--stock-spam-limit-off", action="store_true")
     parser.add_argument("--stock-adaptive-off", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--with-discovery", action="store_true")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
+    profile_dir = os.environ.get("GOSSIP_BENCH_PROFILE")
+    profiler = None
+    if profile_dir:  # cProfile of the whole node, written at exit: <dir>/<impl>-<pid>.prof
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         trio.run(serve, args)
     except BaseException as exc:  # py-libp2p's shutdown noise ("Nursery is closed") and Ctrl-C
         if not isinstance(exc, KeyboardInterrupt):
             print(f"worker exit: {exc!r}", file=sys.stderr)
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(os.path.join(str(profile_dir), f"{args.impl}-{os.getpid()}.prof"))
     sys.stdout.flush()
     os._exit(0)
 

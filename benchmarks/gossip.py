@@ -43,10 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _gossip_worker  # type: ignore[import-not-found]  # benchmarks/ is sys.path[0]
+
 NODES = 8
 KIB = 1024
 MIB = 1 << 20
-WORKER = Path(__file__).with_name("_gossip_worker.py")
 STOCK_BASELINE = {  # FACTS.md, measured earlier on this machine with the stock router
     "delivered_100": 0.63,
     "delivered_200": 0.22,
@@ -62,36 +63,49 @@ class WorkerError(Exception):
 
 
 class Worker:
+    """A node process, forked from this one after the heavy imports (so 8 start in ~1 s, not ~10 s
+    of 8 interpreters importing py-libp2p on 2 cores), ended by its PID."""
+
     def __init__(self, impl: str, index: int, log_dir: Path, extra: list[str]) -> None:
         self.index = index
         self.log_path = log_dir / f"{impl}-{index}.log"
-        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, str(WORKER), "--impl", impl, *extra],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            cwd=str(WORKER.parent.parent),
-        )
+        cmd_r, self.cmd_w = os.pipe()
+        self.rep_r, rep_w = os.pipe()
+        log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            try:
+                os.dup2(cmd_r, 0)
+                os.dup2(rep_w, 1)
+                os.dup2(log_fd, 2)
+                os.closerange(3, 4096)  # other workers' pipes: their EOFs must not depend on us
+                _gossip_worker.main(["--impl", impl, *extra])
+            finally:
+                os._exit(0)
+        os.close(cmd_r)
+        os.close(rep_w)
+        os.close(log_fd)
+        self.pid = pid
         self.buf = b""
         self.info: dict[str, Any] = {}
+        self.exit_status: int | None = None
 
     def send(self, cmd: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(cmd).encode() + b"\n")
-        self.proc.stdin.flush()
+        data = json.dumps(cmd).encode() + b"\n"
+        while data:
+            data = data[os.write(self.cmd_w, data) :]
 
     def read(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + timeout
         while b"\n" not in self.buf:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise WorkerError(f"worker {self.index} did not answer within {timeout:.0f}s")
-            ready, _, _ = select.select([fd], [], [], left)
+            ready, _, _ = select.select([self.rep_r], [], [], left)
             if ready:
-                chunk = os.read(fd, 1 << 20)
+                chunk = os.read(self.rep_r, 1 << 20)
                 if not chunk:
                     raise WorkerError(f"worker {self.index} exited; see {self.log_path}")
                 self.buf += chunk
@@ -102,25 +116,42 @@ class Worker:
         self.send(cmd)
         return self.read(timeout)
 
+    def alive(self) -> bool:
+        if self.exit_status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.exit_status = status
+        return self.exit_status is None
+
     def rss(self) -> int:
         try:
-            with open(f"/proc/{self.proc.pid}/statm") as f:
+            with open(f"/proc/{self.pid}/statm") as f:
                 return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except OSError:
             return 0
 
+    def kill(self) -> None:
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        if self.alive():
             try:
                 self.call({"cmd": "quit"}, timeout=3)
             except (WorkerError, OSError):
                 pass
-        try:
-            self.proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-        self.log.close()
+        deadline = time.monotonic() + 3
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            self.exit_status = -9
+        for fd in (self.cmd_w, self.rep_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def call_all(workers: list[Worker], cmd: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
@@ -166,6 +197,8 @@ def run_impl(impl: str, phases: list[Phase], args: argparse.Namespace, log_dir: 
     extra = ["--stock-spam-limit-off"] if impl == "stock" and not args.stock_defaults else []
     if impl == "stock" and not args.stock_defaults:
         extra.append("--stock-adaptive-off")
+    if impl == "ours" and args.with_discovery:
+        extra.append("--with-discovery")
     workers = [Worker(impl, i, log_dir, extra) for i in range(NODES)]
     out: dict[str, Any] = {"impl": impl, "phases": {}}
     t_start = time.monotonic()
@@ -199,7 +232,7 @@ def run_impl(impl: str, phases: list[Phase], args: argparse.Namespace, log_dir: 
                 w.stop()
             except Exception as exc:  # keep stopping the others
                 print(f"  [{impl}] stopping worker {w.index}: {exc!r}")
-                os.kill(w.proc.pid, signal.SIGKILL)
+                w.kill()
     return out
 
 
@@ -271,8 +304,7 @@ def run_phase(workers: list[Worker], number: int, phase: Phase, args: argparse.N
 def raise_abort(workers: list[Worker], result: PhaseResult) -> None:
     print(f"  aborting phase {result.phase.name}: {result.aborted}", flush=True)
     for w in workers:
-        if w.proc.poll() is None:
-            os.kill(w.proc.pid, signal.SIGKILL)
+        w.kill()
 
 
 def summary_line(r: PhaseResult) -> str:
@@ -292,7 +324,9 @@ def rss_profile(r: PhaseResult) -> dict[str, float] | None:
     for series in r.rss_series:
         if len(series) < 4:
             continue
-        total = max(s[1] for s in series) or 1
+        total = max(s[1] for s in series)
+        if total < 4:
+            continue
 
         def at(frac: float, series: list[list[float]] = series, total: float = total) -> float:
             return next((s[2] for s in series if s[1] >= frac * total), series[-1][2])
@@ -339,12 +373,15 @@ def report(results: dict[str, dict[str, Any]], phases: list[Phase], args: argpar
             goal = "100%" if phase.rate == 500 else ""
             base = STOCK_BASELINE.get(f"delivered_{int(phase.rate)}")
             goal += f" (stock then {base:.0%})" if base is not None else ""
-            pubrate = (
-                f" [pub {o.published / max(o.publish_s, 1e-9):.0f}/s]" if o and o.publish_s else ""
-            )
+            pubrate = f" [pub {o.published / max(o.publish_s, 1e-9):.0f}/s]" if o and o.publish_s else ""
             rows.append(
-                (f"delivered, 1 KiB @ {int(phase.rate)}/s x {phase.count}", fmt_frac(ov) + pubrate,
-                 fmt_frac(sv), ratio(ov, sv, True), goal)
+                (
+                    f"delivered, 1 KiB @ {int(phase.rate)}/s x {phase.count}",
+                    fmt_frac(ov) + pubrate,
+                    fmt_frac(sv),
+                    ratio(ov, sv, True),
+                    goal,
+                )
             )
     for name, label, goal in (
         ("lat_1k", "1 KiB", ""),
@@ -357,8 +394,13 @@ def report(results: dict[str, dict[str, Any]], phases: list[Phase], args: argpar
             n_o = f" (n={len(o.lat_all)})" if o else ""
             n_s = f" (n={len(s.lat_all)})" if s else ""
             rows.append(
-                (f"to all subscribers {label} p{int(q * 100)}", fmt_ms(ov) + n_o, fmt_ms(sv) + n_s,
-                 ratio(ov, sv, False), goal if q == 0.99 else "")
+                (
+                    f"to all subscribers {label} p{int(q * 100)}",
+                    fmt_ms(ov) + n_o,
+                    fmt_ms(sv) + n_s,
+                    ratio(ov, sv, False),
+                    goal if q == 0.99 else "",
+                )
             )
     for name, label, goal in (
         ("lat_1k", "1 KiB", ""),
@@ -382,28 +424,40 @@ def report(results: dict[str, dict[str, Any]], phases: list[Phase], args: argpar
             else f"{prof['q25']:.0f}/{prof['q50']:.0f}/{prof['end']:.0f} MiB, +{prof['growth_2nd_half']:.0f}"
         )
         rows.append(
-            (f"RSS worst node at 25/50/100% of {r.published} x 1 MiB, 2nd-half growth", 
-             text if impl == "ours" else "", text if impl == "stock" else "", "",
-             "flat" if impl == "ours" else "")
+            (
+                f"RSS worst node at 25/50/100% of {r.published} x 1 MiB, 2nd-half growth",
+                text if impl == "ours" else "",
+                text if impl == "stock" else "",
+                "",
+                "flat" if impl == "ours" else "",
+            )
         )
         if r.aborted:
             rows.append((f"  ({label}) RSS phase aborted", r.aborted, "", "", ""))
         rows.append(
-            (f"delivered, 1 MiB @ {int(r.phase.rate)}/s x {r.phase.count}",
-             fmt_frac(r.delivered) if impl == "ours" else "", fmt_frac(r.delivered) if impl == "stock" else "",
-             "", "")
+            (
+                f"delivered, 1 MiB @ {int(r.phase.rate)}/s x {r.phase.count}",
+                fmt_frac(r.delivered) if impl == "ours" else "",
+                fmt_frac(r.delivered) if impl == "stock" else "",
+                "",
+                "",
+            )
         )
     peak = {impl: res.get("peak_rss") for impl, res in results.items()}
     po = peak.get("ours")
     ps = peak.get("stock")
     rows.append(
-        ("peak RSS per node (ru_maxrss) max / median",
-         "-" if not po else f"{max(po) / MIB:.0f} / {statistics.median(po) / MIB:.0f} MiB",
-         "-" if not ps else f"{max(ps) / MIB:.0f} / {statistics.median(ps) / MIB:.0f} MiB",
-         ratio(max(po) if po else None, max(ps) if ps else None, False), "")
+        (
+            "peak RSS per node (ru_maxrss) max / median",
+            "-" if not po else f"{max(po) / MIB:.0f} / {statistics.median(po) / MIB:.0f} MiB",
+            "-" if not ps else f"{max(ps) / MIB:.0f} / {statistics.median(ps) / MIB:.0f} MiB",
+            ratio(max(po) if po else None, max(ps) if ps else None, False),
+            "",
+        )
     )
-    widths = [max(len(r[i]) for r in [*rows, ("metric", "ours", "stock", "stock/ours", "goal")])
-              for i in range(5)]
+    widths = [
+        max(len(r[i]) for r in [*rows, ("metric", "ours", "stock", "stock/ours", "goal")]) for i in range(5)
+    ]
     header = ("metric", "ours", "stock", "better by", "goal")
     print()
     print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
@@ -431,23 +485,37 @@ def check_goals(results: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
     out = []
     r500 = ours["phases"].get("rate500")
     if r500:
-        out.append(("100% delivered at 500 msg/s", "MET" if r500.delivered >= 1.0 else f"missed ({r500.delivered:.1%})"))
+        out.append(
+            (
+                "100% delivered at 500 msg/s",
+                "MET" if r500.delivered >= 1.0 else f"missed ({r500.delivered:.1%})",
+            )
+        )
     lat = ours["phases"].get("lat_1m")
     if lat:
         p99 = quantile(lat.lat_all, 0.99)
         ok = p99 <= 0.100 and len(lat.lat_all) == lat.published
-        out.append(("1 MiB to all subscribers p99 <= 100 ms", ("MET" if ok else "missed") + f" ({p99 * 1e3:.0f} ms)"))
-        out.append(("<= 2 receptions per node, 1 MiB", ("MET" if lat.receptions <= 2 else "missed") + f" ({lat.receptions:.2f})"))
+        out.append(
+            ("1 MiB to all subscribers p99 <= 100 ms", ("MET" if ok else "missed") + f" ({p99 * 1e3:.0f} ms)")
+        )
+        out.append(
+            (
+                "<= 2 receptions per node, 1 MiB",
+                ("MET" if lat.receptions <= 2 else "missed") + f" ({lat.receptions:.2f})",
+            )
+        )
     rss = ours["phases"].get("rss_1m")
     if rss:
         prof = rss_profile(rss)
         if prof is not None:
             flat = prof["growth_2nd_half"] <= max(32.0, 0.1 * prof["q50"])
-            out.append((
-                f"RSS flat over {rss.published} x 1 MiB",
-                ("MET" if flat else "missed")
-                + f" (worst node +{prof['growth_2nd_half']:.0f} MiB over the 2nd half, at {prof['q50']:.0f} MiB)",
-            ))
+            out.append(
+                (
+                    f"RSS flat over {rss.published} x 1 MiB",
+                    ("MET" if flat else "missed")
+                    + f" (worst node +{prof['growth_2nd_half']:.0f} MiB over the 2nd half, at {prof['q50']:.0f} MiB)",
+                )
+            )
     return out
 
 
@@ -468,11 +536,16 @@ def build_phases(args: argparse.Namespace) -> list[Phase]:
         phases = [Phase(f"rate{r}", 1000, r, KIB) for r in rates]
         phases += [Phase("lat_1k", 200, 20, KIB), Phase("lat_1m", 100, 4, MIB)]
         phases.append(Phase("rss_1m", args.rss_count or 1000, args.rss_rate, MIB, sample_rss=True))
+    if args.phases:
+        wanted = set(args.phases.split(","))
+        phases = [p for p in phases if p.name in wanted]
     return phases
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="short phases (under 60 s in all)")
     parser.add_argument("--only", choices=["ours", "stock"], help="run one side only")
     parser.add_argument("--rss-count", type=int, default=0, help="1 MiB messages in the RSS phase")
@@ -481,14 +554,24 @@ def main() -> None:
     parser.add_argument("--drain-cap", type=float, default=10.0, help="longest drain after publishing")
     parser.add_argument("--mesh-timeout", type=float, default=15.0)
     parser.add_argument("--mem-limit-mib", type=int, default=8192, help="abort a phase above this (all 8)")
-    parser.add_argument("--stock-defaults", action="store_true",
-                        help="keep stock's 10 msg/s spam limit and adaptive gossip on")
+    parser.add_argument(
+        "--stock-defaults",
+        action="store_true",
+        help="keep stock's 10 msg/s spam limit and adaptive gossip on",
+    )
+    parser.add_argument("--with-discovery", action="store_true",
+                        help="keep our node's DHT discovery lookups running (the stock side has no DHT)")
+    parser.add_argument("--phases", help="comma-separated subset: rate100,...,lat_1k,lat_1m,rss_1m")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     args = parser.parse_args()
     phases = build_phases(args)
     t0 = time.monotonic()
-    print(f"gossip benchmark ({'quick' if args.quick else 'full'}), {NODES} processes on 127.0.0.1; "
-          f"load: {load()}", flush=True)
+    _gossip_worker.preload()
+    print(
+        f"gossip benchmark ({'quick' if args.quick else 'full'}), {NODES} processes on 127.0.0.1; "
+        f"load: {load()}",
+        flush=True,
+    )
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="gossip-bench-") as tmp:
         for impl in ("ours", "stock"):
@@ -506,9 +589,21 @@ def main() -> None:
     report(results, phases, args)
     print(f"\ntotal {time.monotonic() - t0:.1f}s; load at end: {load()}")
     if args.json:
-        args.json.write_text(json.dumps(
-            {impl: {**res, "phases": {k: v.__dict__ | {"phase": v.phase.__dict__} for k, v in res["phases"].items()}}
-             for impl, res in results.items()}, indent=1, default=str))
+        args.json.write_text(
+            json.dumps(
+                {
+                    impl: {
+                        **res,
+                        "phases": {
+                            k: v.__dict__ | {"phase": v.phase.__dict__} for k, v in res["phases"].items()
+                        },
+                    }
+                    for impl, res in results.items()
+                },
+                indent=1,
+                default=str,
+            )
+        )
 
 
 if __name__ == "__main__":
