@@ -57,10 +57,10 @@ def _status(addr: str) -> dict[str, object]:
 
 
 def test_start_join_and_discover_through_dht(procs: list[Proc]) -> None:
-    first = Proc("start", "--json")
+    first = Proc("start", "--json", "--no-train")
     procs.append(first)
     boot = first.event()["addrs"][0]  # type: ignore[index]
-    joiners = [Proc("join", boot, "--json") for _ in range(2)]
+    joiners = [Proc("join", boot, "--json", "--no-train") for _ in range(2)]
     procs.extend(joiners)
     addrs = [boot] + [j.event()["addrs"][0] for j in joiners]  # type: ignore[index]
     ids = [a.split("/p2p/")[1] for a in addrs]
@@ -81,9 +81,12 @@ def test_start_join_and_discover_through_dht(procs: list[Proc]) -> None:
         assert code == 0 and "Traceback" not in err, err
 
 
-def test_devnet_starts_four_nodes_and_stops_cleanly_on_ctrl_c() -> None:
+def test_devnet_starts_four_nodes_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     p = subprocess.Popen(
-        [*CLI, "devnet", "--nodes", "4", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*CLI, "devnet", "--nodes", "4", "--json", "--no-train", "--out", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert p.stdout is not None
@@ -125,7 +128,7 @@ def test_join_with_bad_address_is_a_clear_error() -> None:
 
 def test_join_unreachable_peer_exits_with_error() -> None:
     addr = "/ip4/127.0.0.1/tcp/1/p2p/16Uiu2HAmLV3MyXNosmHTUWZMnVZHjnSKhV5YLDLZxSkLQ7QH6Mjw"
-    out = subprocess.run([*CLI, "join", addr], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([*CLI, "join", addr, "--no-train"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "could not reach any bootstrap peer" in out.stderr
     assert "Traceback" not in out.stderr

@@ -31,9 +31,18 @@ def schedule_to_pb(s: RoundSchedule, last_round: int) -> checkpoint_pb2.Schedule
     )
 
 
+def make_schedule(
+    genesis_time: float, period: float, announce_deadline: float, fetch_timeout: float
+) -> RoundSchedule:
+    """A schedule whose clock-skew allowance is derived, not sent: a quarter of the fetch window
+    (at most 1 s), so the widened announce window always closes well before fetching must end."""
+    skew = min(1.0, fetch_timeout / 4, announce_deadline / 4)
+    return RoundSchedule(genesis_time, period, announce_deadline, fetch_timeout, clock_skew=skew)
+
+
 def schedule_from_pb(pb: checkpoint_pb2.Schedule) -> RoundSchedule:
     """Raises ValueError for a schedule that breaks RoundSchedule's constraints."""
-    return RoundSchedule(pb.genesis_time, pb.period_s, pb.announce_deadline_s, pb.fetch_timeout_s)
+    return make_schedule(pb.genesis_time, pb.period_s, pb.announce_deadline_s, pb.fetch_timeout_s)
 
 
 def checkpoint_spec(source: InfoSource) -> ProtocolSpec:

@@ -55,6 +55,7 @@ from p2pshard.net.reqresp import RpcError
 from p2pshard.protocols.checkpoint import (
     checkpoint_spec,
     fetch_checkpoint_info,
+    make_schedule,
     schedule_from_pb,
     schedule_to_pb,
 )
@@ -177,7 +178,7 @@ class Trainer:
             break
         if self.schedule is None:
             o = self.options
-            self.schedule = RoundSchedule(
+            self.schedule = make_schedule(
                 time.time() + o.start_delay_s, o.period_s, o.announce_deadline_s, o.fetch_timeout_s
             )
         behind = self.schedule.round_at(time.time()) - self.engine.round
