@@ -189,6 +189,44 @@ async def gossip_remote_to_python(py: PyPeer, remote: Remote, payloads: list[byt
     return py.gossip.protocol_of(remote.peer_id)
 
 
+async def gossip_burst(py: PyPeer, remote: Remote, count: int, size: int) -> None:
+    """``count`` messages of ``size`` bytes published back to back, each way: every one arrives.
+
+    Backpressure, not loss: a router that queues (and makes the publisher wait) delivers all of
+    them; one that drops when a queue is full does not.
+    """
+    topic = unique("burst")
+    await _gossip_pair(py, remote, topic)
+    await eventually(
+        lambda: remote.peer_id in py.gossip.mesh_peers(topic),
+        f"{remote.name} is in the Python mesh for the topic",
+    )
+    await _probe_until_delivered(py, remote, topic)
+
+    def payload(i: int) -> bytes:
+        return i.to_bytes(4, "big") * (size // 4)
+
+    with trio.fail_after(WAIT_S):
+        for i in range(count):
+            await py.gossip.publish(topic, payload(i))
+    got: set[bytes] = set()
+    with trio.move_on_after(WAIT_S):
+        while len(got) < count:
+            msg = await remote.next_message(topic)
+            if not msg.data.startswith(PROBE):
+                got.add(msg.data)
+    assert len(got) == count, f"{remote.name} received {len(got)} of {count}"
+
+    with trio.fail_after(WAIT_S):
+        for i in range(count, 2 * count):
+            await remote.publish(topic, payload(i))
+    got.clear()
+    with trio.move_on_after(WAIT_S):
+        while len(got) < count:
+            got.add((await _next_not_from(py, topic, py.peer_id)).data)
+    assert len(got) == count, f"Python received {len(got)} of {count} from {remote.name}"
+
+
 async def relay(py: PyPeer, src: Remote, dst: Remote, payloads: list[bytes]) -> list[RemoteMessage]:
     """``src`` and ``dst`` are not connected to each other; Python is connected to both. What ``src``
     publishes reaches ``dst`` through the Python router, with the author's signature intact.
