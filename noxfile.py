@@ -47,6 +47,22 @@ def proto(session: nox.Session) -> None:
 
 
 @nox.session
+def vectors(session: nox.Session) -> None:
+    """Regenerate the conformance vectors in specs/vectors (byte-identical on every run)."""
+    _install(session)
+    session.run("python", "-m", "p2pshard.conformance", "generate", *session.posargs)
+
+
+@nox.session
+def conformance(session: nox.Session) -> None:
+    """Committed vectors match a fresh generation, p2pshard passes them, and the runner's own tests."""
+    _install(session)
+    session.run("python", "-m", "p2pshard.conformance", "generate", "--check")
+    session.run("python", "-m", "p2pshard.conformance", "vectors")
+    session.run("pytest", "-q", "tests/conformance")
+
+
+@nox.session
 def interop(session: nox.Session) -> None:
     """Against real go-libp2p (p2pd) and js-libp2p peers; needs Node and network access for setup."""
     _install(session)

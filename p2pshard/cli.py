@@ -366,5 +366,14 @@ def devnet(
     )
 
 
+def _register_conformance() -> None:
+    from p2pshard.conformance.cli import conformance
+
+    main.add_command(conformance)
+
+
+_register_conformance()
+
+
 if __name__ == "__main__":
     main()

@@ -22,15 +22,16 @@ from libp2p.peer.id import ID
 
 import p2pshard
 from p2pshard.config import NodeConfig
+from p2pshard.core import topics as core_topics
 from p2pshard.core.counters import Counters
 from p2pshard.core.gossip import (
     GossipConfig,
     GossipRouter,
     PeerScoreParams,
+    PeerScoreThresholds,
     Secp256k1Signer,
     TopicScoreParams,
 )
-from p2pshard.core.topics import TOPICS, message_id, topic_name
 from p2pshard.core.wire import status_pb2
 from p2pshard.identity import Identity
 from p2pshard.net.blob import BlobService, BlobStore
@@ -287,10 +288,19 @@ def _make_pubsub(
     penalties: AppPenalties,
 ) -> PubSub:
     """Our router with peer scoring on for the network's topics (py-libp2p ships it off)."""
-    topics = {topic_name(config.network_id, name): TopicScoreParams() for name in TOPICS}
+    topic_params = TopicScoreParams(
+        invalid_message_deliveries_weight=core_topics.INVALID_MESSAGE_WEIGHT,
+        invalid_message_deliveries_decay=core_topics.INVALID_MESSAGE_DECAY,
+    )
+    topics = {core_topics.topic_name(config.network_id, name): topic_params for name in core_topics.TOPICS}
     gossip_config = GossipConfig.build(
-        message_id_fn=message_id,
+        message_id_fn=core_topics.message_id,
         score_params=PeerScoreParams(topics=topics, app_specific_score=penalties.score),
+        score_thresholds=PeerScoreThresholds(
+            gossip_threshold=core_topics.GOSSIP_THRESHOLD,
+            publish_threshold=core_topics.PUBLISH_THRESHOLD,
+            graylist_threshold=core_topics.GRAYLIST_THRESHOLD,
+        ),
         heartbeat_interval=config.gossip_heartbeat_s,
     )
     signer = Secp256k1Signer(bytes(identity.private_key.to_bytes()))

@@ -35,6 +35,16 @@ CLOCK_WINDOW_MS: Final = 5 * 60 * 1000
 """Messages stamped further than this from the receiver's clock are ignored (not penalised)."""
 HASH_SIZE: Final = 32
 
+# Scoring profile of a p2pshard network (specs/pubsub.md, "Network profile"). The router's library
+# defaults graylist a peer for a single invalid message (P4 -100 < graylist -80); on a network
+# where two releases may disagree on one rule, that would split it. Here a peer is graylisted
+# after about seven invalid messages in quick succession, and P4 decays over minutes, not seconds.
+INVALID_MESSAGE_WEIGHT: Final = -10.0
+INVALID_MESSAGE_DECAY: Final = 0.9
+GOSSIP_THRESHOLD: Final = -100.0
+PUBLISH_THRESHOLD: Final = -200.0
+GRAYLIST_THRESHOLD: Final = -400.0
+
 
 @dataclass(frozen=True)
 class Verdict:

@@ -60,8 +60,12 @@ class P2pshardRecordValidator(Validator):
 
 
 def content_key(kind: str, digest: bytes) -> str:
-    """The DHT key under which providers of a piece of content announce themselves (hex)."""
-    return hashlib.sha256(f"/{records.NAMESPACE}/{kind}/".encode() + digest).hexdigest()
+    """The DHT key under which providers of a piece of content announce themselves.
+
+    A sha2-256 multihash (``0x12 0x20`` + digest), hex-encoded as KadDHT takes it: js-libp2p's DHT
+    rejects provider keys that do not parse as a CID/multihash; go-libp2p and py-libp2p accept it.
+    """
+    return "1220" + hashlib.sha256(f"/{records.NAMESPACE}/{kind}/".encode() + digest).hexdigest()
 
 
 class Discovery:

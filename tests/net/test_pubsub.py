@@ -86,7 +86,7 @@ async def test_rejected_messages_are_not_forwarded_and_lower_the_score(four_node
     sender, *honest = four_nodes
     async with AsyncExitStack() as stack:
         subs = await _subscribed(stack, four_nodes, VOTES)
-        for i in range(5):
+        for i in range(10):
             await sender.pubsub.publish(VOTES, b"\xff\xffnot a vote %d" % i)
         valid = _vote(honest[0])
         await honest[0].pubsub.publish(VOTES, valid)
