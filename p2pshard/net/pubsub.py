@@ -10,6 +10,12 @@ Flow control, with no silent drops:
   (backpressure to the publisher, bounded by ``publish_timeout``); a forwarded message that finds a
   peer's queue full is dropped for that peer, counted under ``pubsub.dropped.peer_queue_full``
   and logged — gossip (IHAVE/IWANT) lets the peer recover it;
+* control-only frames (IDONTWANT, IHAVE/IWANT, GRAFT/PRUNE, subscriptions) go ahead of queued
+  message frames; a queued message frame the peer has since declared IDONTWANT for is skipped
+  when its turn comes (counted as ``pubsub.skipped_unwanted``);
+* bulk batches (> 64 KiB) are written one peer at a time, next peer chosen at random, each turn
+  bounded (:class:`_BulkTurns`): in one thread, interleaved writes of one large message to many
+  peers all finish late and together, and every receiver then forwards copies nobody needs;
 * local subscribers read from bounded channels; a full channel holds up the reader of the peer
   that sent the message, which pushes back through yamux's flow control to the sender;
 * everything the router discards is counted in ``router.stats`` by reason, and mirrored into the
@@ -19,6 +25,7 @@ Flow control, with no silent drops:
 from __future__ import annotations
 
 import logging
+import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -58,6 +65,15 @@ log = logging.getLogger(__name__)
 AsyncValidator = Callable[[GossipMessage], Awaitable[ValidationResult]]
 
 
+URGENT_MAX_BYTES = 64 * 1024
+"""Control-only frames up to this size jump ahead of queued message frames; a batch larger than
+this is "bulk" and waits for the node's bulk turn (:class:`_BulkTurns`)."""
+WRITE_BATCH_BYTES = 1 << 20
+BULK_TURN_S = 0.5
+"""How long one peer may hold the bulk turn; a slower peer finishes its batch without it, so
+one stalled peer cannot hold up the others."""
+
+
 class PublishTimeout(Exception):
     """Peers' queues stayed full for longer than the publish timeout."""
 
@@ -76,55 +92,138 @@ class PubSubConfig:
 
 
 class _PeerQueue:
-    """Outbound frames for one peer, bounded in bytes."""
+    """Outbound frames for one peer, bounded in bytes.
+
+    Two lanes: control-only frames (no messages: IDONTWANT, IHAVE/IWANT, GRAFT/PRUNE,
+    subscriptions) go ahead of message frames, so that an IDONTWANT is not stuck behind a MiB of
+    payload (go-libp2p-pubsub queues control with priority too). Message frames may carry a
+    message id (``tag``); one the peer no longer wants when its turn comes is skipped, not sent.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.urgent: deque[bytes] = deque()
         self.frames: deque[bytes] = deque()
+        self.tags: deque[bytes | None] = deque()
         self.size = 0
+        self.skipped = 0
         self.has_data = trio.Event()
         self.has_room = trio.Event()
         self.has_room.set()
         self.closed = False
 
-    def try_put(self, frame: bytes) -> bool:
-        if self.closed or (self.size + len(frame) > self.limit and self.frames):
+    def __len__(self) -> int:
+        return len(self.urgent) + len(self.frames)
+
+    def try_put(self, frame: bytes, *, urgent: bool = False, tag: bytes | None = None) -> bool:
+        if self.closed or (self.size + len(frame) > self.limit and len(self)):
             return False
-        self.frames.append(frame)
+        if urgent:
+            self.urgent.append(frame)
+        else:
+            self.frames.append(frame)
+            self.tags.append(tag)
         self.size += len(frame)
         self.has_data.set()
         if self.size >= self.limit:
             self.has_room = trio.Event()
         return True
 
-    async def put_wait(self, frame: bytes) -> bool:
-        while not self.try_put(frame):
+    async def put_wait(self, frame: bytes, *, urgent: bool = False, tag: bytes | None = None) -> bool:
+        while not self.try_put(frame, urgent=urgent, tag=tag):
             if self.closed:
                 return False
             await self.has_room.wait()
         return True
 
-    async def get_batch(self, max_bytes: int) -> list[bytes]:
-        while not self.frames:
+    async def wait_data(self) -> bool:
+        while not len(self):
             if self.closed:
-                return []
+                return False
             self.has_data = trio.Event()
             await self.has_data.wait()
+        return True
+
+    def next_is_bulk(self, threshold: int) -> bool:
+        return not self.urgent and bool(self.frames) and len(self.frames[0]) > threshold
+
+    def take(
+        self,
+        max_bytes: int,
+        unwanted: Callable[[bytes], bool] | None = None,
+        *,
+        below: int | None = None,
+    ) -> list[bytes]:
+        """Urgent frames first, then message frames, up to ``max_bytes`` (at least one frame);
+        ``below``: stop at the first message frame larger than this (it needs the bulk turn)."""
         batch: list[bytes] = []
         total = 0
-        while self.frames and (not batch or total + len(self.frames[0]) <= max_bytes):
-            frame = self.frames.popleft()
+        released = 0
+        while self.urgent and (not batch or total + len(self.urgent[0]) <= max_bytes):
+            frame = self.urgent.popleft()
             batch.append(frame)
             total += len(frame)
-        self.size -= total
+        while self.frames and (not batch or total + len(self.frames[0]) <= max_bytes):
+            if below is not None and len(self.frames[0]) > below:
+                break
+            frame = self.frames.popleft()
+            tag = self.tags.popleft()
+            if tag is not None and unwanted is not None and unwanted(tag):
+                self.skipped += 1
+                released += len(frame)
+                continue
+            batch.append(frame)
+            total += len(frame)
+        self.size -= total + released
         if self.size < self.limit:
             self.has_room.set()
         return batch
+
+    async def get_batch(self, max_bytes: int) -> list[bytes]:
+        if not await self.wait_data():
+            return []
+        return self.take(max_bytes)
 
     def close(self) -> None:
         self.closed = True
         self.has_data.set()
         self.has_room.set()
+
+
+class _BulkTurns:
+    """Lets one peer's writer at a time send a bulk batch, choosing the next one at random.
+
+    Everything here is one thread: seven 1 MiB writes interleaved finish together after seven
+    writes' time, so every receiver gets the message late and at the same moment, and all of them
+    forward it at once (the IDONTWANTs cross the copies on the wire). One at a time, the first
+    receiver has it after one write's time and its IDONTWANT reaches the others before their turn
+    comes, so queued copies they no longer want are skipped. Random order, because every node
+    iterating the same mesh in the same order would send to the same peer first.
+    """
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.busy = False
+        self.waiting: dict[object, trio.Event] = {}
+
+    async def acquire(self, key: object) -> None:
+        if not self.busy:
+            self.busy = True
+            return
+        event = self.waiting[key] = trio.Event()
+        try:
+            await event.wait()
+        except BaseException:
+            if self.waiting.pop(key, None) is None:  # the turn was handed to us: pass it on
+                self.release()
+            raise
+
+    def release(self) -> None:
+        if self.waiting:
+            key = self.rng.choice(list(self.waiting))
+            self.waiting.pop(key).set()  # the turn passes on; busy stays True
+        else:
+            self.busy = False
 
 
 @dataclass
@@ -183,6 +282,7 @@ class PubSub:
         self._nursery: trio.Nursery | None = None
         self._peers_changed = trio.Event()
         self._mirrored_drops: dict[str, int] = {}
+        self._bulk_turns = _BulkTurns(random.Random())
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -231,7 +331,7 @@ class PubSub:
             self.counters.incr("pubsub.publish_rejected")
             raise
         with trio.move_on_after(self.config.publish_timeout) as scope:
-            await self._execute(commands, publishing=True)
+            await self._execute(commands, publishing=True, msg_id=msg_id)
         if scope.cancelled_caught:
             self.counters.incr("pubsub.publish_timeout")
             raise PublishTimeout(f"peers' queues stayed full for {self.config.publish_timeout}s")
@@ -258,11 +358,26 @@ class PubSub:
 
     # -- commands ---------------------------------------------------------------------
 
-    async def _execute(self, commands: list[Command], *, publishing: bool) -> None:
+    async def _execute(
+        self, commands: list[Command], *, publishing: bool, msg_id: bytes | None = None
+    ) -> None:
+        """Carry out ``commands``. ``msg_id``: the one message the frames holding a single message
+        carry (a publish, or a first receipt being forwarded), so a peer's queue can skip it once
+        the peer says IDONTWANT."""
+        framed: dict[int, bytes] = {}  # one prefixed copy of a frame shared by several peers
         for cmd in commands:
             match cmd:
-                case SendRpc(peer_id=pid, data=data):
-                    await self._send(pid, data, wait=publishing)
+                case SendRpc(peer_id=pid, data=data, message_count=count):
+                    frame = framed.get(id(data))
+                    if frame is None:
+                        frame = framed[id(data)] = encode_uvarint(len(data)) + data
+                    await self._send(
+                        pid,
+                        frame,
+                        wait=publishing,
+                        urgent=count == 0 and len(data) <= URGENT_MAX_BYTES,
+                        tag=msg_id if count == 1 else None,
+                    )
                 case Deliver(topic=topic, message=message):
                     for send in list(self._subscribers.get(topic, ())):
                         try:
@@ -280,16 +395,18 @@ class PubSub:
                     log.info("gossip: rejected input from %s: %s %s", _short(pid), reason, detail)
         self._mirror_drops()
 
-    async def _send(self, pid: bytes, data: bytes, *, wait: bool) -> None:
+    async def _send(
+        self, pid: bytes, frame: bytes, *, wait: bool, urgent: bool = False, tag: bytes | None = None
+    ) -> None:
+        """Queue ``frame`` (length prefix included) for ``pid``."""
         peer = self._peers.get(pid)
         if peer is None:
             self.counters.incr("pubsub.dropped.peer_gone")
             return
-        frame = encode_uvarint(len(data)) + data
         if wait:
-            ok = await peer.queue.put_wait(frame)
+            ok = await peer.queue.put_wait(frame, urgent=urgent, tag=tag)
         else:
-            ok = peer.queue.try_put(frame)
+            ok = peer.queue.try_put(frame, urgent=urgent, tag=tag)
         if not ok:
             self.counters.incr("pubsub.dropped.peer_queue_full")
             log.warning(
@@ -318,7 +435,9 @@ class PubSub:
                         log.exception("validator for %s failed", message.topic)
                         self.counters.incr("pubsub.validator_errors")
                         result = ValidationResult.IGNORE
-        await self._execute(self.router.report_validation(msg_id, result, self._now()), publishing=False)
+        await self._execute(
+            self.router.report_validation(msg_id, result, self._now()), publishing=False, msg_id=msg_id
+        )
 
     async def _dial(self, pid: bytes, reason: str) -> None:
         try:
@@ -371,16 +490,65 @@ class PubSub:
                 await self._drop_peer(key)
 
     async def _write_loop(self, peer: _Peer, stream: INetStream) -> None:
+        queue = peer.queue
+        key = peer.key
+
+        def unwanted(msg_id: bytes) -> bool:
+            return self._peer_unwanted(key, msg_id)
+
         try:
-            while True:
-                batch = await peer.queue.get_batch(1 << 20)
-                if not batch:
-                    return
-                await stream.write(b"".join(batch))
+            while await queue.wait_data():
+                if queue.next_is_bulk(URGENT_MAX_BYTES):
+                    await self._write_bulk(peer, stream, unwanted)
+                else:
+                    batch = queue.take(WRITE_BATCH_BYTES, unwanted, below=URGENT_MAX_BYTES)
+                    if batch:
+                        await stream.write(batch[0] if len(batch) == 1 else b"".join(batch))
+                if queue.skipped:
+                    self.counters.incr("pubsub.skipped_unwanted", queue.skipped)
+                    queue.skipped = 0
         except Exception as exc:  # the stream broke: the peer is gone for pubsub
             log.debug("gossip: write to %s failed: %r", peer.peer_id, exc)
             with trio.move_on_after(1):
                 await stream.reset()
+
+    async def _write_bulk(self, peer: _Peer, stream: INetStream, unwanted: Callable[[bytes], bool]) -> None:
+        """Write the next batch holding the bulk turn, for at most BULK_TURN_S of it."""
+        turns = self._bulk_turns
+        await turns.acquire(peer.key)
+        held = [True]
+        timer = trio.CancelScope()
+
+        def give_back() -> None:
+            if held[0]:
+                held[0] = False
+                turns.release()
+
+        async def expire() -> None:
+            with timer:
+                await trio.sleep(BULK_TURN_S)
+                give_back()  # a slow or stalled peer keeps writing, but without the turn
+
+        try:
+            assert self._nursery is not None
+            self._nursery.start_soon(expire)
+            batch = peer.queue.take(WRITE_BATCH_BYTES, unwanted)  # wanted *now*, not when queued
+            if batch:
+                await stream.write(batch[0] if len(batch) == 1 else b"".join(batch))
+        finally:
+            timer.cancel()
+            give_back()
+
+    def _peer_unwanted(self, key: bytes, msg_id: bytes) -> bool:
+        """Whether the peer told us IDONTWANT for ``msg_id`` (v1.2) since the frame was queued.
+
+        The router keeps that per peer; it has no public accessor for it yet, so this reads its
+        state defensively: if the layout changes, nothing is skipped (correct, only slower).
+        """
+        peers = getattr(self.router, "_peers", None)
+        state = peers.get(key) if isinstance(peers, dict) else None
+        dont_send = getattr(state, "dont_send", None)
+        return isinstance(dont_send, dict) and msg_id in dont_send
 
     async def _drop_peer(self, key: bytes) -> None:
         peer = self._peers.pop(key, None)
@@ -406,7 +574,15 @@ class PubSub:
                     return
                 if key not in self._peers:
                     return
-                await self._execute(self.router.handle_rpc(key, frame, self._now()), publishing=False)
+                events = self.router.stats.events
+                served = events["iwant_served"]
+                commands = self.router.handle_rpc(key, frame, self._now())
+                msg_id = None
+                if events["iwant_served"] == served:  # message frames are forwards only
+                    delivered = [c.msg_id for c in commands if isinstance(c, Deliver)]
+                    if len(delivered) == 1:
+                        msg_id = delivered[0]
+                await self._execute(commands, publishing=False, msg_id=msg_id)
         except FramingError as exc:
             self.counters.incr(f"pubsub.rejected.{exc.reason}")
             log.info("gossip: %s broke framing: %s", pid, exc)
