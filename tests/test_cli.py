@@ -6,39 +6,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "p2pshard"]
+from tests.util import CLI, Proc
+
 pytestmark = pytest.mark.slow
-
-
-class Proc:
-    def __init__(self, *args: str) -> None:
-        self.p = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def event(self, timeout: float = 30) -> dict[str, object]:
-        assert self.p.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.p.stdout.readline()
-            if line:
-                return dict(json.loads(line))
-        raise TimeoutError("no event from node")
-
-    def stop(self) -> tuple[int, str]:
-        if self.p.poll() is None:
-            os.kill(self.p.pid, signal.SIGINT)
-        try:
-            _, err = self.p.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(self.p.pid, signal.SIGKILL)
-            _, err = self.p.communicate()
-        return self.p.returncode, err
 
 
 @pytest.fixture
