@@ -3,52 +3,81 @@
 A node never sends its pseudo-gradient as it is: it adds it to its *residual* (what earlier rounds
 failed to send), encodes the sum lossily, and keeps as the new residual exactly what the receivers
 will not see (sum minus the decoded payload). Nothing is lost over time, only delayed, which is why
-chunked top-k with 8-bit values still converges (Seide et al. 2014; Karimireddy et al. 2019).
+aggressive compression still converges (Seide et al. 2014; Karimireddy et al. 2019).
 
-Kinds: ``none`` (fp32), ``fp16``, ``bf16``, ``int8`` (one scale per chunk) and ``topk`` (the ``k``
-largest-magnitude elements of every ``chunk_size`` chunk, values in int8 with a scale per chunk).
+Kinds: ``none`` (fp32), ``fp16``, ``bf16``, ``int8`` / ``int4`` (one scale per chunk), ``topk``
+(the ``k`` largest-magnitude elements of every ``chunk_size`` chunk, int8 values) and ``lowrank``
+(the default): every weight matrix as a rank-``rank`` product P Q^T found by ``power_iterations``
+steps of subspace iteration warm-started from the previous round (PowerSGD, Vogels et al. 2019),
+factors in 4-bit integers with one scale per row; vectors (biases, norms) in int8.
+
+Why low rank: DiLoCo's pseudo-gradients come from AdamW, whose per-coordinate normalisation spreads
+the change over every element (top-k of 0.8% keeps ~4% of the energy of a tiny-model round), while
+the change of a weight matrix stays close to low rank (the sum of outer products of activations and
+gradients; Adam's sign-like scaling keeps a rank-1 matrix rank-1). Rank 8 keeps ~80% of the energy
+of the same round in 1/50 of the elements.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from p2pshard.core.wire.tensor import DecodeLimits, EncodeOptions, Encoding, decode_tensors
+from p2pshard.core.wire.tensor import (
+    DecodeLimits,
+    EncodeOptions,
+    Encoding,
+    LowRankFactors,
+    decode_tensors,
+)
 from p2pshard.core.wire.tensor import encode_tensors as _encode
 
 __all__ = ["KINDS", "CompressionConfig", "Compressor", "EncodedUpdate"]
 
 F32 = npt.NDArray[np.float32]
 
-KINDS = ("none", "fp16", "bf16", "int8", "topk")
+KINDS = ("none", "fp16", "bf16", "int8", "int4", "topk", "lowrank")
+_ENCODING = {
+    "none": Encoding.FLOAT32,
+    "fp16": Encoding.FLOAT16,
+    "bf16": Encoding.BFLOAT16,
+    "int8": Encoding.INT8,
+    "int4": Encoding.INT4,
+    "topk": Encoding.INT8,
+    "lowrank": Encoding.INT4,
+}
 
 
 @dataclass(frozen=True)
 class CompressionConfig:
-    kind: str = "topk"
+    """``kind`` is one of :data:`KINDS`; the rest applies to the kinds that use it."""
+
+    kind: str = "lowrank"
     chunk_size: int = 2048
     topk: int = 16  # kept per chunk: 16/2048 = 0.8% of the elements
+    rank: int = 8  # lowrank: factor rank per weight matrix
+    power_iterations: int = 2  # lowrank: subspace iterations per round
     error_feedback: bool = True
     lz4: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown compression {self.kind!r}; one of {KINDS}")
+        if not 1 <= self.rank <= 1024 or self.power_iterations < 1:
+            raise ValueError("rank must be in [1, 1024] and power_iterations >= 1")
 
     def encode_options(self) -> EncodeOptions:
-        encoding = {
-            "none": Encoding.FLOAT32,
-            "fp16": Encoding.FLOAT16,
-            "bf16": Encoding.BFLOAT16,
-            "int8": Encoding.INT8,
-            "topk": Encoding.INT8,
-        }[self.kind]
         topk = self.topk if self.kind == "topk" else None
-        return EncodeOptions(encoding, chunk_size=self.chunk_size, topk=topk, lz4=self.lz4)
+        return EncodeOptions(_ENCODING[self.kind], chunk_size=self.chunk_size, topk=topk, lz4=self.lz4)
+
+    @property
+    def per_tensor(self) -> bool:
+        """Whether updates must be sent tensor by tensor (low rank needs the matrix shapes)."""
+        return self.kind == "lowrank"
 
 
 @dataclass(frozen=True)
@@ -59,20 +88,73 @@ class EncodedUpdate:
 
 
 class Compressor:
-    """Encodes successive pseudo-gradients, carrying the error-feedback residual between them."""
+    """Encodes successive pseudo-gradients, carrying the error-feedback residual between them.
+
+    For ``lowrank`` it also keeps each matrix's right factor as the next round's starting subspace
+    (``subspace``: node-local state, saved in checkpoints beside the residual).
+    """
 
     def __init__(self, cfg: CompressionConfig) -> None:
         self.cfg = cfg
         self.residual: dict[str, F32] = {}
+        self.subspace: dict[str, F32] = {}
 
     def encode(self, update: Mapping[str, F32], limits: DecodeLimits | None = None) -> EncodedUpdate:
         if self.cfg.error_feedback:
             target = {n: v + self.residual[n] if n in self.residual else v for n, v in update.items()}
         else:
             target = dict(update)
-        payload = _encode(target, self.cfg.encode_options())
+        if self.cfg.kind == "lowrank":
+            payload = self._encode_low_rank(target)
+        else:
+            payload = _encode(target, self.cfg.encode_options())
         decoded = decode_tensors(payload, limits)
         if self.cfg.error_feedback:
-            self.residual = {n: (target[n] - decoded[n]).astype(np.float32) for n in target}
+            self.residual = {
+                n: np.subtract(target[n], decoded[n], dtype=np.float32).reshape(target[n].shape)
+                for n in target
+            }
         dense = sum(4 * v.size for v in update.values())
         return EncodedUpdate(payload, decoded, dense)
+
+    def _encode_low_rank(self, target: Mapping[str, F32]) -> bytes:
+        r = self.cfg.rank
+        items: dict[str, F32 | LowRankFactors] = {}
+        vectors = EncodeOptions(Encoding.INT8, chunk_size=self.cfg.chunk_size, lz4=self.cfg.lz4)
+        overrides: dict[str, EncodeOptions] = {}
+        for name, value in target.items():
+            arr = np.asarray(value, dtype=np.float32)
+            rows = arr.shape[0] if arr.ndim >= 2 else 0
+            cols = arr.size // rows if rows else 0
+            # Factors cost (rows + cols) * r values; below ~2r on a side, send the matrix itself.
+            if arr.ndim < 2 or min(rows, cols) <= 2 * r:
+                items[name] = arr
+                overrides[name] = vectors
+                continue
+            items[name] = self._factor(name, arr.reshape(rows, cols), arr.shape, r)
+        return _encode(items, EncodeOptions(Encoding.INT4, chunk_size=r, lz4=self.cfg.lz4), overrides)
+
+    def _factor(self, name: str, m: F32, shape: tuple[int, ...], r: int) -> LowRankFactors:
+        q = self.subspace.get(name)
+        if q is None or q.shape != (m.shape[1], r):
+            seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+            q = np.random.default_rng(seed).standard_normal((m.shape[1], r)).astype(np.float32)
+        p = m @ q
+        for i in range(self.cfg.power_iterations):
+            p = _orthonormal(p)
+            q = m.T @ p
+            if i + 1 < self.cfg.power_iterations:
+                p = m @ _orthonormal(q)
+        self.subspace[name] = _orthonormal(q)
+        # Balance the two factors' scales so that both quantise alike: P Q^T is unchanged.
+        pn = np.sqrt((p * p).sum(axis=0)) + 1e-30
+        qn = np.sqrt((q * q).sum(axis=0)) + 1e-30
+        g = np.sqrt(pn * qn)
+        return LowRankFactors(shape, (p / pn * g).astype(np.float32), (q / qn * g).astype(np.float32))
+
+
+def _orthonormal(x: F32) -> F32:
+    """An orthonormal basis of the columns of ``x`` (same shape; zero columns stay harmless)."""
+    q, _ = np.linalg.qr(x.astype(np.float64))
+    out: F32 = q.astype(np.float32)
+    return out

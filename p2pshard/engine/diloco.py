@@ -38,6 +38,9 @@ class DiLoCoConfig:
     grad_clip: float = 1.0
     outer_lr: float = 0.7
     outer_momentum: float = 0.9
+    # Rescale the aggregated pseudo-gradient to the median norm of the contributions, at most by
+    # sqrt(n) (see ``restore_norm``).
+    norm_restore: bool = False
 
     def __post_init__(self) -> None:
         if self.inner_steps < 1 or self.batch_size < 1:
@@ -86,6 +89,30 @@ def inner_train(
         optimizer.step()
         total += loss.detach()
     return float(total) / cfg.inner_steps
+
+
+def restore_norm(aggregated: F32, rows: F32) -> tuple[F32, float]:
+    """Scale ``aggregated`` up to the median L2 norm of ``rows``, by a factor in [1, sqrt(n)].
+
+    Why: each row is the change H AdamW steps made on one node. Where the nodes disagree their
+    changes partly cancel in the average, so the averaged step is shorter than any node's, while one
+    AdamW run on the n-times larger batch would still move about lr per coordinate per step (Adam
+    normalises the step length). Restoring the length keeps the averaged *direction* and gives it the
+    length a single large-batch run would take. The median (not the mean) of the norms keeps one
+    oversized row from setting the length, and sqrt(n) -- the factor for n orthogonal rows of equal
+    length -- bounds the amplification. Norms are float64 sums without BLAS, so every node computes
+    the same factor.
+    """
+    n = rows.shape[0]
+    agg64 = aggregated.astype(np.float64)
+    agg_norm = float(np.sqrt((agg64 * agg64).sum()))
+    r64 = rows.astype(np.float64)
+    median_norm = float(np.median(np.sqrt((r64 * r64).sum(axis=1))))
+    if agg_norm <= 0.0 or not np.isfinite(agg_norm):
+        return aggregated, 1.0
+    factor = min(max(median_norm / agg_norm, 1.0), float(np.sqrt(n)))
+    out: F32 = np.multiply(aggregated, np.float32(factor), dtype=np.float32)
+    return out, factor
 
 
 class OuterNesterov:

@@ -27,7 +27,7 @@ from p2pshard.core.wire.tensor import DecodeLimits, TensorDecodeError, decode_te
 from p2pshard.engine.aggregation import AggregationConfig, aggregate, screen_update
 from p2pshard.engine.checkpoint import CheckpointError, CheckpointState, atomic_write
 from p2pshard.engine.compression import CompressionConfig, Compressor
-from p2pshard.engine.diloco import DiLoCoConfig, OuterNesterov, inner_train, model_hash
+from p2pshard.engine.diloco import DiLoCoConfig, OuterNesterov, inner_train, model_hash, restore_norm
 from p2pshard.engine.genesis import Genesis, assign_shard, load_shard, sha256_hex
 from p2pshard.engine.model import PRESETS, ModelConfig, Stage, build_model
 from p2pshard.protocols.engine_api import EngineStats, LocalUpdate, RoundOutcome, UpdateRejected
@@ -38,6 +38,8 @@ F32 = npt.NDArray[np.float32]
 _SAMPLER_TAG = b"p2pshard/batch-sampler/v1\x00"
 # On the wire a pseudo-gradient is one flat float32 tensor: every parameter, by sorted name,
 # concatenated. Chunks then span small tensors (biases, norms) too, so top-k compresses evenly.
+# Low-rank compression needs the matrices, so it sends one tensor per parameter instead; a receiver
+# accepts either form whatever its own compression is.
 UPDATE_TENSOR = "update"
 
 
@@ -89,7 +91,10 @@ class TorchEngine:
         self.outer = OuterNesterov(d.outer_lr, d.outer_momentum, self.shapes)
         self.compressor = Compressor(cfg.compression)
         self.limits = DecodeLimits(
-            max_bytes=8 * self.n_params + (1 << 20), max_tensors=1, max_elements=self.n_params
+            max_bytes=8 * self.n_params + (1 << 20),
+            max_tensors=len(self.names),
+            max_elements=self.n_params,
+            max_decode_work=64 * self.n_params,
         )
         self.max_update_norm = (
             cfg.norm_bound_factor * d.inner_steps * d.inner_lr * float(np.sqrt(self.n_params))
@@ -151,10 +156,12 @@ class TorchEngine:
         gen = torch.Generator().manual_seed(self._sampler_seed(round_index, shard_id))
         loss = inner_train(self.model, self.inner_opt, tokens, self.cfg.diloco, gen, self.device)
         local = {n: self._params[n].detach().cpu().numpy() for n in self.names}
-        pseudo = np.concatenate(
-            [np.subtract(self.master[n], local[n], dtype=np.float32).reshape(-1) for n in self.names]
-        )
-        encoded = self.compressor.encode({UPDATE_TENSOR: pseudo}, self.limits)
+        diffs = {n: np.subtract(self.master[n], local[n], dtype=np.float32) for n in self.names}
+        if self.cfg.compression.per_tensor:
+            encoded = self.compressor.encode(diffs, self.limits)
+        else:
+            pseudo = np.concatenate([diffs[n].reshape(-1) for n in self.names])
+            encoded = self.compressor.encode({UPDATE_TENSOR: pseudo}, self.limits)
         d = self.cfg.diloco
         n_tokens = d.inner_steps * d.batch_size * self.cfg.model.context
         self._tokens += n_tokens
@@ -191,7 +198,8 @@ class TorchEngine:
             tensors = decode_tensors(payload, self.limits)
         except TensorDecodeError as exc:
             raise UpdateRejected(f"decode:{exc.reason}", exc.detail) from exc
-        return screen_update(tensors, self.wire_shapes, self.max_update_norm)
+        shapes = self.wire_shapes if UPDATE_TENSOR in tensors else self.shapes
+        return screen_update(tensors, shapes, self.max_update_norm)
 
     def check_update(self, payload: bytes) -> None:
         self._screen(payload)
@@ -211,10 +219,14 @@ class TorchEngine:
         selected: tuple[str, ...] = ()
         norm = 0.0
         if rows:
-            result = aggregate(np.stack(rows), self.cfg.aggregation)
+            stacked = np.stack(rows)
+            result = aggregate(stacked, self.cfg.aggregation)
             selected = tuple(accepted[i] for i in result.selected)
-            norm = float(np.sqrt((result.vector.astype(np.float64) ** 2).sum()))
-            self.outer.step(self.master, self._unflatten(result.vector))
+            vector = result.vector
+            if self.cfg.diloco.norm_restore:
+                vector, _ = restore_norm(vector, stacked[list(result.selected)])
+            norm = float(np.sqrt((vector.astype(np.float64) ** 2).sum()))
+            self.outer.step(self.master, self._unflatten(vector))
             self._hash = model_hash(self.master)
         self._load_master_into_model()
         self._round = round_index + 1
@@ -278,9 +290,8 @@ class TorchEngine:
         groups = {
             "model": self.master,
             "outer_momentum": self.outer.momentum,
-            "error_feedback": (
-                self._unflatten(self.compressor.residual[UPDATE_TENSOR]) if self.compressor.residual else {}
-            ),
+            "error_feedback": self._residual_by_name(),
+            "lowrank_subspace": dict(self.compressor.subspace),
             "inner": inner,
         }
         return CheckpointState(groups, meta)
@@ -303,9 +314,14 @@ class TorchEngine:
         steps = meta.get("inner_steps", {})
         self.master = {n: a.copy() for n, a in model.items()}
         self.outer.momentum = {n: a.copy() for n, a in momentum.items()}
-        self.compressor.residual = (
-            {UPDATE_TENSOR: np.concatenate([residual[n].reshape(-1) for n in self.names])} if residual else {}
-        )
+        self.compressor.subspace = self._check_subspace(state.groups.get("lowrank_subspace", {}))
+        if not residual:
+            self.compressor.residual = {}
+        elif self.cfg.compression.per_tensor:
+            self.compressor.residual = {n: a.copy() for n, a in residual.items()}
+        else:
+            flat = np.concatenate([residual[n].reshape(-1) for n in self.names])
+            self.compressor.residual = {UPDATE_TENSOR: flat}
         self.inner_opt.state.clear()
         for n in self.names:
             if n in steps:
@@ -321,6 +337,27 @@ class TorchEngine:
         self._tokens = int(meta.get("tokens_trained", 0))
         self._hash = model_hash(self.master)
         self._load_master_into_model()
+
+    def _residual_by_name(self) -> dict[str, F32]:
+        res = self.compressor.residual
+        if not res:
+            return {}
+        if UPDATE_TENSOR in res:
+            return self._unflatten(res[UPDATE_TENSOR])
+        return dict(res)
+
+    def _check_subspace(self, tensors: Mapping[str, F32]) -> dict[str, F32]:
+        """Low-rank warm starts: matrices' names only, (columns, rank) shapes, finite."""
+        out: dict[str, F32] = {}
+        r = self.cfg.compression.rank
+        for n, a in tensors.items():
+            if n not in self.shapes or len(self.shapes[n]) < 2:
+                raise CheckpointError(f"lowrank_subspace-unknown-tensor: {n}")
+            cols = int(np.prod(self.shapes[n][1:]))
+            if a.shape != (cols, r) or not np.isfinite(a).all():
+                raise CheckpointError(f"lowrank_subspace-bad-tensor: {n}")
+            out[n] = a.copy()
+        return out
 
     def _check_group(self, state: CheckpointState, group: str, required: bool) -> dict[str, F32]:
         tensors = dict(state.groups.get(group, {}))

@@ -153,7 +153,7 @@ def test_hot_snapshots_keep_the_newest(make_engine: EngineFactory, tmp_path: Pat
 
 def test_compression_kinds_cut_bytes(make_engine: EngineFactory, genesis: Genesis) -> None:
     sizes = {}
-    for kind in ("none", "fp16", "bf16", "int8", "topk"):
+    for kind in ("none", "fp16", "bf16", "int8", "int4", "topk", "lowrank"):
         e = make_engine(compression=CompressionConfig(kind=kind))
         u = e.train_round(0, genesis.shard_bytes(genesis.manifest.train_shards[0]))
         e.check_update(u.payload)
@@ -162,4 +162,54 @@ def test_compression_kinds_cut_bytes(make_engine: EngineFactory, genesis: Genesi
     assert sizes["none"] > 0.95 * e.n_params * 4
     assert sizes["fp16"] < 0.55 * sizes["none"] and sizes["bf16"] < 0.55 * sizes["none"]
     assert sizes["int8"] < 0.3 * sizes["none"]
+    assert sizes["int4"] < 0.17 * sizes["none"]
     assert sizes["topk"] < sizes["none"] / 50
+    assert sizes["lowrank"] < sizes["none"] / 10  # micro's matrices are only 48 wide
+
+
+def test_low_rank_engines_agree_and_restore_exactly(
+    make_engine: EngineFactory, genesis: Genesis, tmp_path: Path
+) -> None:
+    lowrank = CompressionConfig(kind="lowrank", rank=2)
+    engines = {p: make_engine(node_salt=p.encode(), compression=lowrank) for p in ("a", "b")}
+    hashes = run_round(engines, genesis, 0)
+    assert len(hashes) == 1
+    a = engines["a"]
+    assert a.compressor.subspace and a.compressor.residual
+    restored = make_engine(node_salt=b"a", compression=lowrank)
+    restored.load_checkpoint_bytes(a.checkpoint_bytes())
+    # Residual and warm-start subspaces came back: the next round is bit-identical.
+    assert run_round({"a": a}, genesis, 1) == run_round({"a": restored}, genesis, 1)
+
+
+def test_flat_and_per_tensor_payloads_are_both_accepted(make_engine: EngineFactory, genesis: Genesis) -> None:
+    flat = make_engine(node_salt=b"f", compression=CompressionConfig(kind="int8"))
+    per_tensor = make_engine(node_salt=b"p", compression=CompressionConfig(kind="lowrank", rank=2))
+    engines = {"f": flat, "p": per_tensor}
+    assert len(run_round(engines, genesis, 0)) == 1
+    out = flat.apply_round(
+        1, {"p": per_tensor.train_round(1, genesis.shard_bytes(per_tensor.assigned_shard("p", 1))).payload}
+    )
+    assert out.accepted == ("p",)
+    # A per-tensor payload with a wrong shape is screened out like a flat one.
+    bad = {
+        n: np.zeros(2, np.float32) if i == 0 else np.zeros(s, np.float32)
+        for i, (n, s) in enumerate(sorted(flat.shapes.items()))
+    }
+    with pytest.raises(UpdateRejected, match="wrong-shape"):
+        flat.check_update(encode_tensors(bad, EncodeOptions()))
+
+
+def test_restore_norm_lengthens_cancelling_averages_within_sqrt_n() -> None:
+    from p2pshard.engine.diloco import restore_norm
+
+    rows = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]], dtype=np.float32)
+    mean = rows.mean(axis=0)
+    out, factor = restore_norm(mean, rows)
+    assert 1.0 <= factor <= 2.0
+    np.testing.assert_allclose(
+        np.linalg.norm(out), min(np.median(np.linalg.norm(rows, axis=1)), 2 * np.linalg.norm(mean)), rtol=1e-6
+    )
+    same = np.ones((3, 4), np.float32)
+    _, f = restore_norm(same.mean(axis=0), same)
+    assert f == 1.0  # agreeing rows: no change

@@ -14,6 +14,7 @@ from p2pshard.core.wire.tensor import (
     DecodeLimits,
     EncodeOptions,
     Encoding,
+    LowRankFactors,
     TensorDecodeError,
     decode_tensors,
     encode_tensors,
@@ -207,4 +208,137 @@ def test_random_bytes_never_escape_as_other_errors() -> None:
             out = decode_tensors(bytes(mutated))
         except TensorDecodeError:
             continue  # the only exception a hostile payload may cause
+        assert all(a.dtype == np.float32 for a in out.values())
+
+
+# ---------------------------------------------------------------------------- int4 and low rank
+
+
+def test_int4_dense_round_trip_and_size() -> None:
+    x = RNG.standard_normal(1001).astype(np.float32)  # odd count: a padding nibble
+    payload = encode_tensors({"x": x}, EncodeOptions(Encoding.INT4, 64, lz4=False))
+    out = decode_tensors(payload)["x"]
+    for start in range(0, x.size, 64):
+        chunk = x[start : start + 64]
+        assert np.abs(out[start : start + 64] - chunk).max() <= np.abs(chunk).max() / 14 + 1e-6
+    assert len(payload) < 1001 // 2 + 4 * 16 + 64
+
+
+def test_low_rank_decodes_exactly_the_scaled_integer_product() -> None:
+    p = RNG.standard_normal((40, 3)).astype(np.float32)
+    q = RNG.standard_normal((30, 3)).astype(np.float32)
+    for encoding, levels in ((Encoding.INT8, 127), (Encoding.INT4, 7)):
+        payload = encode_tensors({"m": LowRankFactors((40, 5, 6), p, q)}, EncodeOptions(encoding))
+        out = decode_tensors(payload)["m"]
+        assert out.shape == (40, 5, 6)
+        rec = pb.TensorBundle()
+        raw_len = struct.unpack_from("<4sBI", payload)[2]
+        rec.ParseFromString(lz4.block.decompress(payload[9:], uncompressed_size=raw_len))
+        r = rec.tensors[0]
+        assert (r.layout, r.rank, r.chunk_size) == (pb.LAYOUT_LOW_RANK, 3, 3)
+        scales = np.frombuffer(r.scales, "<f4")
+        # Independent reference: exact int64 product, then the two scales in the same order.
+        ints = np.rint(np.concatenate([p.reshape(-1), q.reshape(-1)]) / np.repeat(scales, 3))
+        ip, iq = ints[:120].reshape(40, 3).astype(np.int64), ints[120:].reshape(30, 3).astype(np.int64)
+        exact = (ip @ iq.T).astype(np.float32)
+        want = (scales[:40, None] * exact) * scales[None, 40:]
+        np.testing.assert_array_equal(out.reshape(40, 30), want)
+        approx = p @ q.T
+        assert np.abs(out.reshape(40, 30) - approx).max() < 3 * 3 * np.abs(approx).max() / levels
+
+
+def low_rank_record(**fields: object) -> pb.TensorBundle:
+    rows, cols, r = 4, 3, 2
+    base: dict[str, object] = {
+        "shape": [rows, cols],
+        "layout": pb.LAYOUT_LOW_RANK,
+        "encoding": pb.VALUE_ENCODING_INT8,
+        "chunk_size": r,
+        "rank": r,
+        "values": np.ones((rows + cols) * r, np.int8).tobytes(),
+        "scales": np.ones(rows + cols, "<f4").tobytes(),
+    }
+    base.update(fields)
+    return record(**base)
+
+
+@pytest.mark.parametrize(
+    ("bundle", "reason"),
+    [
+        (low_rank_record(), None),
+        (low_rank_record(shape=[12]), "low-rank-needs-matrix"),
+        (low_rank_record(encoding=pb.VALUE_ENCODING_FLOAT32), "low-rank-needs-int-encoding"),
+        (low_rank_record(rank=0), "bad-rank"),
+        (low_rank_record(rank=4, chunk_size=4), "bad-rank"),  # rank above min(rows, cols) = 3
+        (low_rank_record(chunk_size=3), "bad-rank"),  # one scale per factor row: chunk == rank
+        (low_rank_record(k=1), "unexpected-indices"),
+        (low_rank_record(values=bytes(13)), "values-length-mismatch"),
+        (low_rank_record(scales=bytes(4)), "scales-length-mismatch"),
+        (low_rank_record(values=b"\x80" + bytes(13)), "int8-out-of-range"),
+        (low_rank_record(shape=[1 << 10, 1 << 10], rank=1, chunk_size=1), "values-length-mismatch"),
+        (
+            low_rank_record(encoding=pb.VALUE_ENCODING_INT4, values=bytes([0x88] * 7)),
+            None,
+        ),
+        (low_rank_record(encoding=pb.VALUE_ENCODING_INT4, values=bytes([0x80] * 7)), "int4-out-of-range"),
+        (record(rank=2), "unexpected-rank"),
+    ],
+)
+def test_low_rank_checks(bundle: pb.TensorBundle, reason: str | None) -> None:
+    if reason is None:
+        out = decode_tensors(envelope(bundle))["t"]
+        assert out.shape == (4, 3) and np.isfinite(out).all()
+        return
+    with pytest.raises(TensorDecodeError) as info:
+        decode_tensors(envelope(bundle))
+    assert info.value.reason == reason
+
+
+def test_low_rank_decode_work_is_bounded() -> None:
+    big = low_rank_record(
+        shape=[1024, 1024],
+        rank=64,
+        chunk_size=64,
+        values=bytes(2048 * 64),
+        scales=bytes(4 * 2048),
+    )
+    lim = DecodeLimits(max_bytes=1 << 20, max_elements=1 << 20, max_decode_work=1 << 25)
+    with pytest.raises(TensorDecodeError) as info:
+        decode_tensors(envelope(big), lim)
+    assert info.value.reason == "too-much-decode-work"
+
+
+def test_int4_padding_nibble_must_be_zero() -> None:
+    bad = record(
+        shape=[3],
+        encoding=pb.VALUE_ENCODING_INT4,
+        chunk_size=3,
+        values=bytes([0x88, 0x98]),  # the 4th nibble pads an odd count and must be 0
+        scales=np.ones(1, "<f4").tobytes(),
+    )
+    with pytest.raises(TensorDecodeError) as info:
+        decode_tensors(envelope(bad))
+    assert info.value.reason == "int4-out-of-range"
+    good = record(
+        shape=[3],
+        encoding=pb.VALUE_ENCODING_INT4,
+        chunk_size=3,
+        values=bytes([0x97, 0x08]),
+        scales=np.ones(1, "<f4").tobytes(),
+    )
+    np.testing.assert_array_equal(decode_tensors(envelope(good))["t"], [-1, 1, 0])
+
+
+def test_random_bytes_in_low_rank_payloads_never_escape_as_other_errors() -> None:
+    rng = np.random.default_rng(1)
+    factors = LowRankFactors((37, 19), RNG.standard_normal((37, 4)), RNG.standard_normal((19, 4)))
+    good = encode_tensors({"m": factors, "b": TENSORS["b"]}, EncodeOptions(Encoding.INT4, lz4=False))
+    for _ in range(300):
+        mutated = bytearray(good)
+        for pos in rng.integers(9, len(good), size=3):
+            mutated[pos] = int(rng.integers(0, 256))
+        try:
+            out = decode_tensors(bytes(mutated), DecodeLimits(max_elements=1 << 16, max_decode_work=1 << 20))
+        except TensorDecodeError:
+            continue
         assert all(a.dtype == np.float32 for a in out.values())

@@ -11,7 +11,11 @@ checked against :class:`DecodeLimits` *before* memory is allocated for it, and e
 
 Decoding always yields dense float32 arrays: a top-k record is scattered into zeros. That is the
 stated rule for sparse updates everywhere downstream (aggregation treats an element a peer did not
-send as an explicit zero).
+send as an explicit zero). A low-rank record (factors P, Q with integer values and one scale per
+factor row) is multiplied out exactly: the integer product is exact in float32 whatever order a
+BLAS sums in, and the scales are applied elementwise, so every machine decodes the same bits (model
+hashes depend on it). Its decoding work (rows x columns x rank) is bounded by
+``DecodeLimits.max_decode_work``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ __all__ = [
     "DecodeLimits",
     "EncodeOptions",
     "Encoding",
+    "LowRankFactors",
     "TensorDecodeError",
     "decode_tensors",
     "encode_tensors",
@@ -43,6 +48,7 @@ _HEADER = struct.Struct("<4sBI")
 _COMPRESSION_NONE = 0
 _COMPRESSION_LZ4 = 1
 _MAX_CHUNK = 1 << 16  # in-chunk offsets are uint16
+MAX_FACTOR_RANK = 1024  # rank * 127**2 < 2**24: the integer product stays exact in float32
 
 F32 = npt.NDArray[np.float32]
 
@@ -63,9 +69,35 @@ class Encoding(Enum):
     FLOAT16 = pb.VALUE_ENCODING_FLOAT16
     BFLOAT16 = pb.VALUE_ENCODING_BFLOAT16
     INT8 = pb.VALUE_ENCODING_INT8
+    INT4 = pb.VALUE_ENCODING_INT4
 
 
 _VALUE_BYTES = {Encoding.FLOAT32: 4, Encoding.FLOAT16: 2, Encoding.BFLOAT16: 2, Encoding.INT8: 1}
+_INT_LEVELS = {Encoding.INT8: 127, Encoding.INT4: 7}
+
+
+def _values_len(encoding: Encoding, count: int) -> int:
+    if encoding is Encoding.INT4:
+        return (count + 1) // 2
+    return count * _VALUE_BYTES[encoding]
+
+
+@dataclass(frozen=True)
+class LowRankFactors:
+    """A tensor of ``shape`` sent as ``p @ q.T`` (``p``: rows x rank, ``q``: columns x rank), where
+    rows = shape[0] and columns = the product of the rest. Encoded with INT8 or INT4 values."""
+
+    shape: tuple[int, ...]
+    p: npt.NDArray[np.float32]
+    q: npt.NDArray[np.float32]
+
+    def __post_init__(self) -> None:
+        if len(self.shape) < 2 or self.p.ndim != 2 or self.q.ndim != 2:
+            raise ValueError("low-rank factors need a shape of rank >= 2 and two matrices")
+        rows, cols = self.shape[0], int(np.prod(self.shape[1:]))
+        r = self.p.shape[1]
+        if self.p.shape != (rows, r) or self.q.shape != (cols, r) or not 1 <= r <= MAX_FACTOR_RANK:
+            raise ValueError(f"factor shapes {self.p.shape}, {self.q.shape} do not fit {self.shape}")
 
 
 @dataclass(frozen=True)
@@ -93,32 +125,47 @@ class DecodeLimits:
     max_elements: int = 128 << 20
     max_rank: int = 8
     max_name_len: int = 256
+    max_decode_work: int = 1 << 34  # sum of rows x columns x rank over low-rank records
 
 
 # --------------------------------------------------------------------------------------- encode
 
 
-def encode_tensors(tensors: Mapping[str, npt.NDArray[np.floating]], opts: EncodeOptions) -> bytes:
-    """Encode ``tensors`` (any float dtype; written in name order) into one payload."""
+def encode_tensors(
+    tensors: Mapping[str, npt.NDArray[np.floating] | LowRankFactors],
+    opts: EncodeOptions,
+    overrides: Mapping[str, EncodeOptions] | None = None,
+) -> bytes:
+    """Encode ``tensors`` (any float dtype; written in name order) into one payload.
+
+    ``overrides`` gives some tensors their own options. A :class:`LowRankFactors` entry is written
+    as a low-rank record with its options' encoding (INT8 or INT4).
+    """
     bundle = pb.TensorBundle()
     for name in sorted(tensors):
-        arr = np.asarray(tensors[name], dtype=np.float32, order="C")  # keeps rank 0
+        item = tensors[name]
+        o = (overrides or {}).get(name, opts)
+        if isinstance(item, LowRankFactors):
+            _encode_low_rank(bundle.tensors.add(), name, item, o.encoding)
+            continue
+        arr = np.asarray(item, dtype=np.float32, order="C")  # keeps rank 0
         rec = bundle.tensors.add()
         rec.name = name
         rec.shape.extend(int(d) for d in arr.shape)
-        rec.encoding = opts.encoding.value
-        rec.chunk_size = opts.chunk_size
+        rec.encoding = o.encoding.value
+        rec.chunk_size = o.chunk_size
+        opts_here = o
         flat = arr.reshape(-1)
-        if opts.topk is None:
+        if opts_here.topk is None:
             rec.layout = pb.LAYOUT_DENSE
             values = flat
         else:
             rec.layout = pb.LAYOUT_CHUNKED_TOPK
-            rec.k = opts.topk
-            offsets, values = _select_topk(flat, opts.chunk_size, opts.topk)
+            rec.k = opts_here.topk
+            offsets, values = _select_topk(flat, opts_here.chunk_size, opts_here.topk)
             rec.indices = offsets.astype("<u2").tobytes()
-        kept_per_chunk = _kept_per_chunk(flat.size, opts.chunk_size, opts.topk)
-        rec.values, scales = _encode_values(values, opts.encoding, kept_per_chunk)
+        kept_per_chunk = _kept_per_chunk(flat.size, opts_here.chunk_size, opts_here.topk)
+        rec.values, scales = _encode_values(values, opts_here.encoding, kept_per_chunk)
         if scales is not None:
             rec.scales = scales.astype("<f4").tobytes()
     body = bundle.SerializeToString()
@@ -126,6 +173,23 @@ def encode_tensors(tensors: Mapping[str, npt.NDArray[np.floating]], opts: Encode
         packed: bytes = lz4.block.compress(body, store_size=False)
         return _HEADER.pack(MAGIC, _COMPRESSION_LZ4, len(body)) + packed
     return _HEADER.pack(MAGIC, _COMPRESSION_NONE, len(body)) + body
+
+
+def _encode_low_rank(rec: pb.TensorRecord, name: str, f: LowRankFactors, encoding: Encoding) -> None:
+    if encoding not in _INT_LEVELS:
+        raise ValueError("low-rank factors are sent as INT8 or INT4")
+    r = int(f.p.shape[1])
+    rec.name = name
+    rec.shape.extend(int(d) for d in f.shape)
+    rec.layout = pb.LAYOUT_LOW_RANK
+    rec.encoding = encoding.value
+    rec.chunk_size = r  # one scale per factor row
+    rec.rank = r
+    values = np.concatenate([f.p.astype(np.float32).reshape(-1), f.q.astype(np.float32).reshape(-1)])
+    kept = np.full(f.p.shape[0] + f.q.shape[0], r, dtype=np.int64)
+    rec.values, scales = _encode_values(values, encoding, kept)
+    assert scales is not None
+    rec.scales = scales.astype("<f4").tobytes()
 
 
 def _kept_per_chunk(n: int, chunk: int, k: int | None) -> npt.NDArray[np.int64]:
@@ -166,14 +230,40 @@ def _encode_values(
         return values.astype("<f2").tobytes(), None
     if encoding is Encoding.BFLOAT16:
         return _to_bf16(values).astype("<u2").tobytes(), None
-    # INT8: one scale per chunk, symmetric, so that the chunk's largest magnitude maps to 127.
+    # INT8/INT4: one scale per chunk, symmetric, so that the chunk's largest magnitude maps to the
+    # largest level (127 or 7).
+    levels = _INT_LEVELS[encoding]
     chunk_of = np.repeat(np.arange(kept_per_chunk.size), kept_per_chunk)
     absmax = np.zeros(kept_per_chunk.size, dtype=np.float32)
-    np.maximum.at(absmax, chunk_of, np.abs(values))
-    scales = (absmax / 127.0).astype(np.float32)
+    if values.size:
+        starts = np.zeros(kept_per_chunk.size, dtype=np.int64)
+        np.cumsum(kept_per_chunk[:-1], out=starts[1:])
+        nonempty = kept_per_chunk > 0
+        absmax[nonempty] = np.maximum.reduceat(np.abs(values), starts[nonempty])
+    scales = (absmax / np.float32(levels)).astype(np.float32)
     safe = np.where(scales > 0, scales, 1.0).astype(np.float32)
-    q = np.clip(np.rint(values / safe[chunk_of]), -127, 127).astype(np.int8)
+    q = np.clip(np.rint(values / safe[chunk_of]), -levels, levels).astype(np.int8)
+    if encoding is Encoding.INT4:
+        return _pack_int4(q), scales
     return q.tobytes(), scales
+
+
+def _pack_int4(q: npt.NDArray[np.int8]) -> bytes:
+    nib = (q.astype(np.int16) + 8).astype(np.uint8)
+    if nib.size % 2:
+        nib = np.concatenate([nib, np.zeros(1, dtype=np.uint8)])
+    return (nib[0::2] | (nib[1::2] << 4)).astype(np.uint8).tobytes()
+
+
+def _unpack_int4(data: bytes, count: int) -> npt.NDArray[np.int8] | None:
+    """The 4-bit values, or None if a nibble is 0 (not a value) or the padding is not 0."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    nib = np.empty(2 * raw.size, dtype=np.uint8)
+    nib[0::2] = raw & 0x0F
+    nib[1::2] = raw >> 4
+    if np.any(nib[count:] != 0) or (count and np.any(nib[:count] == 0)):
+        return None
+    return (nib[:count].astype(np.int16) - 8).astype(np.int8)
 
 
 def _to_bf16(values: F32) -> npt.NDArray[np.uint16]:
@@ -205,6 +295,7 @@ def decode_tensors(data: bytes, limits: DecodeLimits | None = None) -> dict[str,
         raise TensorDecodeError("too-many-tensors", str(len(bundle.tensors)))
     out: dict[str, F32] = {}
     total = 0
+    work = [0]  # low-rank decoding work so far
     for rec in bundle.tensors:
         if not rec.name or len(rec.name) > lim.max_name_len:
             raise TensorDecodeError("bad-name", rec.name[:64])
@@ -214,7 +305,7 @@ def decode_tensors(data: bytes, limits: DecodeLimits | None = None) -> dict[str,
         total += n
         if total > lim.max_elements:
             raise TensorDecodeError("too-many-elements", str(total))
-        out[rec.name] = _decode_record(rec, n).reshape(tuple(rec.shape))
+        out[rec.name] = _decode_record(rec, n, lim, work).reshape(tuple(rec.shape))
     return out
 
 
@@ -257,12 +348,16 @@ def _checked_size(rec: pb.TensorRecord, lim: DecodeLimits) -> int:
     return n
 
 
-def _decode_record(rec: pb.TensorRecord, n: int) -> F32:
+def _decode_record(rec: pb.TensorRecord, n: int, lim: DecodeLimits, work: list[int]) -> F32:
     try:
         encoding = Encoding(rec.encoding)
     except ValueError:
         raise TensorDecodeError("unknown-encoding", str(rec.encoding)) from None
     chunk = int(rec.chunk_size)
+    if rec.layout == pb.LAYOUT_LOW_RANK:
+        return _decode_low_rank(rec, n, encoding, lim, work)
+    if rec.rank:
+        raise TensorDecodeError("unexpected-rank", rec.name)
     if rec.layout == pb.LAYOUT_DENSE:
         k: int | None = None
     elif rec.layout == pb.LAYOUT_CHUNKED_TOPK:
@@ -273,7 +368,7 @@ def _decode_record(rec: pb.TensorRecord, n: int) -> F32:
         raise TensorDecodeError("unknown-layout", str(rec.layout))
     kept = _kept_per_chunk(n, chunk, k)
     count = int(kept.sum())
-    if len(rec.values) != count * _VALUE_BYTES[encoding]:
+    if len(rec.values) != _values_len(encoding, count):
         raise TensorDecodeError("values-length-mismatch", rec.name)
     values = _decode_values(rec, encoding, kept, count)
     if k is None:
@@ -301,6 +396,51 @@ def _decode_record(rec: pb.TensorRecord, n: int) -> F32:
     return dense
 
 
+def _decode_low_rank(
+    rec: pb.TensorRecord, n: int, encoding: Encoding, lim: DecodeLimits, work: list[int]
+) -> F32:
+    if len(rec.shape) < 2:
+        raise TensorDecodeError("low-rank-needs-matrix", rec.name)
+    if encoding not in _INT_LEVELS:
+        raise TensorDecodeError("low-rank-needs-int-encoding", rec.name)
+    rows = int(rec.shape[0])
+    cols = n // rows if rows else 0
+    r = int(rec.rank)
+    if not 1 <= r <= min(rows, cols, MAX_FACTOR_RANK) or rec.chunk_size != r:
+        raise TensorDecodeError("bad-rank", f"{rec.name}: rank {r}, chunk {rec.chunk_size}")
+    if rec.k or rec.indices:
+        raise TensorDecodeError("unexpected-indices", rec.name)
+    work[0] += n * r
+    if work[0] > lim.max_decode_work:
+        raise TensorDecodeError("too-much-decode-work", rec.name)
+    kept = np.full(rows + cols, r, dtype=np.int64)
+    count = (rows + cols) * r
+    if len(rec.values) != _values_len(encoding, count):
+        raise TensorDecodeError("values-length-mismatch", rec.name)
+    ints = _decode_ints(rec, encoding, count)
+    if len(rec.scales) != 4 * kept.size:
+        raise TensorDecodeError("scales-length-mismatch", rec.name)
+    scales = np.frombuffer(rec.scales, dtype="<f4").astype(np.float32)
+    ip = ints[: rows * r].reshape(rows, r).astype(np.float32)
+    iq = ints[rows * r :].reshape(cols, r).astype(np.float32)
+    product = ip @ iq.T  # integers below 2**24: exact in float32 in any summation order
+    with np.errstate(over="ignore", invalid="ignore"):  # absurd scales: inf/nan, screened later
+        out: F32 = np.multiply(np.multiply(scales[:rows, None], product), scales[None, rows:])
+    return out.reshape(-1)
+
+
+def _decode_ints(rec: pb.TensorRecord, encoding: Encoding, count: int) -> npt.NDArray[np.int8]:
+    if encoding is Encoding.INT4:
+        q4 = _unpack_int4(rec.values, count)
+        if q4 is None:
+            raise TensorDecodeError("int4-out-of-range", rec.name)
+        return q4
+    q = np.frombuffer(rec.values, dtype=np.int8)
+    if count and np.any(q == -128):
+        raise TensorDecodeError("int8-out-of-range", rec.name)
+    return q
+
+
 def _decode_values(rec: pb.TensorRecord, encoding: Encoding, kept: npt.NDArray[np.int64], count: int) -> F32:
     if encoding is Encoding.FLOAT32:
         return np.frombuffer(rec.values, dtype="<f4").astype(np.float32)
@@ -312,8 +452,6 @@ def _decode_values(rec: pb.TensorRecord, encoding: Encoding, kept: npt.NDArray[n
     if len(rec.scales) != 4 * kept.size:
         raise TensorDecodeError("scales-length-mismatch", rec.name)
     scales = np.frombuffer(rec.scales, dtype="<f4").astype(np.float32)
-    q = np.frombuffer(rec.values, dtype=np.int8)
-    if count and np.any(q == -128):
-        raise TensorDecodeError("int8-out-of-range", rec.name)
+    q = _decode_ints(rec, encoding, count)
     with np.errstate(over="ignore", invalid="ignore"):  # absurd scales decode to inf/nan,
         return q.astype(np.float32) * np.repeat(scales, kept)  # which screening rejects

@@ -41,6 +41,11 @@ class _ValueEncodingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ValueEn
     """upper 16 bits of the float32, round-to-nearest-even"""
     VALUE_ENCODING_INT8: _ValueEncoding.ValueType  # 4
     """int8 in [-127, 127]; value = q * scale of its chunk"""
+    VALUE_ENCODING_INT4: _ValueEncoding.ValueType  # 5
+    """4-bit integers in [-7, 7], two per byte (first value in the low nibble), each stored as q + 8
+    (so the nibble 0 never occurs); value = q * scale of its chunk. An odd count leaves the last
+    high nibble 0.
+    """
 
 class ValueEncoding(_ValueEncoding, metaclass=_ValueEncodingEnumTypeWrapper):
     """How the numbers of a tensor are written in `values`."""
@@ -54,6 +59,11 @@ VALUE_ENCODING_BFLOAT16: ValueEncoding.ValueType  # 3
 """upper 16 bits of the float32, round-to-nearest-even"""
 VALUE_ENCODING_INT8: ValueEncoding.ValueType  # 4
 """int8 in [-127, 127]; value = q * scale of its chunk"""
+VALUE_ENCODING_INT4: ValueEncoding.ValueType  # 5
+"""4-bit integers in [-7, 7], two per byte (first value in the low nibble), each stored as q + 8
+(so the nibble 0 never occurs); value = q * scale of its chunk. An odd count leaves the last
+high nibble 0.
+"""
 Global___ValueEncoding: _TypeAlias = ValueEncoding  # noqa: Y015
 
 class _Layout:
@@ -70,6 +80,14 @@ class _LayoutEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Layout.ValueTy
     each chunk keeps min(k, chunk length) elements, given by strictly increasing in-chunk
     offsets in `indices` (uint16). Elements not kept are zero.
     """
+    LAYOUT_LOW_RANK: _Layout.ValueType  # 3
+    """A rank-`rank` factorisation P Q^T of the tensor seen as a matrix of m = shape[0] rows and
+    n = product(shape[1:]) columns (the shape needs at least 2 dimensions). `values` holds the m*rank
+    entries of P then the n*rank entries of Q, both row-major, as INT8 or INT4 with `chunk_size` =
+    `rank`, i.e. one scale per row of P and per row of Q. Decoding computes the integer product of
+    the two integer matrices (exact in float32 while rank * 127^2 < 2^24, so rank <= 1024) and then
+    scales element (a, b) by scale_P[a] * scale_Q[b]: the same bits on every machine.
+    """
 
 class Layout(_Layout, metaclass=_LayoutEnumTypeWrapper):
     """Which elements a record carries."""
@@ -81,6 +99,14 @@ LAYOUT_CHUNKED_TOPK: Layout.ValueType  # 2
 """The flat tensor is cut into chunks of `chunk_size` elements (the last may be shorter);
 each chunk keeps min(k, chunk length) elements, given by strictly increasing in-chunk
 offsets in `indices` (uint16). Elements not kept are zero.
+"""
+LAYOUT_LOW_RANK: Layout.ValueType  # 3
+"""A rank-`rank` factorisation P Q^T of the tensor seen as a matrix of m = shape[0] rows and
+n = product(shape[1:]) columns (the shape needs at least 2 dimensions). `values` holds the m*rank
+entries of P then the n*rank entries of Q, both row-major, as INT8 or INT4 with `chunk_size` =
+`rank`, i.e. one scale per row of P and per row of Q. Decoding computes the integer product of
+the two integer matrices (exact in float32 while rank * 127^2 < 2^24, so rank <= 1024) and then
+scales element (a, b) by scale_P[a] * scale_Q[b]: the same bits on every machine.
 """
 Global___Layout: _TypeAlias = Layout  # noqa: Y015
 
@@ -97,6 +123,7 @@ class TensorRecord(_message.Message):
     VALUES_FIELD_NUMBER: _builtins.int
     SCALES_FIELD_NUMBER: _builtins.int
     INDICES_FIELD_NUMBER: _builtins.int
+    RANK_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     layout: Global___Layout.ValueType
     encoding: Global___ValueEncoding.ValueType
@@ -109,6 +136,8 @@ class TensorRecord(_message.Message):
     """float32, one per chunk (VALUE_ENCODING_INT8 only)."""
     indices: _builtins.bytes
     """uint16 in-chunk offsets (LAYOUT_CHUNKED_TOPK only)."""
+    rank: _builtins.int
+    """Factor rank (LAYOUT_LOW_RANK only)."""
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -123,10 +152,11 @@ class TensorRecord(_message.Message):
         values: _builtins.bytes = ...,
         scales: _builtins.bytes = ...,
         indices: _builtins.bytes = ...,
+        rank: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "encoding", b"encoding", "indices", b"indices", "k", b"k", "layout", b"layout", "name", b"name", "scales", b"scales", "shape", b"shape", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "encoding", b"encoding", "indices", b"indices", "k", b"k", "layout", b"layout", "name", b"name", "rank", b"rank", "scales", b"scales", "shape", b"shape", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
