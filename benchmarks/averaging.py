@@ -1,0 +1,444 @@
+"""Averaging benchmark: 4 peers average a d-parameter fp32 update -- p2pshard against hivemind 1.1.12.
+
+Both sides run as separate processes on 127.0.0.1 (one per peer), started and ended by this script
+by PID:
+
+- hivemind: ``hivemind.averaging.DecentralizedAverager`` (group of 4, no compression), in its own
+  environment ``benchmarks/.venv-hivemind`` (created by ``benchmarks/setup_hivemind.sh``; never the
+  project venv). NAT port mapping, AutoNAT and relays are off; it listens on 127.0.0.1 only. The
+  time reported is its all-reduce proper (``_aggregate_with_group``, after matchmaking), slowest
+  peer, median over the repeats; matchmaking time is printed separately.
+- p2pshard: 4 nodes (``open_node``), each publishing into its blob store and fetching the others'
+  parts over ``/p2pshard/blob/1.0.0`` (noise + yamux), reducing with the engine's aggregation code.
+  Dense: the reduce-scatter layout (``p2pshard.protocols.averaging.reduce_scatter_average``) and a
+  plain gather for comparison. Compressed: the engine's default pseudo-gradient compression, gathered
+  (payloads are small, so gathering them costs less than a second exchange). The time is from the
+  coordinator's "go" to the last peer holding the averaged vector, slowest peer, median over the
+  repeats: it includes encoding, the digest exchange through the coordinator (a stand-in for the
+  gossip announcement), fetching, decoding, reducing and assembling.
+
+Usage::
+
+    python benchmarks/averaging.py --quick         # d = 2M, under 60 s
+    python benchmarks/averaging.py                 # d = 50M (200 MB per peer), a few minutes
+    python benchmarks/averaging.py --params 10000000 --repeats 3 --skip-hivemind
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+HIVEMIND_VENV = HERE / ".venv-hivemind"
+HIVEMIND_PY = HIVEMIND_VENV / "bin" / "python"
+PEERS = 4
+
+
+def update_for(seed: int, d: int) -> np.ndarray:
+    """The update peer ``seed`` contributes: standard normal fp32 (same bytes on both sides)."""
+    return np.random.default_rng(seed).standard_normal(d, dtype=np.float32)
+
+
+def model_shapes(d: int) -> dict[str, tuple[int, ...]]:
+    """Cut ``d`` parameters into transformer-like tensors: 1024x1024 matrices, the rest a vector.
+
+    The compressed path encodes per tensor, as the engine does for a real model.
+    """
+    side = 1024 if d >= 4 * 1024 * 1024 else 256
+    n_mat = max(0, (d - 1) // (side * side))
+    shapes: dict[str, tuple[int, ...]] = {f"w{i:03d}": (side, side) for i in range(n_mat)}
+    rest = d - n_mat * side * side
+    if rest:
+        shapes["zz_vector"] = (rest,)
+    return shapes
+
+
+def emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------- p2pshard worker
+
+
+def p2pshard_worker(index: int, bootstrap: list[str]) -> None:
+    import trio
+
+    trio.run(_p2pshard_worker, index, bootstrap)
+
+
+async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
+    import trio
+    from libp2p.peer.id import ID
+
+    from p2pshard import NodeConfig, open_node
+    from p2pshard.core.wire.tensor import DecodeLimits, EncodeOptions, decode_tensors, encode_tensors
+    from p2pshard.engine.aggregation import AggregationConfig, aggregate
+    from p2pshard.engine.compression import CompressionConfig, Compressor
+    from p2pshard.protocols.averaging import AveragingStats, gather_average, reduce_scatter_average
+
+    stdin = trio.wrap_file(sys.stdin)
+    mean = AggregationConfig(rule="mean")
+    cfg = NodeConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=bootstrap, network_id="bench-averaging")
+    async with open_node(cfg) as node:
+        emit({"addr": node.addrs[0], "peer_id": node.peer_id.to_base58()})
+        vector = np.zeros(0, dtype=np.float32)
+        peers: list[ID] = []
+        while True:
+            msg = json.loads(await stdin.readline())
+            if msg["cmd"] == "exit":
+                break
+            if msg["cmd"] == "prepare":
+                vector = update_for(index, int(msg["d"]))
+                peers = [ID.from_base58(p) for p in msg["peers"] if p != node.peer_id.to_base58()]
+                emit({"ready": True})
+                continue
+
+            async def exchange(phase: str, digests: Any) -> dict[ID, list[bytes]]:
+                emit({"exchange": phase, "digests": [d.hex() for d in digests]})
+                reply = json.loads(await stdin.readline())
+                return {ID.from_base58(p): [bytes.fromhex(x) for x in ds] for p, ds in reply["table"].items()}
+
+            mode, layout = msg["mode"], msg["layout"]
+            limits = DecodeLimits(max_bytes=8 * vector.size + (1 << 20), max_elements=vector.size + 1)
+            if mode == "dense":
+                opts = EncodeOptions(lz4=False)
+
+                def encode(v: np.ndarray, opts: EncodeOptions = opts) -> bytes:
+                    return encode_tensors({"v": v}, opts)
+
+                def decode(b: bytes, limits: DecodeLimits = limits) -> np.ndarray:
+                    return decode_tensors(b, limits)["v"]
+            else:
+                shapes = model_shapes(vector.size)
+                compressor = Compressor(CompressionConfig())
+                limits = DecodeLimits(
+                    max_bytes=8 * vector.size + (1 << 20),
+                    max_elements=vector.size + 1,
+                    max_tensors=len(shapes) + 1,
+                )
+
+                def encode(
+                    v: np.ndarray, shapes: Any = shapes, c: Any = compressor, limits: DecodeLimits = limits
+                ) -> bytes:
+                    tensors, off = {}, 0
+                    for name in sorted(shapes):
+                        size = int(np.prod(shapes[name]))
+                        tensors[name] = v[off : off + size].reshape(shapes[name])
+                        off += size
+                    payload: bytes = c.encode(tensors, limits).payload
+                    return payload
+
+                def decode(b: bytes, shapes: Any = shapes, limits: DecodeLimits = limits) -> np.ndarray:
+                    t = decode_tensors(b, limits)
+                    return np.concatenate([t[n].reshape(-1) for n in sorted(shapes)])
+
+            def reduce(rows: Any) -> np.ndarray:
+                return aggregate(np.stack(rows), mean).vector
+
+            fn = reduce_scatter_average if layout == "reduce_scatter" else gather_average
+            stats = AveragingStats()
+            t0 = time.perf_counter()
+            result = await fn(
+                node.blobs,
+                node.peer_id,
+                peers,
+                vector,
+                encode=encode,
+                decode=decode,
+                reduce=reduce,
+                exchange=exchange,
+                max_size=8 * vector.size + (1 << 20),
+                stats=stats,
+            )
+            emit(
+                {
+                    "done": time.perf_counter() - t0,
+                    "head": [float(x) for x in result[:4]],
+                    "encode_s": stats.encode_s,
+                    "fetch_s": stats.fetch_s,
+                    "decode_reduce_s": stats.decode_reduce_s,
+                    "bytes_in": stats.bytes_in,
+                }
+            )
+
+
+# --------------------------------------------------------------------------- hivemind worker
+
+
+def hivemind_worker(index: int, initial_peers: list[str], d: int) -> None:
+    import hivemind
+    import torch
+    from hivemind.averaging import DecentralizedAverager
+
+    torch.set_num_threads(1)
+
+    class TimedAverager(DecentralizedAverager):  # type: ignore[misc]
+        """Prints how long the all-reduce proper takes (this runs in the averager's process)."""
+
+        async def _aggregate_with_group(self, group_info: Any, *args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return await super()._aggregate_with_group(group_info, *args, **kwargs)
+            finally:
+                emit({"allreduce_s": time.perf_counter() - t0, "group": len(group_info.peer_ids)})
+
+    dht = hivemind.DHT(
+        start=True,
+        initial_peers=initial_peers or None,
+        host_maddrs=["/ip4/127.0.0.1/tcp/0"],
+        nat_port_map=False,
+        auto_nat=False,
+        use_relay=False,
+        use_auto_relay=False,
+    )
+    tensor = torch.from_numpy(update_for(index, d))
+    averager = TimedAverager(
+        [tensor],
+        dht,
+        start=True,
+        prefix="bench",
+        target_group_size=PEERS,
+        min_group_size=PEERS,
+        min_matchmaking_time=1.0,
+        request_timeout=5.0,
+    )
+    emit({"maddrs": [str(m) for m in dht.get_visible_maddrs()]})
+    try:
+        for line in sys.stdin:
+            msg = json.loads(line)
+            if msg["cmd"] == "exit":
+                break
+            t0 = time.perf_counter()
+            ok = averager.step(timeout=120) is not None
+            with averager.get_tensors() as (t,):
+                head = [float(x) for x in t[:4]]
+            emit({"step_done": time.perf_counter() - t0, "ok": ok, "head": head})
+    finally:
+        averager.shutdown()
+        dht.shutdown()
+
+
+# --------------------------------------------------------------------------- coordinator
+
+
+class Worker:
+    def __init__(self, argv: list[str], log: Path) -> None:
+        self.log = log.open("w")
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            cwd=ROOT,
+            start_new_session=True,  # its own process group: p2pd children end with it
+            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        )
+        self.pid = self.proc.pid
+
+    def send(self, obj: dict[str, Any]) -> None:
+        stdin: IO[str] | None = self.proc.stdin
+        assert stdin is not None
+        stdin.write(json.dumps(obj) + "\n")
+        stdin.flush()
+
+    def recv(self, timeout_s: float = 600.0) -> dict[str, Any]:
+        stdout = self.proc.stdout
+        assert stdout is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = stdout.readline()
+            if not line:
+                raise RuntimeError(f"worker {self.pid} ended; see {self.log.name}")
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a library printing to stdout
+            if isinstance(obj, dict):
+                return obj
+        raise TimeoutError(f"worker {self.pid}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send({"cmd": "exit"})
+                self.proc.wait(timeout=20)
+            except (OSError, subprocess.TimeoutExpired, ValueError):
+                pass
+        if self.proc.poll() is None:
+            os.killpg(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                self.proc.wait()
+        else:  # the leader exited; end what it left in its group (hivemind's p2pd)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGTERM)
+        self.log.close()
+
+
+def run_hivemind(d: int, repeats: int, logdir: Path) -> dict[str, Any]:
+    if not HIVEMIND_PY.exists():
+        subprocess.run([str(HERE / "setup_hivemind.sh")], check=True)
+    workers: list[Worker] = []
+    try:
+        first: list[str] = []
+        for i in range(PEERS):
+            argv = [str(HIVEMIND_PY), __file__, "--hivemind-worker", str(i), "--params", str(d)]
+            workers.append(Worker([*argv, "--peers", ",".join(first)], logdir / f"hivemind-{i}.log"))
+            ready = workers[-1].recv(120)
+            if not first:
+                first = [m for m in ready["maddrs"] if "127.0.0.1" in m][:1]
+        allreduce: list[float] = []
+        steps: list[float] = []
+        heads: list[list[float]] = []
+        for _ in range(repeats):
+            for w in workers:
+                w.send({"cmd": "step"})
+            times: list[float] = []
+            for w in workers:
+                while True:
+                    msg = w.recv(300)
+                    if "allreduce_s" in msg:
+                        times.append(msg["allreduce_s"])
+                    if "step_done" in msg:
+                        if not msg["ok"]:
+                            raise RuntimeError("a hivemind step failed")
+                        steps.append(msg["step_done"])
+                        heads.append(msg["head"])
+                        break
+            allreduce.append(max(times))
+        return {"allreduce_s": allreduce, "step_s": steps, "head": heads[-1]}
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def run_p2pshard(d: int, repeats: int, cases: list[tuple[str, str]], logdir: Path) -> dict[str, Any]:
+    workers: list[Worker] = []
+    results: dict[str, Any] = {}
+    try:
+        addrs: list[str] = []
+        ids: list[str] = []
+        for i in range(PEERS):
+            argv = [sys.executable, __file__, "--p2pshard-worker", str(i), "--peers", ",".join(addrs)]
+            workers.append(Worker(argv, logdir / f"p2pshard-{i}.log"))
+            hello = workers[-1].recv(120)
+            addrs.append(hello["addr"])
+            ids.append(hello["peer_id"])
+        for w in workers:
+            w.send({"cmd": "prepare", "d": d, "peers": ids})
+        for w in workers:
+            w.recv(300)
+        for mode, layout in cases:
+            times: list[float] = []
+            last: list[dict[str, Any]] = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for w in workers:
+                    w.send({"cmd": "average", "mode": mode, "layout": layout})
+                while True:
+                    msgs = [w.recv(300) for w in workers]
+                    if all("done" in m for m in msgs):
+                        times.append(time.perf_counter() - t0)
+                        last = msgs
+                        break
+                    table = {ids[i]: m["digests"] for i, m in enumerate(msgs)}
+                    for w in workers:
+                        w.send({"table": table})
+            results[f"{mode}/{layout}"] = {"s": times, "peers": last}
+        return results
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="d = 2M parameters, under 60 s")
+    parser.add_argument("--params", type=int, default=None, help="parameters (default 50M; 2M with --quick)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per case (3; 2 quick)")
+    parser.add_argument("--skip-hivemind", action="store_true")
+    parser.add_argument("--no-gather", action="store_true", help="skip the plain dense gather")
+    parser.add_argument("--p2pshard-worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--hivemind-worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--peers", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    peers = [p for p in args.peers.split(",") if p]
+    d = args.params or (2_000_000 if args.quick else 50_000_000)
+    if args.p2pshard_worker is not None:
+        return p2pshard_worker(args.p2pshard_worker, peers)
+    if args.hivemind_worker is not None:
+        return hivemind_worker(args.hivemind_worker, peers, d)
+
+    repeats = args.repeats or (2 if args.quick else 3)
+    logdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"p2pshard-bench-averaging-{os.getpid()}"
+    logdir.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()[0]
+    print(
+        f"{PEERS} peers average {d:,} fp32 parameters ({4 * d / 1e6:.0f} MB each); {repeats} repeats; "
+        f"load {load:.2f} on {os.cpu_count()} cores; logs in {logdir}",
+        flush=True,
+    )
+    cases = [("dense", "reduce_scatter"), ("compressed", "gather")]
+    if not args.no_gather:
+        cases.insert(1, ("dense", "gather"))
+    ours = run_p2pshard(d, repeats, cases, logdir)
+    hm = None if args.skip_hivemind else run_hivemind(d, repeats, logdir)
+
+    expected = np.mean([update_for(i, 4) for i in range(PEERS)], axis=0)
+    print(f"\n  {'system / case':<44}{'median s':>10}{'runs':>26}{'vs hivemind':>13}")
+    ref = statistics.median(hm["allreduce_s"]) if hm else None
+    if hm:
+        print(
+            f"  {'hivemind 1.1.12 all-reduce (fp32)':<44}{ref:>10.3f}"
+            f"{' '.join(f'{t:.2f}' for t in hm['allreduce_s']):>26}{1.0:>12.2f}x"
+        )
+        print(f"  {'  (its step incl. matchmaking)':<44}{statistics.median(hm['step_s']):>10.3f}")
+    for key, res in ours.items():
+        med = statistics.median(res["s"])
+        label = {
+            "dense/reduce_scatter": "p2pshard dense fp32, reduce-scatter",
+            "dense/gather": "p2pshard dense fp32, plain gather",
+            "compressed/gather": "p2pshard default compression, gather",
+        }[key]
+        ratio = f"{med / ref:>12.2f}x" if ref else ""
+        print(f"  {label:<44}{med:>10.3f}{' '.join(f'{t:.2f}' for t in res['s']):>26}{ratio}")
+        p = max(res["peers"], key=lambda m: m["done"])
+        print(
+            f"  {'':<6}slowest peer: encode {p['encode_s']:.2f}s fetch {p['fetch_s']:.2f}s "
+            f"decode+reduce {p['decode_reduce_s']:.2f}s, {p['bytes_in'] / 1e6:.1f} MB in"
+        )
+        if key.startswith("dense"):
+            head = np.array(p["head"], dtype=np.float32)
+            assert np.allclose(head, expected, atol=1e-6), (head, expected)
+    if hm:
+        assert np.allclose(np.array(hm["head"]), expected, atol=1e-5)
+        dense = statistics.median(ours["dense/reduce_scatter"]["s"])
+        comp = statistics.median(ours["compressed/gather"]["s"])
+        dense_ok = "met" if dense <= ref else "NOT met"
+        comp_ok = "met" if ref / comp >= 10 else "NOT met"
+        print(
+            f"\n  goals: dense <= 1.0x hivemind: {dense / ref:.2f}x ({dense_ok});"
+            f" compressed >= 10x faster: {ref / comp:.1f}x ({comp_ok})"
+        )
+    print(f"  load after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
