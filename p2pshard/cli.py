@@ -366,6 +366,43 @@ def devnet(
     )
 
 
+@main.group()
+def genesis() -> None:
+    """Datasets a network trains on: a content-addressed manifest whose digest is the network id."""
+
+
+@genesis.command("build")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Folder to write manifest.json and shards/ into.",
+)
+@click.option("--name", default="custom", show_default=True, help="A name recorded in the manifest.")
+@click.option(
+    "--shard-size", default=1 << 16, show_default=True, type=click.IntRange(1024), help="Bytes per shard."
+)
+def genesis_build(paths: tuple[Path, ...], out: Path, name: str, shard_size: int) -> None:
+    """Build a genesis from .txt and .jsonl ("text" field) files or folders of them.
+
+    Train on it with `p2pshard start --genesis OUT`. Other nodes need only OUT/manifest.json:
+    the shards they lack are fetched from peers and verified by hash.
+    """
+    from p2pshard.engine.genesis import GenesisError, build_genesis
+
+    try:
+        built = build_genesis(paths, name=name, shard_size=shard_size)
+    except (GenesisError, ValueError, OSError) as exc:
+        raise click.ClickException(f"cannot build a genesis: {exc}") from exc
+    built.save(out)
+    m = built.manifest
+    click.echo(
+        f"network id {m.network_id}  ({len(m.train_shards)} training + {len(m.eval_shards)} "
+        f"held-out shards, manifest {m.digest})\nwritten to {out}"
+    )
+
+
 def _register_conformance() -> None:
     from p2pshard.conformance.cli import conformance
 

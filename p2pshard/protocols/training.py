@@ -150,6 +150,7 @@ class Trainer:
         await self._join_schedule()
         task_status.started()
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._serve_shards)
             if self.options.snapshot_dir is not None:
                 nursery.start_soon(self._snapshot_loop)
             await self._round_loop()
@@ -301,10 +302,34 @@ class Trainer:
             log.warning("round %d: announcing failed: %s", r, exc)
 
     async def _shard(self, shard_id: str) -> bytes:
-        genesis = getattr(self.engine, "genesis", None)
+        """The shard's bytes: from the genesis folder, or fetched from peers and verified by hash."""
+        digest = bytes.fromhex(shard_id)
+        genesis = self._genesis()
         if genesis is not None:
-            return bytes(genesis.shard_bytes(shard_id))
-        raise RuntimeError("this engine has no local shards")  # fetching shards: see blob protocol
+            with contextlib.suppress(KeyError):
+                return bytes(genesis.shard_bytes(shard_id))
+        local = self.node.blobs.store.get(digest)
+        if local is not None:
+            return bytes(local)
+        providers = [info.peer_id for info in await self.node.discovery.find_providers("shard", digest)]
+        providers += [p for p in self.node.peers() if p not in providers]
+        sizes = genesis.manifest.shard_sizes if genesis is not None else {}
+        size = int(sizes.get(shard_id, 0)) or self.options.max_payload_bytes
+        data = await self.node.blobs.fetch(digest, providers, max_size=size, timeout_s=60)
+        self.node.counters.incr("training.shards_fetched")
+        return bytes(data)
+
+    def _genesis(self) -> Any:
+        """The engine's genesis (manifest + the shards held here), when it exposes one."""
+        return getattr(self.engine, "genesis", None)
+
+    async def _serve_shards(self) -> None:
+        """Serve the shards we hold over the blob protocol and announce them in the DHT."""
+        held = getattr(self._genesis(), "shards", {})
+        for shard_id, data in held.items():
+            self.node.blobs.store.put_verified(bytes.fromhex(shard_id), data, pin=True)
+        for shard_id in held:
+            await self.node.discovery.provide("shard", bytes.fromhex(shard_id))
 
     async def _fetch_all(self, r: int, chosen: tuple[Announcement, ...], payloads: dict[str, bytes]) -> None:
         async with trio.open_nursery() as nursery:
