@@ -48,6 +48,11 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * PAGE
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -81,6 +86,19 @@ class Recorder:
             await trio.sleep(0.2)
 
 
+def yamux_waits(host: Any) -> dict[str, int]:
+    """py-libp2p's yamux polls every 10 ms while a stream's send window is empty: count those
+    waits and the receive windows' targets (autotuned) over all streams."""
+    waits, targets = 0, []
+    for conns in host.get_network().connections.values():
+        for conn in conns if isinstance(conns, list) else [conns]:
+            muxed = getattr(conn, "muxed_conn", None)
+            for stream in getattr(muxed, "streams", {}).values():
+                waits += getattr(stream, "_zero_window_waits", 0)
+                targets.append(getattr(stream, "target_recv_window", 0))
+    return {"zero_window_waits": waits, "max_recv_window_kib": max(targets, default=0) >> 10}
+
+
 def payload(phase: int, seq: int, size: int, pad: bytes) -> bytes:
     head = HEADER.pack(MAGIC, phase, seq, time.time())
     return head + pad[: max(0, size - HEADER.size)]
@@ -105,6 +123,17 @@ class OursNode:
                 await trio.sleep_forever()
 
             Discovery._discover_forever = no_lookups  # type: ignore[method-assign]
+        overrides = json.loads(self.args.ours_config) if self.args.ours_config else {}
+        if overrides:  # an experiment on the router's settings: e.g. {"flood_publish": false}
+            import p2pshard.node
+            from p2pshard.core.gossip import GossipConfig
+
+            class Tuned:
+                @staticmethod
+                def build(**kw: Any) -> GossipConfig:
+                    return GossipConfig.build(**{**kw, **overrides})
+
+            p2pshard.node.GossipConfig = Tuned  # type: ignore[misc,assignment]
         self.node = await self.stack.enter_async_context(
             open_node(NodeConfig(listen=["/ip4/127.0.0.1/tcp/0"], gossip_heartbeat_s=1.0))
         )
@@ -125,6 +154,8 @@ class OursNode:
             "peer_queue": f"{pcfg.peer_queue_bytes >> 20} MiB, publisher waits (backpressure)",
             "subscriber_queue": pcfg.subscriber_queue,
             "DHT discovery lookups": "on" if self.args.with_discovery else "off (mesh dialled directly)",
+            "router overrides (experiment)": self.args.ours_config
+            or "none (defaults as open_node builds them)",
         }
         return self.node.addrs[0]
 
@@ -152,6 +183,10 @@ class OursNode:
     def duplicates(self) -> int:
         return int(self.pubsub.router.stats.dropped.get("message_duplicate", 0))
 
+    @property
+    def host(self) -> Any:
+        return self.node.host
+
     def counters(self) -> dict[str, int]:
         snap = {f"router.dropped.{k}": int(v) for k, v in self.pubsub.router.stats.dropped.items()}
         snap.update({k: int(v) for k, v in self.node.counters.snapshot().items() if "pubsub" in k})
@@ -174,9 +209,8 @@ class StockNode:
         import functools
 
         import multiaddr
-        from libp2p.pubsub import gossipsub
+        from libp2p.pubsub import gossipsub, rpc_queue
         from libp2p.pubsub import pubsub as pubsub_mod
-        from libp2p.pubsub import rpc_queue
         from libp2p.pubsub.gossipsub import GossipSub
         from libp2p.pubsub.pubsub import Pubsub
         from libp2p.tools.anyio_service import background_trio_service
@@ -320,6 +354,7 @@ async def serve(args: argparse.Namespace) -> None:
         stdin = trio.lowlevel.FdStream(os.dup(0))
         buf = b""
         dup_start = 0
+        cpu_start = cpu_seconds()
         while True:
             while b"\n" not in buf:
                 chunk = await stdin.receive_some(65536)
@@ -345,12 +380,14 @@ async def serve(args: argparse.Namespace) -> None:
                 case "status":
                     reply.update(node.status())
                 case "phase_start":
-                    await quiesce(node, rec)
+                    if cmd.get("quiesce"):  # later phases start quiet: the previous one ended so
+                        await quiesce(node, rec)
                     rec.phase = cmd["phase"]
                     rec.recv = {}
                     rec.pub_times = {}
                     rec.rss = []
                     rec.sampling = bool(cmd.get("sample_rss"))
+                    cpu_start = cpu_seconds()
                     dup_start = node.duplicates()
                     reply["rss"] = rss_bytes()
                 case "publish":
@@ -371,10 +408,12 @@ async def serve(args: argparse.Namespace) -> None:
                     else:
                         reply["receptions"] = rec.receptions[rec.phase]
                     reply["rss_series"] = rec.rss
+                    reply["cpu_s"] = cpu_seconds() - cpu_start
                     reply["rss"] = rss_bytes()
                     reply["peak_rss"] = peak_rss_bytes()
                 case "counters":
                     reply["counters"] = node.counters()
+                    reply["counters"].update(yamux_waits(node.host))
                     reply["peak_rss"] = peak_rss_bytes()
                 case "quit":
                     out.write(json.dumps(reply) + "\n")
@@ -388,7 +427,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def preload() -> None:
     """Import what a node needs, so that processes forked from the parent start at once."""
-    import libp2p.pubsub.gossipsub  # noqa: F401
+    import libp2p.pubsub.gossipsub
     import libp2p.pubsub.pubsub  # noqa: F401
 
     import p2pshard.node  # noqa: F401
@@ -400,6 +439,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stock-spam-limit-off", action="store_true")
     parser.add_argument("--stock-adaptive-off", action="store_true")
     parser.add_argument("--with-discovery", action="store_true")
+    parser.add_argument("--ours-config", default="")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     profile_dir = os.environ.get("GOSSIP_BENCH_PROFILE")

@@ -14,7 +14,8 @@ Phases (same for both):
    for ``--idle`` seconds (so IHAVE/IWANT recoveries count);
 2. latency to all subscribers (publish timestamp in the payload, ``time.time()`` on both sides):
    per message, the time until the *last* of the 7 subscribers has it; p50/p99 over the messages
-   that reached all 7. 1 KiB at 20 msg/s, 1 MiB at 4 msg/s;
+   that reached all 7. 1 KiB at 20 msg/s, 1 MiB at 2 msg/s (spaced so that the figure is
+   latency, not queueing: one 1 MiB message costs the 8 nodes ~0.2 CPU-s here);
 3. receptions per message per node (every copy a subscriber received, duplicates included);
 4. RSS of each subscriber sampled while ``--rss-count`` 1 MiB messages go by, and peak RSS
    (``ru_maxrss``) per node at the end.
@@ -30,6 +31,7 @@ receptions per node for 1 MiB messages; RSS flat over 1,000 1 MiB messages.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import select
@@ -136,10 +138,8 @@ class Worker:
 
     def stop(self) -> None:
         if self.alive():
-            try:
+            with contextlib.suppress(WorkerError, OSError):
                 self.call({"cmd": "quit"}, timeout=3)
-            except (WorkerError, OSError):
-                pass
         deadline = time.monotonic() + 3
         while self.alive() and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -148,10 +148,8 @@ class Worker:
             os.waitpid(self.pid, 0)
             self.exit_status = -9
         for fd in (self.cmd_w, self.rep_r):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 def call_all(workers: list[Worker], cmd: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
@@ -182,6 +180,9 @@ class PhaseResult:
     receptions_max_node: float = 0.0
     rss_series: list[list[list[float]]] = field(default_factory=list)
     drain_s: float = 0.0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    lat_first: list[float] = field(default_factory=list)
     aborted: str = ""
 
 
@@ -199,6 +200,8 @@ def run_impl(impl: str, phases: list[Phase], args: argparse.Namespace, log_dir: 
         extra.append("--stock-adaptive-off")
     if impl == "ours" and args.with_discovery:
         extra.append("--with-discovery")
+    if impl == "ours" and args.ours_config:
+        extra += ["--ours-config", args.ours_config]
     workers = [Worker(impl, i, log_dir, extra) for i in range(NODES)]
     out: dict[str, Any] = {"impl": impl, "phases": {}}
     t_start = time.monotonic()
@@ -218,7 +221,9 @@ def run_impl(impl: str, phases: list[Phase], args: argparse.Namespace, log_dir: 
         out["startup_s"] = time.monotonic() - t_start
         print(f"  [{impl}] up in {out['startup_s']:.1f}s; mesh sizes {out['mesh']}", flush=True)
         for number, phase in enumerate(phases, start=1):
+            t_phase = time.monotonic()
             result = run_phase(workers, number, phase, args)
+            result.wall_s = time.monotonic() - t_phase
             out["phases"][phase.name] = result
             print(f"  [{impl}] {summary_line(result)}", flush=True)
             if result.aborted:
@@ -252,7 +257,11 @@ def wait_for_mesh(workers: list[Worker], timeout: float) -> tuple[float, list[in
 def run_phase(workers: list[Worker], number: int, phase: Phase, args: argparse.Namespace) -> PhaseResult:
     result = PhaseResult(phase)
     publisher, subscribers = workers[0], workers[1:]
-    call_all(workers, {"cmd": "phase_start", "phase": number, "sample_rss": phase.sample_rss}, timeout=10)
+    call_all(
+        workers,
+        {"cmd": "phase_start", "phase": number, "sample_rss": phase.sample_rss, "quiesce": number == 1},
+        timeout=10,
+    )
     publisher.send(
         {"cmd": "publish", "phase": number, "count": phase.count, "rate": phase.rate, "size": phase.size}
     )
@@ -288,6 +297,9 @@ def run_phase(workers: list[Worker], number: int, phase: Phase, args: argparse.N
         time.sleep(0.05)
     result.drain_s = time.monotonic() - t_drain
     ends = call_all(subscribers, {"cmd": "phase_end"}, timeout=30)
+    pub_end = publisher.call({"cmd": "phase_end"}, timeout=30)
+    result.cpu_s = pub_end["cpu_s"] + sum(e["cpu_s"] for e in ends)
+    result.lat_first = [min(v) for v in per_seq_all(ends).values()]
     received = sum(len(e["seqs"]) for e in ends)
     result.delivered = received / max(1, result.published * len(subscribers))
     per_seq: dict[int, list[float]] = {}
@@ -301,6 +313,14 @@ def run_phase(workers: list[Worker], number: int, phase: Phase, args: argparse.N
     return result
 
 
+def per_seq_all(ends: list[dict[str, Any]]) -> dict[int, list[float]]:
+    per_seq: dict[int, list[float]] = {}
+    for e in ends:
+        for seq, lat in zip(e["seqs"], e["latency"], strict=True):
+            per_seq.setdefault(seq, []).append(lat)
+    return per_seq
+
+
 def raise_abort(workers: list[Worker], result: PhaseResult) -> None:
     print(f"  aborting phase {result.phase.name}: {result.aborted}", flush=True)
     for w in workers:
@@ -312,7 +332,9 @@ def summary_line(r: PhaseResult) -> str:
     return (
         f"{r.phase.name}: published {r.published}/{r.phase.count} in {r.publish_s:.2f}s "
         f"({r.published / max(r.publish_s, 1e-9):.0f}/s), delivered {r.delivered:.1%}, {lat}, "
-        f"receptions {r.receptions:.2f}/node, drain {r.drain_s:.1f}s"
+        f"first sub p50 {quantile(r.lat_first, 0.5) * 1e3:.0f} ms, "
+        f"receptions {r.receptions:.2f}/node, drain {r.drain_s:.1f}s, "
+        f"CPU {r.cpu_s * 1e3 / max(1, r.published):.1f} ms/msg (8 nodes), phase {r.wall_s:.1f}s"
         + (f", errors {r.errors}" if r.errors else "")
         + (f", ABORTED: {r.aborted}" if r.aborted else "")
     )
@@ -513,7 +535,8 @@ def check_goals(results: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
                 (
                     f"RSS flat over {rss.published} x 1 MiB",
                     ("MET" if flat else "missed")
-                    + f" (worst node +{prof['growth_2nd_half']:.0f} MiB over the 2nd half, at {prof['q50']:.0f} MiB)",
+                    + f" (worst node +{prof['growth_2nd_half']:.0f} MiB over the 2nd half,"
+                    f" at {prof['q50']:.0f} MiB)",
                 )
             )
     return out
@@ -529,12 +552,12 @@ def load() -> str:
 def build_phases(args: argparse.Namespace) -> list[Phase]:
     rates = [100, 200, 500, 1000]
     if args.quick:
-        phases = [Phase(f"rate{r}", r, r, KIB) for r in rates]  # one second's worth each
-        phases += [Phase("lat_1k", 30, 20, KIB), Phase("lat_1m", 12, 4, MIB)]
-        phases.append(Phase("rss_1m", args.rss_count or 40, args.rss_rate, MIB, sample_rss=True))
+        phases = [Phase(f"rate{r}", r // 2, r, KIB) for r in rates]  # half a second's worth each
+        phases += [Phase("lat_1k", 20, 20, KIB), Phase("lat_1m", 8, 2, MIB)]
+        phases.append(Phase("rss_1m", args.rss_count or 12, args.rss_rate, MIB, sample_rss=True))
     else:
         phases = [Phase(f"rate{r}", 1000, r, KIB) for r in rates]
-        phases += [Phase("lat_1k", 200, 20, KIB), Phase("lat_1m", 100, 4, MIB)]
+        phases += [Phase("lat_1k", 200, 20, KIB), Phase("lat_1m", 100, 2, MIB)]
         phases.append(Phase("rss_1m", args.rss_count or 1000, args.rss_rate, MIB, sample_rss=True))
     if args.phases:
         wanted = set(args.phases.split(","))
@@ -549,21 +572,35 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short phases (under 60 s in all)")
     parser.add_argument("--only", choices=["ours", "stock"], help="run one side only")
     parser.add_argument("--rss-count", type=int, default=0, help="1 MiB messages in the RSS phase")
-    parser.add_argument("--rss-rate", type=float, default=10.0, help="1 MiB msg/s in the RSS phase")
-    parser.add_argument("--idle", type=float, default=1.5, help="drain ends after this long with no news")
-    parser.add_argument("--drain-cap", type=float, default=10.0, help="longest drain after publishing")
-    parser.add_argument("--mesh-timeout", type=float, default=15.0)
+    parser.add_argument("--rss-rate", type=float, default=5.0, help="1 MiB msg/s in the RSS phase")
+    parser.add_argument("--idle", type=float, help="drain ends after this long with no news (1.5 s; quick 0.8)")
+    parser.add_argument("--drain-cap", type=float, help="longest drain after publishing (10 s; quick 4)")
+    parser.add_argument("--mesh-timeout", type=float, help="longest wait for the mesh (15 s; quick 5)")
     parser.add_argument("--mem-limit-mib", type=int, default=8192, help="abort a phase above this (all 8)")
     parser.add_argument(
         "--stock-defaults",
         action="store_true",
         help="keep stock's 10 msg/s spam limit and adaptive gossip on",
     )
-    parser.add_argument("--with-discovery", action="store_true",
-                        help="keep our node's DHT discovery lookups running (the stock side has no DHT)")
+    parser.add_argument(
+        "--with-discovery",
+        action="store_true",
+        help="keep our node's DHT discovery lookups running (the stock side has no DHT)",
+    )
+    parser.add_argument(
+        "--ours-config",
+        default="",
+        help="experiment: JSON overrides for our router's GossipConfig, e.g. '{\"flood_publish\": false}'",
+    )
     parser.add_argument("--phases", help="comma-separated subset: rate100,...,lat_1k,lat_1m,rss_1m")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     args = parser.parse_args()
+    if args.idle is None:
+        args.idle = 0.8 if args.quick else 1.5
+    if args.mesh_timeout is None:
+        args.mesh_timeout = 5.0 if args.quick else 15.0
+    if args.drain_cap is None:
+        args.drain_cap = 4.0 if args.quick else 10.0
     phases = build_phases(args)
     t0 = time.monotonic()
     _gossip_worker.preload()
