@@ -573,7 +573,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["ours", "stock"], help="run one side only")
     parser.add_argument("--rss-count", type=int, default=0, help="1 MiB messages in the RSS phase")
     parser.add_argument("--rss-rate", type=float, default=5.0, help="1 MiB msg/s in the RSS phase")
-    parser.add_argument("--idle", type=float, help="drain ends after this long with no news (1.5 s; quick 0.8)")
+    parser.add_argument("--idle", type=float, help="drain ends after this long idle (1.5 s; quick 0.8)")
     parser.add_argument("--drain-cap", type=float, help="longest drain after publishing (10 s; quick 4)")
     parser.add_argument("--mesh-timeout", type=float, help="longest wait for the mesh (15 s; quick 5)")
     parser.add_argument("--mem-limit-mib", type=int, default=8192, help="abort a phase above this (all 8)")
