@@ -53,7 +53,7 @@ from p2pshard.core.gossip import (
     Validate,
     ValidationResult,
 )
-from p2pshard.core.wire.framing import FramingError, encode_uvarint
+from p2pshard.core.wire.framing import FramingError, decode_uvarint, encode_uvarint
 from p2pshard.net.connector import Connector, DialError
 from p2pshard.net.framed import FramedStream, StreamClosedEarly
 
@@ -376,7 +376,7 @@ class PubSub:
                         frame,
                         wait=publishing,
                         urgent=count == 0 and len(data) <= URGENT_MAX_BYTES,
-                        tag=msg_id if count == 1 else None,
+                        tag=msg_id if count == 1 and _only_one_message(data) else None,
                     )
                 case Deliver(topic=topic, message=message):
                     for send in list(self._subscribers.get(topic, ())):
@@ -385,9 +385,9 @@ class PubSub:
                         except (trio.ClosedResourceError, trio.BrokenResourceError):
                             continue  # the subscriber left while we were delivering
                     self.counters.incr("pubsub.delivered")
-                case Validate(msg_id=msg_id, message=message, source=source):
+                case Validate(msg_id=pending_id, message=message, source=source):
                     assert self._nursery is not None
-                    self._nursery.start_soon(self._validate, msg_id, message, source)
+                    self._nursery.start_soon(self._validate, pending_id, message, source)
                 case Connect(peer_id=pid, reason=reason):
                     assert self._nursery is not None
                     self._nursery.start_soon(self._dial, pid, reason)
@@ -593,6 +593,21 @@ class PubSub:
         finally:
             with trio.move_on_after(1):
                 await stream.reset()
+
+
+_PUBLISH_FIELD = 0x12  # RPC.publish: field 2, length-delimited
+
+
+def _only_one_message(data: bytes) -> bool:
+    """Whether an RPC frame is exactly one ``publish`` entry and nothing else: only such a frame
+    may be skipped when the peer no longer wants that message (no control rides along)."""
+    if not data or data[0] != _PUBLISH_FIELD:
+        return False
+    try:
+        decoded = decode_uvarint(data, 1)
+    except FramingError:
+        return False
+    return decoded is not None and decoded[1] + decoded[0] == len(data)
 
 
 def _is_outbound(host: IHost, pid: ID) -> bool:
