@@ -231,20 +231,30 @@ def test_low_rank_decodes_exactly_the_scaled_integer_product() -> None:
         payload = encode_tensors({"m": LowRankFactors((40, 5, 6), p, q)}, EncodeOptions(encoding))
         out = decode_tensors(payload)["m"]
         assert out.shape == (40, 5, 6)
-        rec = pb.TensorBundle()
         raw_len = struct.unpack_from("<4sBI", payload)[2]
-        rec.ParseFromString(lz4.block.decompress(payload[9:], uncompressed_size=raw_len))
-        r = rec.tensors[0]
+        bundle = pb.TensorBundle()
+        bundle.ParseFromString(lz4.block.decompress(payload[9:], uncompressed_size=raw_len))
+        r = bundle.tensors[0]
         assert (r.layout, r.rank, r.chunk_size) == (pb.LAYOUT_LOW_RANK, 3, 3)
-        scales = np.frombuffer(r.scales, "<f4")
-        # Independent reference: exact int64 product, then the two scales in the same order.
-        ints = np.rint(np.concatenate([p.reshape(-1), q.reshape(-1)]) / np.repeat(scales, 3))
-        ip, iq = ints[:120].reshape(40, 3).astype(np.int64), ints[120:].reshape(30, 3).astype(np.int64)
-        exact = (ip @ iq.T).astype(np.float32)
-        want = (scales[:40, None] * exact) * scales[None, 40:]
+        scales = np.frombuffer(r.scales, "<f4").astype(np.float64)
+        assert (np.frexp(scales)[0] == 0.5).all()  # powers of two
+        # Independent reference: exact integers in Python, scaled, rounded once to float32.
+        ints = np.rint(np.concatenate([p / scales[:3], q / scales[3:]]).astype(np.float64))
+        ip, iq = ints[:40].astype(np.int64), ints[40:].astype(np.int64)
+        want = np.array(
+            [
+                [
+                    float(sum(int(ip[a, j]) * int(iq[b, j]) * scales[j] * scales[3 + j] for j in range(3)))
+                    for b in range(30)
+                ]
+                for a in range(40)
+            ],
+            dtype=np.float64,
+        ).astype(np.float32)
         np.testing.assert_array_equal(out.reshape(40, 30), want)
         approx = p @ q.T
-        assert np.abs(out.reshape(40, 30) - approx).max() < 3 * 3 * np.abs(approx).max() / levels
+        err = np.abs(out.reshape(40, 30) - approx).max()
+        assert err < 3 * 2 * 2 * np.abs(p).max() * np.abs(q).max() / levels
 
 
 def low_rank_record(**fields: object) -> pb.TensorBundle:
@@ -256,7 +266,7 @@ def low_rank_record(**fields: object) -> pb.TensorBundle:
         "chunk_size": r,
         "rank": r,
         "values": np.ones((rows + cols) * r, np.int8).tobytes(),
-        "scales": np.ones(rows + cols, "<f4").tobytes(),
+        "scales": np.ones(2 * r, "<f4").tobytes(),
     }
     base.update(fields)
     return record(**base)
@@ -274,6 +284,11 @@ def low_rank_record(**fields: object) -> pb.TensorBundle:
         (low_rank_record(k=1), "unexpected-indices"),
         (low_rank_record(values=bytes(13)), "values-length-mismatch"),
         (low_rank_record(scales=bytes(4)), "scales-length-mismatch"),
+        (low_rank_record(scales=np.array([1, 3, 1, 1], "<f4").tobytes()), "scale-not-power-of-two"),
+        (low_rank_record(scales=np.array([1, 1, 0, 1], "<f4").tobytes()), "scale-not-power-of-two"),
+        (low_rank_record(scales=np.array([1, np.inf, 1, 1], "<f4").tobytes()), "scale-not-power-of-two"),
+        (low_rank_record(scales=np.array([2.0**20, 1, 2.0**5, 1], "<f4").tobytes()), "scale-range-too-large"),
+        (low_rank_record(scales=np.array([2.0**20, 1, 2.0**4, 1], "<f4").tobytes()), None),
         (low_rank_record(values=b"\x80" + bytes(13)), "int8-out-of-range"),
         (low_rank_record(shape=[1 << 10, 1 << 10], rank=1, chunk_size=1), "values-length-mismatch"),
         (
@@ -300,7 +315,7 @@ def test_low_rank_decode_work_is_bounded() -> None:
         rank=64,
         chunk_size=64,
         values=bytes(2048 * 64),
-        scales=bytes(4 * 2048),
+        scales=np.ones(128, "<f4").tobytes(),
     )
     lim = DecodeLimits(max_bytes=1 << 20, max_elements=1 << 20, max_decode_work=1 << 25)
     with pytest.raises(TensorDecodeError) as info:

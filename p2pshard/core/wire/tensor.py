@@ -11,11 +11,10 @@ checked against :class:`DecodeLimits` *before* memory is allocated for it, and e
 
 Decoding always yields dense float32 arrays: a top-k record is scattered into zeros. That is the
 stated rule for sparse updates everywhere downstream (aggregation treats an element a peer did not
-send as an explicit zero). A low-rank record (factors P, Q with integer values and one scale per
-factor row) is multiplied out exactly: the integer product is exact in float32 whatever order a
-BLAS sums in, and the scales are applied elementwise, so every machine decodes the same bits (model
-hashes depend on it). Its decoding work (rows x columns x rank) is bounded by
-``DecodeLimits.max_decode_work``.
+send as an explicit zero). A low-rank record (factors P, Q with integer values and a power-of-two
+scale per factor column) is multiplied out exactly in float64 whatever order a BLAS sums in, then
+rounded once to float32, so every machine decodes the same bits (model hashes depend on it). Its
+decoding work (rows x columns x rank) is bounded by ``DecodeLimits.max_decode_work``.
 """
 
 from __future__ import annotations
@@ -48,7 +47,8 @@ _HEADER = struct.Struct("<4sBI")
 _COMPRESSION_NONE = 0
 _COMPRESSION_LZ4 = 1
 _MAX_CHUNK = 1 << 16  # in-chunk offsets are uint16
-MAX_FACTOR_RANK = 1024  # rank * 127**2 < 2**24: the integer product stays exact in float32
+MAX_FACTOR_RANK = 1024
+_MAX_SCALE_SPAN = 24  # rank * 127**2 * 2**24 < 2**53: low-rank products are exact in float64
 
 F32 = npt.NDArray[np.float32]
 
@@ -178,18 +178,43 @@ def encode_tensors(
 def _encode_low_rank(rec: pb.TensorRecord, name: str, f: LowRankFactors, encoding: Encoding) -> None:
     if encoding not in _INT_LEVELS:
         raise ValueError("low-rank factors are sent as INT8 or INT4")
+    levels = _INT_LEVELS[encoding]
     r = int(f.p.shape[1])
+    p = np.asarray(f.p, dtype=np.float64)
+    q = np.asarray(f.q, dtype=np.float64)
+    ep, iq_p = _pow2_columns(p, levels)
+    eq, iq_q = _pow2_columns(q, levels)
+    # Keep the products' exponent range within 2**24: columns far below the largest are dropped
+    # (they would be under float32 resolution of the result anyway).
+    e = ep + eq
+    live = (np.abs(iq_p).sum(axis=0) > 0) & (np.abs(iq_q).sum(axis=0) > 0)
+    top = int(e[live].max()) if live.any() else 0
+    drop = ~live | (e < top - _MAX_SCALE_SPAN)
+    iq_p[:, drop] = 0
+    iq_q[:, drop] = 0
+    ep[drop] = top - eq[drop]  # any in-range exponent for a zero column
     rec.name = name
     rec.shape.extend(int(d) for d in f.shape)
     rec.layout = pb.LAYOUT_LOW_RANK
     rec.encoding = encoding.value
-    rec.chunk_size = r  # one scale per factor row
+    rec.chunk_size = r
     rec.rank = r
-    values = np.concatenate([f.p.astype(np.float32).reshape(-1), f.q.astype(np.float32).reshape(-1)])
-    kept = np.full(f.p.shape[0] + f.q.shape[0], r, dtype=np.int64)
-    rec.values, scales = _encode_values(values, encoding, kept)
-    assert scales is not None
+    ints = np.concatenate([iq_p.reshape(-1), iq_q.reshape(-1)]).astype(np.int8)
+    rec.values = _pack_int4(ints) if encoding is Encoding.INT4 else ints.tobytes()
+    scales = np.ldexp(np.ones(2 * r, dtype=np.float32), np.concatenate([ep, eq]).astype(np.int32))
     rec.scales = scales.astype("<f4").tobytes()
+
+
+def _pow2_columns(
+    x: npt.NDArray[np.float64], levels: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Per column: the exponent e of a power-of-two scale 2**e >= absmax / levels, and the integers."""
+    absmax = np.abs(x).max(axis=0)
+    safe = np.where(absmax > 0, absmax / levels, 1.0)
+    e = np.ceil(np.log2(safe)).astype(np.int64)
+    e = np.clip(e, -100, 100)  # float32 scales: keep the exponents well inside the normal range
+    ints = np.clip(np.rint(x / np.ldexp(1.0, e)), -levels, levels).astype(np.int64)
+    return e, ints
 
 
 def _kept_per_chunk(n: int, chunk: int, k: int | None) -> npt.NDArray[np.int64]:
@@ -413,19 +438,26 @@ def _decode_low_rank(
     work[0] += n * r
     if work[0] > lim.max_decode_work:
         raise TensorDecodeError("too-much-decode-work", rec.name)
-    kept = np.full(rows + cols, r, dtype=np.int64)
     count = (rows + cols) * r
     if len(rec.values) != _values_len(encoding, count):
         raise TensorDecodeError("values-length-mismatch", rec.name)
     ints = _decode_ints(rec, encoding, count)
-    if len(rec.scales) != 4 * kept.size:
+    if len(rec.scales) != 8 * r:
         raise TensorDecodeError("scales-length-mismatch", rec.name)
-    scales = np.frombuffer(rec.scales, dtype="<f4").astype(np.float32)
-    ip = ints[: rows * r].reshape(rows, r).astype(np.float32)
-    iq = ints[rows * r :].reshape(cols, r).astype(np.float32)
-    product = ip @ iq.T  # integers below 2**24: exact in float32 in any summation order
-    with np.errstate(over="ignore", invalid="ignore"):  # absurd scales: inf/nan, screened later
-        out: F32 = np.multiply(np.multiply(scales[:rows, None], product), scales[None, rows:])
+    scales = np.frombuffer(rec.scales, dtype="<f4").astype(np.float64)
+    mantissa, exps = np.frexp(scales)
+    if not (np.isfinite(scales).all() and (mantissa == 0.5).all()):
+        raise TensorDecodeError("scale-not-power-of-two", rec.name)
+    e = (exps[:r] + exps[r:]).astype(np.int64) - 2  # frexp: 2**k = 0.5 * 2**(k + 1)
+    low = int(e.min())
+    if int(e.max()) - low > _MAX_SCALE_SPAN:
+        raise TensorDecodeError("scale-range-too-large", rec.name)
+    ip = ints[: rows * r].reshape(rows, r).astype(np.float64) * np.ldexp(1.0, e - low)[None, :]
+    iq = ints[rows * r :].reshape(cols, r).astype(np.float64)
+    # Every partial sum is an integer below 2**53: exact in float64 in any summation order.
+    product = ip @ iq.T
+    with np.errstate(over="ignore", under="ignore"):
+        out: F32 = np.ldexp(product, low).astype(np.float32)  # exact scaling, one rounding
     return out.reshape(-1)
 
 

@@ -83,10 +83,12 @@ class _LayoutEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Layout.ValueTy
     LAYOUT_LOW_RANK: _Layout.ValueType  # 3
     """A rank-`rank` factorisation P Q^T of the tensor seen as a matrix of m = shape[0] rows and
     n = product(shape[1:]) columns (the shape needs at least 2 dimensions). `values` holds the m*rank
-    entries of P then the n*rank entries of Q, both row-major, as INT8 or INT4 with `chunk_size` =
-    `rank`, i.e. one scale per row of P and per row of Q. Decoding computes the integer product of
-    the two integer matrices (exact in float32 while rank * 127^2 < 2^24, so rank <= 1024) and then
-    scales element (a, b) by scale_P[a] * scale_Q[b]: the same bits on every machine.
+    integers of P then the n*rank integers of Q, both row-major, as INT8 or INT4, `chunk_size` =
+    `rank`. `scales` holds 2*rank float32: one per column of P, then one per column of Q, each a
+    positive power of two, and (scale_P[j] * scale_Q[j]) / min over j of the same product <= 2^24.
+    Element (a, b) = sum_j P[a,j] Q[b,j] scale_P[j] scale_Q[j]. With power-of-two scales the sum
+    is an integer times 2^e below 2^53, so it is exact in float64 in any summation order; it is then
+    rounded once to float32: the same bits on every machine.
     """
 
 class Layout(_Layout, metaclass=_LayoutEnumTypeWrapper):
@@ -103,10 +105,12 @@ offsets in `indices` (uint16). Elements not kept are zero.
 LAYOUT_LOW_RANK: Layout.ValueType  # 3
 """A rank-`rank` factorisation P Q^T of the tensor seen as a matrix of m = shape[0] rows and
 n = product(shape[1:]) columns (the shape needs at least 2 dimensions). `values` holds the m*rank
-entries of P then the n*rank entries of Q, both row-major, as INT8 or INT4 with `chunk_size` =
-`rank`, i.e. one scale per row of P and per row of Q. Decoding computes the integer product of
-the two integer matrices (exact in float32 while rank * 127^2 < 2^24, so rank <= 1024) and then
-scales element (a, b) by scale_P[a] * scale_Q[b]: the same bits on every machine.
+integers of P then the n*rank integers of Q, both row-major, as INT8 or INT4, `chunk_size` =
+`rank`. `scales` holds 2*rank float32: one per column of P, then one per column of Q, each a
+positive power of two, and (scale_P[j] * scale_Q[j]) / min over j of the same product <= 2^24.
+Element (a, b) = sum_j P[a,j] Q[b,j] scale_P[j] scale_Q[j]. With power-of-two scales the sum
+is an integer times 2^e below 2^53, so it is exact in float64 in any summation order; it is then
+rounded once to float32: the same bits on every machine.
 """
 Global___Layout: _TypeAlias = Layout  # noqa: Y015
 
