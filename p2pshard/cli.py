@@ -272,7 +272,7 @@ def status(address: str, as_json: bool, timeout: float) -> None:
             )
 
     try:
-        result = trio.run(ask)
+        result = _hex_hashes(trio.run(ask))
     except (RpcError, OSError, Exception) as exc:
         raise click.ClickException(f"no status from {address}: {exc}") from exc
     if as_json:
@@ -281,6 +281,16 @@ def status(address: str, as_json: bool, timeout: float) -> None:
     from p2pshard.ui import print_status
 
     print_status(result)
+
+
+def _hex_hashes(status: dict[str, Any]) -> dict[str, Any]:
+    """protobuf's JSON form writes bytes as base64; a model hash reads better as hex."""
+    import base64
+
+    training = status.get("training") or {}
+    if training.get("model_hash"):
+        training["model_hash"] = base64.b64decode(training["model_hash"]).hex()
+    return status
 
 
 @main.command()

@@ -167,6 +167,7 @@ async def open_node(
         listen,
         muxers=config.muxers,  # type: ignore[arg-type]
         dial_timeout=config.dial_timeout_s,
+        max_peers=config.max_peers,
     )
     counters = Counters()
     connector = Connector(host, counters, dial_timeout_s=config.dial_timeout_s)
@@ -271,8 +272,8 @@ def training_options(config: NodeConfig) -> TrainingOptions:
     return TrainingOptions(
         rounds=config.rounds,
         period_s=period,
-        announce_deadline_s=period * 0.7,
-        fetch_timeout_s=period * 0.25,
+        announce_deadline_s=period * 0.6,
+        fetch_timeout_s=period * 0.3,
         start_delay_s=max(8.0, period * 1.5),  # time for the other nodes to start and join
         snapshot_dir=config.snapshot_dir,
         snapshot_interval_s=config.snapshot_interval_s,

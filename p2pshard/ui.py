@@ -24,13 +24,18 @@ def print_status(status: dict[str, Any], console: Console | None = None) -> None
     console.print(peers)
     console.print("protocols: " + ", ".join(status.get("protocols", [])))
     training = status.get("training") or {}
-    if training.get("round"):
+    if training.get("model_hash"):
         console.print(
-            f"training: round {training['round']}  loss {training.get('loss', 0):.4f}  "
-            f"model {training.get('model_hash', '')[:16]}"
+            f"training: round {training.get('round', 0)}  loss {float(training.get('loss', 0)):.4f}  "
+            f"model {training['model_hash'][:16]}  tokens {training.get('tokens', 0)}"
         )
     for mesh in status.get("mesh", []):
         console.print(f"mesh {mesh['topic']}: {mesh['mesh_peers']} peers")
+    if status.get("scores"):
+        console.print(
+            "peer scores: "
+            + ", ".join(f"{s['peer_id'][-8:]}={float(s.get('score', 0)):.1f}" for s in status["scores"])
+        )
     counters = status.get("counters", {})
     rejected = {k: v for k, v in counters.items() if ".rejected" in k}
     if rejected:

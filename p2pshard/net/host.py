@@ -7,6 +7,9 @@ py-libp2p is used for connections and raw streams only. Two of its defects are h
   takes ≥ 250 ms although the handshake needs ~30 ms. We run with one connection per peer (all
   streams are multiplexed over it anyway), so a successful dial cancels the wait at once.
 * Its ``new_host`` offers Noise, TLS, secio and plaintext unless told otherwise; we offer Noise only.
+* Its auto-connector dials peers from the peerstore until it holds 100 connections (its low
+  watermark). Our discovery decides whom to connect to (up to ``max_peers``), so the
+  auto-connector's watermarks are set to 0; the pruner still trims above ``4 * max_peers``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def build_host(
     listen: Sequence[multiaddr.Multiaddr],
     muxers: Sequence[Muxer] = ("yamux", "mplex"),
     dial_timeout: float = 10.0,
+    max_peers: int = 50,
 ) -> IHost:
     """A host with our identity, Noise only, and the muxers in order of preference."""
     available = {
@@ -51,7 +55,15 @@ def build_host(
     muxer_opt: dict[TProtocol, Any] = dict(available[m] for m in muxers)
     noise_static = new_x25519_key_pair().private_key
     sec_opt = {TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(identity.key_pair, noise_static)}
-    config = ConnectionConfig(max_connections_per_peer=1, dial_timeout=dial_timeout)
+    ceiling = max(4 * max_peers, 16)
+    config = ConnectionConfig(
+        max_connections_per_peer=1,
+        dial_timeout=dial_timeout,
+        min_connections=0,
+        low_watermark=0,
+        high_watermark=ceiling,
+        max_connections=ceiling,
+    )
     return new_host(
         key_pair=identity.key_pair,
         muxer_opt=muxer_opt,

@@ -191,14 +191,33 @@ class Trainer:
     async def _round_loop(self) -> None:
         assert self.schedule is not None
         while not self.options.rounds or self.engine.round < self.options.rounds:
-            r = self.engine.round
-            now_round = self.schedule.round_at(time.time())
-            if now_round > r:  # we fell behind (slow round, suspended process): catch up
-                await self._resync(None, reason=f"round {r} is over (network is at {now_round})")
-                if self.engine.round == r:  # nobody had a newer checkpoint: skip ahead alone
-                    await self._apply(r, {}, started=time.time())
-                continue
-            await self._run_round(r)
+            await self._next_round()
+        await self._final_agreement()
+
+    async def _final_agreement(self) -> None:
+        """After the last round nobody announces again, so a node that ended on a minority model
+        (it missed a payload near a deadline) would never hear of it: ask the peers instead."""
+        assert self.schedule is not None
+        await _sleep_until(self.schedule.fetch_deadline(self.engine.round - 1) + self.schedule.clock_skew)
+        infos = await self._peer_checkpoints(want=None)
+        same_round = [i for _, i in infos if i.round == self.engine.round]
+        votes: dict[bytes, int] = {self.engine.model_hash(): 1}
+        for info in same_round:
+            votes[bytes(info.model_hash)] = votes.get(bytes(info.model_hash), 0) + 1
+        winner, count = max(votes.items(), key=lambda kv: (kv[1], kv[0]))
+        if winner != self.engine.model_hash() and count * 2 > sum(votes.values()):
+            await self._resync(winner, reason="ended the last round off the majority model")
+
+    async def _next_round(self) -> None:
+        assert self.schedule is not None
+        r = self.engine.round
+        now_round = self.schedule.round_at(time.time())
+        if now_round > r:  # we fell behind (slow round, suspended process): catch up
+            await self._resync(None, reason=f"round {r} is over (network is at {now_round})")
+            if self.engine.round == r:  # nobody had a newer checkpoint: skip ahead alone
+                await self._apply(r, {}, started=time.time())
+            return
+        await self._run_round(r)
 
     async def _run_round(self, r: int) -> None:
         assert self.schedule is not None
@@ -230,6 +249,7 @@ class Trainer:
                             resync_to = want  # after this round's tasks have stopped
                             nursery.cancel_scope.cancel()
                         case Fetch(contributions=chosen):
+                            self._warn_if_split(machine)
                             nursery.start_soon(self._fetch_all, r, chosen, payloads)
                         case Aggregate(contributors=ready):
                             outcome_hash = await self._apply(r, {c: payloads[c] for c in ready}, started)
@@ -243,6 +263,14 @@ class Trainer:
                     await self._wake.wait()
         if resync_to is not None:  # the loaded checkpoint decides what round comes next
             await self._resync(resync_to, reason="majority holds another model")
+
+    def _warn_if_split(self, machine: RoundMachine) -> None:
+        """Peers stated several models and none holds a majority: nobody resyncs, so the network
+        stays split until stake weights (the ledger) break the tie. Make it visible."""
+        tally = machine.votes.tally()
+        if len(tally) > 1 and machine.votes.majority() is None:
+            self.node.counters.incr("training.no_majority")
+            log.warning("round %d: no model holds a majority (%d hashes stated)", machine.round, len(tally))
 
     def _can_train_in_time(self, r: int) -> bool:
         """Train this round unless we already did, or the last round's training time says we
@@ -345,9 +373,11 @@ class Trainer:
                 return self._feed(machine.fetch_failed(a.contributor, "own-payload-lost"))
             payloads[a.contributor] = bytes(data)
             return self._feed(machine.fetched(a.contributor, a.content_hash))
-        providers = [ID.from_base58(a.contributor)] + [
-            p for p in self.node.peers() if p.to_base58() != a.contributor
-        ]
+        # The contributor first, unless it is gone (killed mid-round): then peers that already
+        # fetched its payload serve it, and a dead peer costs nothing but the last place.
+        author = ID.from_base58(a.contributor)
+        others = [p for p in self.node.peers() if p != author]
+        providers = [author, *others] if self.node.connector.is_connected(author) else [*others, author]
         try:
             data = await self.node.blobs.fetch(
                 a.content_hash,
@@ -474,14 +504,7 @@ class Trainer:
         """Load the newest checkpoint peers hold (with hash ``want`` when given)."""
         self.node.counters.incr("training.resyncs")
         log.info("resyncing: %s", reason)
-        infos: list[tuple[ID, checkpoint_pb2.CheckpointInfo]] = []
-        for peer in self.node.peers():
-            try:
-                info = await fetch_checkpoint_info(self.node.client, peer, timeout_s=15)
-            except RpcError:
-                continue
-            if info.network_id == self.engine.network_id and (want is None or info.model_hash == want):
-                infos.append((peer, info))
+        infos = await self._peer_checkpoints(want)
         if not infos:
             return False
         best = max(infos, key=lambda pi: (pi[1].round, _votes(infos, pi[1].model_hash)))[1]
@@ -503,6 +526,18 @@ class Trainer:
         self.node.counters.incr("training.resynced")
         log.info("resynced to round %d, model %s", self.engine.round, self.engine.model_hash().hex()[:16])
         return True
+
+    async def _peer_checkpoints(self, want: bytes | None) -> list[tuple[ID, checkpoint_pb2.CheckpointInfo]]:
+        """Connected peers' checkpoint infos for our network (with model hash ``want`` if given)."""
+        infos: list[tuple[ID, checkpoint_pb2.CheckpointInfo]] = []
+        for peer in self.node.peers():
+            try:
+                info = await fetch_checkpoint_info(self.node.client, peer, timeout_s=15)
+            except RpcError:
+                continue
+            if info.network_id == self.engine.network_id and (want is None or info.model_hash == want):
+                infos.append((peer, info))
+        return infos
 
     async def _snapshot_loop(self) -> None:
         from p2pshard.engine.checkpoint import HotSnapshots

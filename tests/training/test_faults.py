@@ -18,7 +18,7 @@ from tests.util import Proc
 
 pytestmark = pytest.mark.slow
 
-ROUND_S = 4.0
+ROUND_S = 6.0
 TRAINING = ["--json", "--preset", "micro", "--round-seconds", str(ROUND_S), "--inner-steps", "4"]
 ENV = {"P2PSHARD_SNAPSHOT_INTERVAL_S": "1", "OMP_NUM_THREADS": "1"}
 
@@ -61,9 +61,9 @@ def test_sigkilled_node_restarts_from_snapshot_and_rejoins(procs: list[Proc], tm
     assert list((tmp_path / "snap3").glob("*")), "no hot snapshot written"
     victim.kill()  # SIGKILL: no cleanup, mid-round
     killed_at = time.monotonic()
-    # the other three finish the round that was under way
-    survivors = [n.wait_for(lambda e: _is_round(e), 3 * ROUND_S + 10) for n in nodes[:3]]
-    assert len({ev["model_hash"] for ev in survivors}) == 1
+    under_way = 1 + max(int(e["round"]) for n in nodes for e in n.seen if _is_round(e))
+    # the other three finish the round that was under way, on one model
+    assert len(_hashes_at(nodes[:3], under_way)) == 1
 
     restarted = _start(procs, tmp_path, 3, boot)
     # the restarted node reports a round on the same model hash as the others' same round

@@ -7,6 +7,7 @@ each round on the same model hash.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -105,9 +106,7 @@ def _announcement(node: Node, round_: int, sign: Callable[[bytes], bytes]) -> to
 
 
 async def test_bad_signature_and_stale_round_are_rejected() -> None:
-    options = TrainingOptions(
-        rounds=3, period_s=2.0, announce_deadline_s=1.3, fetch_timeout_s=0.5, start_delay_s=1.0
-    )
+    options = dataclasses.replace(OPTIONS, start_delay_s=1.0)
     async with network(["", "", ""], options) as members:
         (a, _, trainer_a, _), (b, _, _, _), (c, _, _, _) = members
         assert trainer_a.schedule is not None
