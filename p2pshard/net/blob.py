@@ -17,7 +17,15 @@ from libp2p.peer.id import ID
 
 from p2pshard.core.counters import Counters
 from p2pshard.core.wire import blob_pb2
-from p2pshard.net.reqresp import Code, ProtocolSpec, Reply, ReqRespClient, RequestContext, RpcError
+from p2pshard.net.reqresp import (
+    Code,
+    ProtocolSpec,
+    Reply,
+    ReqRespClient,
+    RequestContext,
+    RpcError,
+    decode_or_reject,
+)
 
 BLOB_PROTOCOL = "/p2pshard/blob/1.0.0"
 DIGEST_SIZE = 32
@@ -107,11 +115,7 @@ class BlobService:
         )
 
     async def _handle(self, ctx: RequestContext, body: bytes) -> Reply:
-        req = blob_pb2.BlobRequest()
-        try:
-            req.ParseFromString(body)
-        except DecodeError as exc:
-            raise RpcError(Code.INVALID_ARGUMENT, "not a BlobRequest") from exc
+        req = decode_or_reject(blob_pb2.BlobRequest, body)
         if len(req.digest) != DIGEST_SIZE:
             raise RpcError(
                 Code.INVALID_ARGUMENT, f"digest must be {DIGEST_SIZE} bytes, got {len(req.digest)}"

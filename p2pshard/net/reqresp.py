@@ -17,9 +17,11 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any, TypeVar
 
 import trio
 from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as ProtoMessage
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
@@ -314,3 +316,55 @@ class ReqRespClient:
                 await framed.close()
             else:
                 await framed.reset()
+
+
+# -- protocols whose request and response are single protobuf messages -----------------------
+
+Req = TypeVar("Req", bound=ProtoMessage)
+Resp = TypeVar("Resp", bound=ProtoMessage)
+
+
+def decode_or_reject(message_type: type[Req], body: bytes, code: Code = Code.INVALID_ARGUMENT) -> Req:
+    """Parse ``body`` as ``message_type``, or fail with ``code`` naming the type."""
+    message = message_type()
+    try:
+        message.ParseFromString(body)
+    except DecodeError as exc:
+        raise RpcError(code, f"not a {message_type.DESCRIPTOR.name}") from exc
+    return message
+
+
+def unary_spec(
+    protocol_id: str,
+    request_type: type[Req],
+    handler: Callable[[RequestContext, Req], Awaitable[ProtoMessage]],
+    **limits: Any,
+) -> ProtocolSpec:
+    """A protocol answering one ``request_type`` with one protobuf message (no streamed payload)."""
+
+    async def handle(ctx: RequestContext, body: bytes) -> Reply:
+        response = await handler(ctx, decode_or_reject(request_type, body))
+        return Reply(body=response.SerializeToString())
+
+    return ProtocolSpec(protocol_id, handle, **limits)
+
+
+async def call_unary(
+    client: ReqRespClient,
+    peer: ID,
+    protocol_id: str,
+    request: ProtoMessage,
+    response_type: type[Resp],
+    *,
+    timeout_s: float,
+    max_response_size: int,
+) -> Resp:
+    """One request, one protobuf answer; an undecodable answer is the peer's INTERNAL error."""
+    body = await client.call(
+        peer,
+        protocol_id,
+        request.SerializeToString(),
+        timeout_s=timeout_s,
+        max_response_size=max_response_size,
+    )
+    return decode_or_reject(response_type, body, Code.INTERNAL)

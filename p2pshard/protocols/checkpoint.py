@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from google.protobuf.message import DecodeError
 from libp2p.peer.id import ID
 
 from p2pshard.core.rounds import RoundSchedule
 from p2pshard.core.wire import checkpoint_pb2
-from p2pshard.net.reqresp import Code, ProtocolSpec, Reply, ReqRespClient, RequestContext, RpcError
+from p2pshard.net.reqresp import ProtocolSpec, ReqRespClient, RequestContext, call_unary, unary_spec
 
 CHECKPOINT_PROTOCOL = "/p2pshard/checkpoint/1.0.0"
 
@@ -46,31 +45,30 @@ def schedule_from_pb(pb: checkpoint_pb2.Schedule) -> RoundSchedule:
 
 
 def checkpoint_spec(source: InfoSource) -> ProtocolSpec:
-    async def handle(ctx: RequestContext, body: bytes) -> Reply:
-        try:
-            checkpoint_pb2.CheckpointRequest().ParseFromString(body)
-        except DecodeError as exc:
-            raise RpcError(Code.INVALID_ARGUMENT, "not a CheckpointRequest") from exc
-        return Reply(body=(await source()).SerializeToString())
+    async def handle(
+        ctx: RequestContext, request: checkpoint_pb2.CheckpointRequest
+    ) -> checkpoint_pb2.CheckpointInfo:
+        return await source()
 
-    return ProtocolSpec(
-        CHECKPOINT_PROTOCOL, handle, max_request_size=1024, default_deadline_s=30.0, max_concurrent=8
+    return unary_spec(
+        CHECKPOINT_PROTOCOL,
+        checkpoint_pb2.CheckpointRequest,
+        handle,
+        max_request_size=1024,
+        default_deadline_s=30.0,
+        max_concurrent=8,
     )
 
 
 async def fetch_checkpoint_info(
     client: ReqRespClient, peer: ID, timeout_s: float = 30.0
 ) -> checkpoint_pb2.CheckpointInfo:
-    body = await client.call(
+    return await call_unary(
+        client,
         peer,
         CHECKPOINT_PROTOCOL,
-        checkpoint_pb2.CheckpointRequest().SerializeToString(),
+        checkpoint_pb2.CheckpointRequest(),
+        checkpoint_pb2.CheckpointInfo,
         timeout_s=timeout_s,
         max_response_size=4096,
     )
-    info = checkpoint_pb2.CheckpointInfo()
-    try:
-        info.ParseFromString(body)
-    except DecodeError as exc:
-        raise RpcError(Code.INTERNAL, f"{peer} sent an undecodable CheckpointInfo") from exc
-    return info

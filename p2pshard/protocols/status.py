@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from google.protobuf.message import DecodeError
 from libp2p.peer.id import ID
 
 from p2pshard.core.wire import status_pb2
-from p2pshard.net.reqresp import Code, ProtocolSpec, Reply, ReqRespClient, RequestContext, RpcError
+from p2pshard.net.reqresp import ProtocolSpec, ReqRespClient, RequestContext, call_unary, unary_spec
 
 STATUS_PROTOCOL = "/p2pshard/status/1.0.0"
 MAX_STATUS_SIZE = 1 << 20
@@ -18,29 +17,26 @@ StatusSource = Callable[[ID], status_pb2.StatusResponse]
 
 
 def status_spec(source: StatusSource) -> ProtocolSpec:
-    async def handle(ctx: RequestContext, body: bytes) -> Reply:
-        try:
-            status_pb2.StatusRequest().ParseFromString(body)
-        except DecodeError as exc:
-            raise RpcError(Code.INVALID_ARGUMENT, "not a StatusRequest") from exc
-        return Reply(body=source(ctx.peer_id).SerializeToString())
+    async def handle(ctx: RequestContext, request: status_pb2.StatusRequest) -> status_pb2.StatusResponse:
+        return source(ctx.peer_id)
 
-    return ProtocolSpec(
-        STATUS_PROTOCOL, handle, max_request_size=1024, default_deadline_s=5.0, max_concurrent=16
+    return unary_spec(
+        STATUS_PROTOCOL,
+        status_pb2.StatusRequest,
+        handle,
+        max_request_size=1024,
+        default_deadline_s=5.0,
+        max_concurrent=16,
     )
 
 
 async def fetch_status(client: ReqRespClient, peer: ID, timeout_s: float = 5.0) -> status_pb2.StatusResponse:
-    body = await client.call(
+    return await call_unary(
+        client,
         peer,
         STATUS_PROTOCOL,
-        status_pb2.StatusRequest().SerializeToString(),
+        status_pb2.StatusRequest(),
+        status_pb2.StatusResponse,
         timeout_s=timeout_s,
         max_response_size=MAX_STATUS_SIZE,
     )
-    resp = status_pb2.StatusResponse()
-    try:
-        resp.ParseFromString(body)
-    except DecodeError as exc:
-        raise RpcError(Code.INTERNAL, f"{peer} sent an undecodable status") from exc
-    return resp

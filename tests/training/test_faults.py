@@ -8,7 +8,6 @@ fetches the current checkpoint and trains within 60 s.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,6 @@ pytestmark = pytest.mark.slow
 ROUND_S = 6.0
 TRAINING = ["--json", "--preset", "micro", "--round-seconds", str(ROUND_S), "--inner-steps", "4"]
 ENV = {"P2PSHARD_SNAPSHOT_INTERVAL_S": "1", "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.stop()
 
 
 def _is_round(ev: dict[str, Any], at_least: int = 0) -> bool:
