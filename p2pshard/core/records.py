@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from google.protobuf.message import DecodeError
 
@@ -23,8 +24,19 @@ PEER_OWNED_KINDS = frozenset({"peer", "layers", "capacity"})
 """Record kinds whose key ends in the owner's peer id; only the owner may write them."""
 
 
+REASONS: Final = ("too-large", "bad-key-form", "not-signed-record", "bad-signature", "not-owner")
+"""The stable reason codes of :class:`RecordError`, in the order the rules are applied."""
+
+
 class RecordError(ValueError):
-    """A record broke a validation rule; ``str(exc)`` says which."""
+    """A record broke a validation rule: ``reason`` is one of :data:`REASONS` (stable, for
+    metrics and conformance runners); ``str(exc)`` says what exactly was wrong."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown record error reason {reason!r}")
+        super().__init__(message)
+        self.reason = reason
 
 
 def signing_bytes(key: str, seq: int, payload: bytes) -> bytes:
@@ -48,25 +60,27 @@ def parse_key(key: str) -> tuple[str, str]:
     """``/p2pshard/<kind>/<name>`` → (kind, name)."""
     parts = key.split("/")
     if len(parts) != 4 or parts[0] != "" or parts[1] != NAMESPACE or not parts[2] or not parts[3]:
-        raise RecordError(f"key {key!r} is not of the form /{NAMESPACE}/<kind>/<name>")
+        raise RecordError("bad-key-form", f"key {key!r} is not of the form /{NAMESPACE}/<kind>/<name>")
     return parts[2], parts[3]
 
 
 def verify_record(key: str, value: bytes, verifier: Verifier) -> VerifiedRecord:
     if len(value) > MAX_RECORD_SIZE:
-        raise RecordError(f"record of {len(value)} bytes exceeds {MAX_RECORD_SIZE}")
+        raise RecordError("too-large", f"record of {len(value)} bytes exceeds {MAX_RECORD_SIZE}")
     kind, name = parse_key(key)
     rec = records_pb2.SignedRecord()
     try:
         rec.ParseFromString(value)
     except DecodeError as exc:
-        raise RecordError("value is not a SignedRecord") from exc
+        raise RecordError("not-signed-record", "value is not a SignedRecord") from exc
     try:
         signer = verifier(rec.public_key, signing_bytes(key, rec.seq, rec.payload), rec.signature)
     except Exception as exc:
-        raise RecordError(f"bad signature: {exc}") from exc
+        raise RecordError("bad-signature", f"bad signature: {exc}") from exc
     if kind in PEER_OWNED_KINDS and name != signer:
-        raise RecordError(f"{kind} records under {name} may only be written by that peer, not {signer}")
+        raise RecordError(
+            "not-owner", f"{kind} records under {name} may only be written by that peer, not {signer}"
+        )
     return VerifiedRecord(key, rec.seq, bytes(rec.payload), signer)
 
 

@@ -242,3 +242,11 @@ def test_every_runner_has_a_format_readme() -> None:
     for name in RUNNERS:
         text = (SPECS / "vectors" / "formats" / f"{name}.md").read_text()
         assert "## Test case format" in text and "## Condition" in text, name
+
+
+def test_record_validation_reasons_match_the_code_in_order() -> None:
+    spec = [name_of(r["Reason"]) for r in _table("dht.md", "#").rows]
+    assert spec == list(records.REASONS)
+    source = Path(records.__file__).read_text()
+    raised = re.findall(r'RecordError\(\s*"([a-z-]+)"', source)
+    assert sorted(set(raised)) == sorted(records.REASONS)

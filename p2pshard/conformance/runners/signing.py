@@ -1,7 +1,9 @@
 """Runner ``signing``: keys, peer ids, pubsub message signatures and signed DHT records.
 
 Handlers: ``peer_id``, ``pubsub_sign``, ``pubsub_verify``, ``record_signing_bytes``,
-``record_verify`` (specs/identity-and-addressing.md, specs/pubsub.md, specs/dht.md).
+``record_verify`` (specs/identity-and-addressing.md, specs/pubsub.md, specs/dht.md), and
+``topic_signing_bytes``, ``topic_sign``, ``topic_verify`` for topic authors' signatures
+(specs/topics.md; :mod:`p2pshard.conformance.runners.topic_signing`).
 
 ECDSA signatures need not be byte-identical (RFC 6979 makes them deterministic, and p2pshard's
 vectors are RFC 6979 low-S signatures, but the condition only asks that a produced signature
@@ -17,6 +19,7 @@ from google.protobuf.message import DecodeError
 from libp2p.peer.id import ID
 
 from p2pshard.conformance.model import JSON, AnswerError, Case, Runner, diff, exact, unhex
+from p2pshard.conformance.runners import topic_signing
 from p2pshard.core import records
 from p2pshard.core.gossip.signing import (
     KeyType,
@@ -36,6 +39,7 @@ FILES = {
     "pubsub_verify": frozenset({"message.bin"}),
     "record_signing_bytes": frozenset({"input.json"}),
     "record_verify": frozenset({"input.json", "value.bin"}),
+    **topic_signing.FILES,
 }
 
 CURVE_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -311,7 +315,7 @@ def generate() -> list[Case]:
         False,
         "/p2pshard/layers/16Uiu2HAmSomeoneElse",
         make("/p2pshard/layers/16Uiu2HAmSomeoneElse", 1, b"x"),
-        {"valid": False},
+        {"valid": False, "reason": "not-owner"},
     )
     rec(
         "bad_signature",
@@ -326,7 +330,7 @@ def generate() -> list[Case]:
                 make("/p2pshard/checkpoint/r12", 1, b"x")
             ).signature,
         ).SerializeToString(),
-        {"valid": False},
+        {"valid": False, "reason": "bad-signature"},
     )
     rec(
         "seq_changed",
@@ -334,7 +338,7 @@ def generate() -> list[Case]:
         False,
         "/p2pshard/checkpoint/r12",
         _with_seq(make("/p2pshard/checkpoint/r12", 1, b"x"), 2),
-        {"valid": False},
+        {"valid": False, "reason": "bad-signature"},
     )
     rec(
         "other_key_name",
@@ -342,7 +346,7 @@ def generate() -> list[Case]:
         False,
         "/p2pshard/checkpoint/r13",
         make("/p2pshard/checkpoint/r12", 1, b"x"),
-        {"valid": False},
+        {"valid": False, "reason": "bad-signature"},
     )
     rec(
         "bad_key_shape",
@@ -350,7 +354,7 @@ def generate() -> list[Case]:
         False,
         "/other/kind/name",
         make("/other/kind/name", 1, b"x", check=False),
-        {"valid": False},
+        {"valid": False, "reason": "bad-key-form"},
     )
     rec(
         "nested_key",
@@ -358,7 +362,7 @@ def generate() -> list[Case]:
         False,
         "/p2pshard/a/b/c",
         make("/p2pshard/a/b/c", 1, b"x", check=False),
-        {"valid": False},
+        {"valid": False, "reason": "bad-key-form"},
     )
     rec(
         "undecodable",
@@ -366,7 +370,7 @@ def generate() -> list[Case]:
         False,
         "/p2pshard/checkpoint/r12",
         b"\x0a\x09ab",
-        {"valid": False},
+        {"valid": False, "reason": "not-signed-record"},
     )
     rec(
         "oversized",
@@ -374,7 +378,7 @@ def generate() -> list[Case]:
         False,
         "/p2pshard/checkpoint/big",
         make("/p2pshard/checkpoint/big", 1, b"\x00" * records.MAX_RECORD_SIZE),
-        {"valid": False},
+        {"valid": False, "reason": "too-large"},
     )
     rec(
         "bad_public_key",
@@ -384,9 +388,33 @@ def generate() -> list[Case]:
         records_pb2.SignedRecord(
             public_key=b"\x08\x02\x12\x01\x00", payload=b"x", seq=1, signature=b"\x30\x00"
         ).SerializeToString(),
-        {"valid": False},
+        {"valid": False, "reason": "bad-signature"},
     )
-    return cases
+    rec(
+        "empty_kind",
+        "a key with an empty <kind> segment",
+        False,
+        "/p2pshard//name",
+        make("/p2pshard//name", 1, b"x", check=False),
+        {"valid": False, "reason": "bad-key-form"},
+    )
+    rec(
+        "oversized_bad_key",
+        "an oversized value under a malformed key: the size rule comes first",
+        False,
+        "/other/kind/name",
+        b"\x00" * (records.MAX_RECORD_SIZE + 1),
+        {"valid": False, "reason": "too-large"},
+    )
+    rec(
+        "undecodable_not_owner",
+        "garbage under a peer-owned key: decoding comes before the owner rule",
+        False,
+        f"/p2pshard/peer/{owner_pid}",
+        b"\xff\xff",
+        {"valid": False, "reason": "not-signed-record"},
+    )
+    return cases + topic_signing.generate()
 
 
 def _with_seq(value: bytes, seq: int) -> bytes:
@@ -402,6 +430,8 @@ def _verify_record(public_key: bytes, message: bytes, signature: bytes) -> str:
 
 
 def answer(handler: str, inp: Mapping[str, JSON]) -> Mapping[str, JSON]:
+    if handler in topic_signing.FILES:
+        return topic_signing.answer(handler, inp)
     if handler == "peer_id":
         key = unhex(inp.get("private_key"), "private_key")
         try:
@@ -448,8 +478,8 @@ def answer(handler: str, inp: Mapping[str, JSON]) -> Mapping[str, JSON]:
     if handler == "record_verify":
         try:
             v = records.verify_record(str(inp.get("key")), unhex(inp.get("value"), "value"), _verify_record)
-        except records.RecordError:
-            return {"valid": False}
+        except records.RecordError as exc:
+            return {"valid": False, "reason": exc.reason}
         return {"valid": True, "seq": v.seq, "payload": v.payload.hex(), "signer": v.signer_peer_id}
     raise AnswerError(f"unknown handler {handler!r}")
 
@@ -457,6 +487,8 @@ def answer(handler: str, inp: Mapping[str, JSON]) -> Mapping[str, JSON]:
 def check(
     handler: str, inp: Mapping[str, JSON], expected: Mapping[str, JSON], out: Mapping[str, JSON]
 ) -> list[str]:
+    if handler == "topic_sign":
+        return topic_signing.check_sign(inp, expected, out)
     if handler != "pubsub_sign":
         return exact(handler, inp, expected, out)
     fails = diff("signing_bytes", expected["signing_bytes"], out.get("signing_bytes"))
