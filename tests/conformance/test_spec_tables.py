@@ -6,6 +6,7 @@ what keeps the numbers they read there true.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from p2pshard.config import NodeConfig
 from p2pshard.conformance.runners import RUNNERS
 from p2pshard.conformance.spec_tables import Table, all_tables, constants, name_of, parameters, ticked
 from p2pshard.core import records, topics
@@ -30,7 +32,8 @@ from p2pshard.core.wire import framing, reqresp_pb2, tensor
 from p2pshard.identity import Identity
 from p2pshard.net import blob, discovery
 from p2pshard.net.reqresp import ProtocolSpec, RetryPolicy
-from p2pshard.protocols import status
+from p2pshard.node import training_options
+from p2pshard.protocols import checkpoint, status, training
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 TABLES = all_tables(SPECS)
@@ -47,6 +50,8 @@ WIRE_MODULES: list[ModuleType] = [
     blob,
     protocol,
     discovery,
+    checkpoint,
+    training,
 ]
 
 
@@ -88,10 +93,29 @@ def test_private_wire_constants_and_derived_sizes() -> None:
         "PUBLIC_KEY_SIZE": len(ident.public_key_bytes),
         "MARSHALLED_PUBLIC_KEY_SIZE": len(marshalled),
     }
+    expected.update(_derived_training_values())
     for name, value in expected.items():
         assert _spec_value(name) == value, name
     assert ident.peer_id.to_bytes() == b"\x00" + bytes([len(marshalled)]) + marshalled
     assert ident.peer_id.to_base58().startswith("16Uiu2")
+
+
+def _derived_training_values() -> dict[str, Any]:
+    """Training values that are not module constants: the engine's shard-assignment tag (read from
+    source: importing the engine would import torch) and the command line's period split."""
+    genesis_src = (Path(training.__file__).parents[1] / "engine" / "genesis.py").read_text()
+    tag = re.search(r"^_ASSIGN_TAG = (b\".*\")$", genesis_src, re.M)
+    assert tag, "p2pshard/engine/genesis.py no longer defines _ASSIGN_TAG"
+    period = 2.0  # short enough for the start-delay floor to apply
+    short = training_options(NodeConfig(round_s=period))
+    long = training_options(NodeConfig(round_s=100 * period))
+    return {
+        "SHARD_ASSIGNMENT_TAG": ast.literal_eval(tag.group(1)),
+        "announce_share": short.announce_deadline_s / period,
+        "fetch_share": short.fetch_timeout_s / period,
+        "min_start_delay_s": short.start_delay_s,
+        "start_delay_periods": long.start_delay_s / (100 * period),
+    }
 
 
 def test_every_spec_constant_is_checked_against_the_code() -> None:
@@ -107,7 +131,8 @@ def test_every_spec_constant_is_checked_against_the_code() -> None:
         "PUBLIC_KEY_SIZE",
         "MARSHALLED_PUBLIC_KEY_SIZE",
     }
-    checked |= {n for n in CONSTANTS if n.startswith(("status.", "blob."))}
+    checked |= set(_derived_training_values())
+    checked |= {n for n in CONSTANTS if n.startswith(("status.", "blob.", "checkpoint."))}
     assert set(CONSTANTS) - checked == set(), "a spec constant no test compares with the code"
 
 
@@ -140,10 +165,36 @@ def test_request_response_limits_match_the_code() -> None:
     for prefix, proto in (
         ("status", status.status_spec(lambda _: None)),
         ("blob", blob.BlobService(None, None, None).spec()),
+        ("checkpoint", checkpoint.checkpoint_spec(None)),
     ):  # type: ignore[arg-type]
         for field in ("max_request_size", "default_deadline_s", "max_deadline_s", "max_concurrent"):
             assert _spec_value(f"{prefix}.{field}") == getattr(proto, field), f"{prefix}.{field}"
     assert blob.BlobService(None, None, None).spec().chunk_size == _spec_value("CHUNK_SIZE")  # type: ignore[arg-type]
+
+
+def test_checkpoint_client_limits_match_the_code() -> None:
+    import inspect
+
+    import trio
+
+    calls: list[dict[str, Any]] = []
+
+    class Client:
+        async def call(self, peer: Any, protocol_id: str, body: bytes, **kw: Any) -> bytes:
+            calls.append({"protocol_id": protocol_id, "body": body, **kw})
+            return b""
+
+    trio.run(checkpoint.fetch_checkpoint_info, Client(), None)
+    assert calls == [
+        {
+            "protocol_id": _spec_value("CHECKPOINT_PROTOCOL"),
+            "body": b"",
+            "timeout_s": _spec_value("checkpoint.client_timeout_s"),
+            "max_response_size": _spec_value("checkpoint.max_response_size"),
+        }
+    ]
+    default = inspect.signature(checkpoint.fetch_checkpoint_info).parameters["timeout_s"].default
+    assert default == _spec_value("checkpoint.client_timeout_s")
 
 
 def _table(doc: str, first_column: str) -> Table:
@@ -223,6 +274,47 @@ def test_training_tables_match_the_round_machine() -> None:
     rows = _table("training.md", "#").rows
     table = [(name_of(r["Verdict"]), name_of(r["Reason"])) for r in rows if name_of(r["Reason"]) != "—"]
     assert table == [(rule.kind.name, rule.reason) for rule in ANNOUNCEMENT_RULES]
+
+
+def test_training_option_tables_match_the_driver() -> None:
+    spec = parameters(TABLES, "training.md")
+    options = _defaults(training.TrainingOptions, {"snapshot_dir"})
+    assert options.pop("max_payload_bytes") == spec["max_payload_bytes"]
+    assert {k: spec[k] for k in options} == options
+    round_params = {f.name for f in dataclasses.fields(RoundConfig)} | {
+        "period",
+        "announce_deadline",
+        "fetch_timeout",
+        "clock_skew",
+    }
+    assert set(spec) == round_params | set(options), "a training.md parameter no test compares"
+
+
+def test_gradients_validation_steps_follow_the_code() -> None:
+    """The Step table of training.md: topics.validate's rules in source order, then the training
+    hook's, then the round machine's table."""
+    structural = re.findall(r'(?:reject|ignore)\("([a-z0-9_]+)"\)', Path(topics.__file__).read_text())
+    hashes = [f"bad_{f}" for f in topics.TOPICS[training.GRADIENTS].hash_fields]
+    structural[-1:-1] = hashes  # hash fields are checked just before the clock window
+    hook_src = (
+        Path(training.__file__).read_text().split("def _judge_announcement", 1)[1].split("\n    def ", 1)[0]
+    )
+    hook = re.findall(r'(ACCEPT|reject\("[a-z_-]+"\)|ignore\("[a-z_-]+"\))', hook_src)
+    assert hook[:4] == [
+        'reject("bad_signature")',
+        "ACCEPT",
+        'ignore("future-round")',
+        'ignore("not-training")',
+    ]
+    rows = _table("training.md", "Step").rows
+    spec = [(name_of(r["Verdict"]), name_of(r["Reason"])) for r in rows]
+    verdict = {
+        s_: "REJECT" for s_ in ("oversized", "undecodable", "missing_author", "author_not_sender", *hashes)
+    }
+    expected = [(verdict.get(r, "IGNORE"), r) for r in structural]
+    expected += [("REJECT", "bad_signature"), ("ACCEPT", "ok"), ("IGNORE", "future-round")]
+    expected += [("IGNORE", "not-training"), ("as they say", "as they say"), ("ACCEPT", "ok")]
+    assert spec == expected
 
 
 def test_every_document_has_a_lifecycle_header_and_is_indexed() -> None:
