@@ -3,28 +3,36 @@
 All nodes are SIMULATED IN THIS ONE PROCESS: each simulated node is a full ``TorchEngine`` with its
 own model copy, inner optimizer, error-feedback residual and data shards, and the nodes exchange
 the real encoded payload bytes (the same codec, screening and aggregation code a networked node
-runs). There is no networking here; round latency over libp2p is benchmarked elsewhere.
+runs). There is no networking here; averaging over libp2p is benchmarked in averaging.py.
 
 It prints three tables:
 
 (a) 4-node DiLoCo against a single-process baseline trained on the same number of tokens (plain
-    AdamW on a 4x larger batch for as many steps as one node takes) -- final held-out loss and the
-    ratio; goal: within 5%.
-(b) Bytes each node sends per round, chunked top-k + int8 (with error feedback) against dense fp32,
-    and the final loss of both; goal: >= 100x fewer bytes, loss within 2% of dense DiLoCo.
+    AdamW on a 4x larger batch for as many steps as one node takes, same learning rate) -- final
+    held-out loss and the ratio; goal: within 5%. Both outer settings are shown: the preset's
+    default and plain parameter averaging (outer lr 1, no momentum).
+(b) Bytes each node sends per round with the default compression, with rank-6 low-rank factors
+    (>= 100x on tiny) and, in --quick, the earlier top-k -- all with error feedback -- against dense
+    fp32, and the final loss of each; goal: >= 100x fewer bytes, loss within 2% of dense DiLoCo (same
+    outer settings).
 (c) 1 of 5 nodes attacking (sign-flipped, x100-scaled or NaN updates): final loss with a plain mean
     and with each robust rule, relative to the clean 4-node run; goal: robust rules within 5%.
     The attacker is omniscient: it transforms an honest node's update of the same round.
+    A run whose attacker is rejected by screening in every round is exactly the clean run of that
+    rule with the attacker's payload dropped; such runs are computed once per rule (each round's
+    attacker payload is still built and screened) -- marked "*".
 
 Usage::
 
-    python benchmarks/training.py --quick    # micro model, < 60 s on 2 CPU cores
-    python benchmarks/training.py            # tiny model, ~12 minutes on 2 CPU cores
+    python benchmarks/training.py --quick    # micro model, < 60 s on 2 idle CPU cores
+    python benchmarks/training.py            # tiny for (a) and (b), micro for (c); ~6 min idle
+    python benchmarks/training.py --preset tiny --inner-steps 30 --rounds 20   # devnet-like (slow)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -39,6 +47,7 @@ from p2pshard.engine.diloco import DiLoCoConfig
 from p2pshard.engine.engine import EngineConfig, TorchEngine
 from p2pshard.engine.genesis import Genesis, default_genesis
 from p2pshard.engine.model import PRESETS
+from p2pshard.protocols.engine_api import UpdateRejected
 
 RULES = ["mean", "trimmed_mean", "median", "krum", "multi_krum", "centered_clip"]
 ATTACKS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -54,20 +63,41 @@ class Setup:
     inner_steps: int
     rounds: int
     batch: int
-    inner_lr: float
+    inner_lr: float = 1e-3
     nodes: int = 4
-    # Outer step: lr 1 without momentum is parameter averaging, which these short runs from
-    # scratch favour; (a) also reports the DiLoCo paper's Nesterov (0.7, 0.9) for comparison.
-    outer_lr: float = 1.0
-    outer_momentum: float = 0.0
+    outer_lr: float | None = None  # None: the preset's default (DiLoCoConfig.for_preset)
+    outer_momentum: float | None = None
     device: str = "cpu"
 
+    def diloco(self) -> DiLoCoConfig:
+        over = {"outer_lr": self.outer_lr, "outer_momentum": self.outer_momentum}
+        return DiLoCoConfig.for_preset(
+            self.preset,
+            inner_steps=self.inner_steps,
+            batch_size=self.batch,
+            inner_lr=self.inner_lr,
+            **{k: v for k, v in over.items() if v is not None},
+        )
 
-QUICK = Setup("micro", inner_steps=8, rounds=8, batch=8, inner_lr=1e-3)
-FULL = Setup("tiny", inner_steps=10, rounds=12, batch=8, inner_lr=1e-3)
-PAPER_OUTER = (0.7, 0.9)
+
+QUICK = Setup("micro", inner_steps=8, rounds=8, batch=8)
+# The devnet's preset and round length (H=20; it runs H=30 at batch 16, which costs 3x more here).
+# 20 rounds: DiLoCo's gap to the large-batch baseline shrinks as training goes on (measured on tiny,
+# outer lr 1 / Nesterov 0.5: 1.28x after 10 rounds, 1.08x after 20).
+FULL = Setup("tiny", inner_steps=20, rounds=20, batch=8)
+ROBUST_FULL = QUICK  # (c) on micro in the full run: 13 more runs on tiny would take ~15 minutes
 DENSE = CompressionConfig(kind="none")
+DEFAULT = CompressionConfig()
+LOWRANK = CompressionConfig(kind="lowrank", rank=6)  # >= 100x on tiny
 TOPK = CompressionConfig(kind="topk", chunk_size=2048, topk=16)
+
+
+def label_of(c: CompressionConfig) -> str:
+    if c.kind == "lowrank":
+        return f"rank-{c.rank} int4 factors + EF (lz4)"
+    if c.kind == "topk":
+        return f"top-{c.topk}/{c.chunk_size} int8 + EF (lz4)"
+    return f"{c.kind} dense + EF (lz4)"
 
 
 @dataclass(frozen=True)
@@ -83,13 +113,7 @@ def engine_config(s: Setup, compression: CompressionConfig, rule: str, salt: str
     return EngineConfig(
         model=PRESETS[s.preset],
         seed=0,
-        diloco=DiLoCoConfig(
-            inner_steps=s.inner_steps,
-            batch_size=s.batch,
-            inner_lr=s.inner_lr,
-            outer_lr=s.outer_lr,
-            outer_momentum=s.outer_momentum,
-        ),
+        diloco=s.diloco(),
         compression=compression,
         aggregation=AggregationConfig(rule=rule, f=1),
         device=s.device,
@@ -103,14 +127,21 @@ def simulate(
     compression: CompressionConfig = DENSE,
     rule: str = "mean",
     attack: str | None = None,
-) -> Run:
-    """``s.nodes`` honest nodes (plus one attacker if ``attack``) train ``s.rounds`` DiLoCo rounds."""
+    screened_attacks: tuple[str, ...] = (),
+) -> tuple[Run, dict[str, bool]]:
+    """``s.nodes`` honest nodes (plus one attacker if ``attack``) train ``s.rounds`` DiLoCo rounds.
+
+    For each of ``screened_attacks`` the attacker's payload is also built every round and screened;
+    the returned map says whether screening rejected it in every round (then this run *is* that
+    attacked run).
+    """
     t0 = time.perf_counter()
     peers = [f"peer-{i}" for i in range(s.nodes)]
     engines = {p: TorchEngine(engine_config(s, compression, rule, p), genesis) for p in peers}
     sent = 0
     tokens = 0
     rejected: dict[str, int] = {}
+    always_rejected = dict.fromkeys(screened_attacks, True)
     for r in range(s.rounds):
         payloads: dict[str, bytes] = {}
         for p, e in engines.items():
@@ -118,21 +149,31 @@ def simulate(
             payloads[p] = u.payload
             sent += u.size
             tokens += u.tokens
+        if attack is not None or screened_attacks:
+            victim = decode_tensors(payloads[peers[0]], engines[peers[0]].limits)
         if attack is not None:
-            victim = decode_tensors(payloads[peers[0]])
-            bad = {n: ATTACKS[attack](v) for n, v in victim.items()}
-            payloads["peer-x-attacker"] = encode_tensors(bad, EncodeOptions())
+            payloads["peer-x-attacker"] = attacker_payload(victim, attack)
+        for other in screened_attacks:
+            try:
+                engines[peers[0]].check_update(attacker_payload(victim, other))
+                always_rejected[other] = False
+            except UpdateRejected as exc:
+                rejected[exc.reason] = rejected.get(exc.reason, 0) + 1
         outcomes = [e.apply_round(r, payloads) for e in engines.values()]
         assert len({o.model_hash for o in outcomes}) == 1, "simulated nodes disagree"
         for reason in outcomes[0].rejected.values():
             rejected[reason] = rejected.get(reason, 0) + 1
     final = engines[peers[0]].evaluate()
     elapsed = time.perf_counter() - t0
-    return Run(final, sent / (s.rounds * s.nodes), tokens, elapsed, rejected)
+    return Run(final, sent / (s.rounds * s.nodes), tokens, elapsed, rejected), always_rejected
+
+
+def attacker_payload(victim: dict[str, np.ndarray], attack: str) -> bytes:
+    return encode_tensors({n: ATTACKS[attack](v) for n, v in victim.items()}, EncodeOptions())
 
 
 def baseline(s: Setup, genesis: Genesis) -> Run:
-    """One process, the same tokens: AdamW on an ``s.nodes``-times larger batch.
+    """One process, the same tokens: AdamW on an ``s.nodes``-times larger batch, same lr.
 
     A single-node DiLoCo with outer lr 1 and no momentum applies its own pseudo-gradient exactly,
     i.e. it is plain continued AdamW (the inner optimizer state persists across rounds).
@@ -149,69 +190,118 @@ def baseline(s: Setup, genesis: Genesis) -> Run:
     return Run(e.evaluate(), 0.0, tokens, time.perf_counter() - t0)
 
 
+def describe(s: Setup, genesis: Genesis) -> str:
+    n_params = TorchEngine(engine_config(s, DENSE, "mean", "x"), genesis).n_params
+    d = s.diloco()
+    return (
+        f"preset={s.preset} ({n_params:,} params)  nodes={s.nodes}  rounds={s.rounds}  H={s.inner_steps}  "
+        f"batch={s.batch}x{PRESETS[s.preset].context}  inner lr={s.inner_lr:g}  "
+        f"outer lr={d.outer_lr:g} momentum={d.outer_momentum:g}  device={s.device}"
+    )
+
+
+def table_a_b(s: Setup, genesis: Genesis, with_topk: bool) -> None:
+    print(describe(s, genesis) + "  (nodes simulated in-process)", flush=True)
+    dense, _ = simulate(s, genesis)
+    averaging = replace(s, outer_lr=1.0, outer_momentum=0.0)
+    plain = dense if s.diloco().outer_momentum == 0 and s.diloco().outer_lr == 1 else None
+    if plain is None:
+        plain, _ = simulate(averaging, genesis)
+    base = baseline(s, genesis)
+    d = s.diloco()
+    print("\n(a) DiLoCo vs single-process baseline, same tokens         goal: ratio <= 1.05")
+    print(f"  {'run':<46}{'tokens':>10}{'final loss':>12}{'ratio':>8}{'time':>8}")
+    rows = [
+        (f"baseline: AdamW, {s.nodes}x batch", base),
+        (f"DiLoCo {s.nodes} nodes, outer lr {d.outer_lr:g} Nesterov {d.outer_momentum:g}", dense),
+    ]
+    if plain is not dense:
+        rows.append((f"DiLoCo {s.nodes} nodes, outer lr 1, no momentum", plain))
+    for label, run in rows:
+        print(
+            f"  {label:<46}{run.tokens:>10}{run.final_loss:>12.4f}"
+            f"{run.final_loss / base.final_loss:>8.3f}{run.seconds:>7.1f}s",
+            flush=True,
+        )
+
+    print("\n(b) bytes per node per round                 goal: >= 100x fewer, loss within 2%")
+    print(f"  {'compression':<40}{'bytes/round':>12}{'reduction':>11}{'final loss':>12}{'vs fp32':>9}")
+    print(
+        f"  {'dense fp32 (lz4)':<40}{dense.bytes_per_round:>12,.0f}{1.0:>10.1f}x"
+        f"{dense.final_loss:>12.4f}{1.0:>9.3f}",
+        flush=True,
+    )
+    kinds = [("default: " + label_of(DEFAULT), DEFAULT)]
+    if DEFAULT != LOWRANK:
+        kinds.append((label_of(LOWRANK), LOWRANK))
+    if with_topk:
+        kinds.append((label_of(TOPK), TOPK))
+    for label, comp in kinds:
+        run, _ = simulate(s, genesis, compression=comp)
+        print(
+            f"  {label:<40}{run.bytes_per_round:>12,.0f}"
+            f"{dense.bytes_per_round / run.bytes_per_round:>10.1f}x"
+            f"{run.final_loss:>12.4f}{run.final_loss / dense.final_loss:>9.3f}",
+            flush=True,
+        )
+
+
+def table_c(s: Setup, genesis: Genesis) -> None:
+    nodes = s.nodes
+    clean, _ = simulate(s, genesis)
+    print(
+        f"\n(c) 1 attacker among {nodes + 1} nodes: final loss / clean {nodes}-node loss "
+        f"({clean.final_loss:.4f})      goal: robust <= 1.05"
+    )
+    print("  " + describe(s, genesis))
+    print(f"  {'rule':<16}" + "".join(f"{a:>22}" for a in ATTACKS))
+    screened: set[str] = set()
+    shared = tuple(a for a in ATTACKS if a != "sign_flip")
+    for rule in RULES:
+        results: dict[str, tuple[Run, bool]] = {}
+        base_run, always = simulate(s, genesis, rule=rule, screened_attacks=shared)
+        for attack in ATTACKS:
+            if always.get(attack):
+                results[attack] = (base_run, True)
+            else:
+                run, _ = simulate(s, genesis, rule=rule, attack=attack)
+                results[attack] = (run, bool(run.rejected))
+        cells = []
+        for attack in ATTACKS:
+            run, was_screened = results[attack]
+            ratio = run.final_loss / clean.final_loss
+            screened.update(run.rejected)
+            cells.append(f"{run.final_loss:>12.4f} ({ratio:5.3f}){'*' if was_screened else ' '}")
+        print(f"  {rule:<16}" + "".join(f"{c:>22}" for c in cells), flush=True)
+    print(f"  * the attacker's updates were rejected before aggregation in every round: {sorted(screened)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="micro model, under 60 s")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--preset", help="model preset for (a) and (b)")
+    parser.add_argument("--inner-steps", type=int, help="H for (a) and (b)")
+    parser.add_argument("--rounds", type=int, help="rounds for (a) and (b)")
+    parser.add_argument("--skip-c", action="store_true", help="skip the Byzantine table")
+    parser.add_argument("--with-topk", action="store_true", help="also top-k in (b) (always with --quick)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     s = replace(QUICK if args.quick else FULL, device=args.device)
+    if args.preset:
+        s = replace(s, preset=args.preset)
+    if args.inner_steps:
+        s = replace(s, inner_steps=args.inner_steps)
+    if args.rounds:
+        s = replace(s, rounds=args.rounds)
+    robust = replace(QUICK if args.quick else ROBUST_FULL, device=args.device)
     genesis = default_genesis()
     start = time.perf_counter()
-    n_params = TorchEngine(engine_config(s, DENSE, "mean", "x"), genesis).n_params
-    print(
-        f"preset={s.preset} ({n_params:,} params)  nodes={s.nodes}  rounds={s.rounds}  "
-        f"H={s.inner_steps}  batch={s.batch}x{PRESETS[s.preset].context}  device={s.device}  "
-        f"(nodes simulated in-process; see module docstring)"
-    )
-
-    dense = simulate(s, genesis)
-    paper = simulate(replace(s, outer_lr=PAPER_OUTER[0], outer_momentum=PAPER_OUTER[1]), genesis)
-    base = baseline(s, genesis)
-    print("\n(a) DiLoCo vs single-process baseline, same tokens         goal: ratio <= 1.05")
-    print(f"  {'run':<40}{'tokens':>10}{'final loss':>12}{'ratio':>8}{'time':>8}")
-    rows = [
-        ("baseline: AdamW, 4x batch", base),
-        (f"DiLoCo {s.nodes} nodes, outer lr 1, no momentum", dense),
-        (f"DiLoCo {s.nodes} nodes, Nesterov {PAPER_OUTER}", paper),
-    ]
-    for label, run in rows:
-        print(
-            f"  {label:<40}{run.tokens:>10}{run.final_loss:>12.4f}"
-            f"{run.final_loss / base.final_loss:>8.3f}{run.seconds:>7.1f}s"
-        )
-
-    topk = simulate(s, genesis, compression=TOPK)
-    print("\n(b) bytes per node per round                 goal: >= 100x fewer, loss within 2%")
-    print(f"  {'compression':<32}{'bytes/round':>12}{'reduction':>11}{'final loss':>12}{'vs fp32':>9}")
-    print(
-        f"  {'dense fp32 (lz4)':<32}{dense.bytes_per_round:>12,.0f}{1.0:>10.1f}x"
-        f"{dense.final_loss:>12.4f}{1.0:>9.3f}"
-    )
-    label = f"top-{TOPK.topk}/{TOPK.chunk_size} int8 + EF (lz4)"
-    print(
-        f"  {label:<32}{topk.bytes_per_round:>12,.0f}"
-        f"{dense.bytes_per_round / topk.bytes_per_round:>10.1f}x"
-        f"{topk.final_loss:>12.4f}{topk.final_loss / dense.final_loss:>9.3f}"
-    )
-
-    print(
-        f"\n(c) 1 attacker among {s.nodes + 1} nodes: final loss / clean {s.nodes}-node loss "
-        f"({dense.final_loss:.4f})      goal: robust <= 1.05"
-    )
-    print(f"  {'rule':<16}" + "".join(f"{a:>22}" for a in ATTACKS))
-    screened: set[str] = set()
-    for rule in RULES:
-        cells = []
-        for attack in ATTACKS:
-            run = simulate(s, genesis, rule=rule, attack=attack)
-            ratio = run.final_loss / dense.final_loss
-            mark = "*" if run.rejected else " "
-            screened.update(run.rejected)
-            cells.append(f"{run.final_loss:>12.4f} ({ratio:5.3f}){mark}")
-        print(f"  {rule:<16}" + "".join(f"{c:>22}" for c in cells), flush=True)
-    print(f"  * the attacker's updates were rejected before aggregation: {sorted(screened)}")
-    print(f"\ntotal {time.perf_counter() - start:.1f}s")
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores at start")
+    table_a_b(s, genesis, with_topk=args.quick or args.with_topk)
+    if not args.skip_c:
+        table_c(robust, genesis)
+    print(f"\ntotal {time.perf_counter() - start:.1f}s (load average {os.getloadavg()[0]:.2f} at the end)")
 
 
 if __name__ == "__main__":

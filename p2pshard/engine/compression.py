@@ -63,11 +63,17 @@ class CompressionConfig:
     rank: int = 6  # lowrank: factor rank per weight matrix (tiny: 112x fewer bytes than fp32)
     power_iterations: int = 2  # lowrank: subspace iterations per round
     error_feedback: bool = True
+    # The residual is multiplied by this before it is added to the next round's update: 1 keeps
+    # everything (classic error feedback); below 1 lets what the compressor keeps failing to send
+    # fade out (see the module docstring).
+    error_feedback_decay: float = 1.0
     lz4: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown compression {self.kind!r}; one of {KINDS}")
+        if not 0.0 <= self.error_feedback_decay <= 1.0:
+            raise ValueError("error_feedback_decay must be in [0, 1]")
         if not 1 <= self.rank <= 1024 or self.power_iterations < 1:
             raise ValueError("rank must be in [1, 1024] and power_iterations >= 1")
 
@@ -102,7 +108,13 @@ class Compressor:
 
     def encode(self, update: Mapping[str, F32], limits: DecodeLimits | None = None) -> EncodedUpdate:
         if self.cfg.error_feedback:
-            target = {n: v + self.residual[n] if n in self.residual else v for n, v in update.items()}
+            decay = np.float32(self.cfg.error_feedback_decay)
+            target = {
+                n: np.add(v, np.multiply(decay, self.residual[n]), dtype=np.float32)
+                if n in self.residual
+                else v
+                for n, v in update.items()
+            }
         else:
             target = dict(update)
         if self.cfg.kind == "lowrank":
