@@ -21,6 +21,7 @@ from p2pshard.core.wire.tensor import (
     DecodeLimits,
     EncodeOptions,
     Encoding,
+    LowRankFactors,
     TensorDecodeError,
     decode_tensors,
     encode_tensors,
@@ -141,6 +142,8 @@ def generate() -> list[Case]:
         ("dense_f16", EncodeOptions(Encoding.FLOAT16, 4, None, False), SAMPLE),
         ("dense_bf16", EncodeOptions(Encoding.BFLOAT16, 4, None, False), SAMPLE),
         ("dense_int8", EncodeOptions(Encoding.INT8, 4, None, False), SAMPLE),
+        ("dense_int4", EncodeOptions(Encoding.INT4, 4, None, False), SAMPLE),
+        ("topk_int4_odd", EncodeOptions(Encoding.INT4, 8, 3, False), RAMP),
         ("topk_f32", EncodeOptions(Encoding.FLOAT32, 8, 3, False), RAMP),
         ("topk_int8_lz4", EncodeOptions(Encoding.INT8, 8, 2, True), RAMP),
         ("topk_f16_chunk_one", EncodeOptions(Encoding.FLOAT16, 1, 1, False), SAMPLE),
@@ -418,7 +421,198 @@ def generate() -> list[Case]:
         ),
         err("int8-out-of-range"),
     )
+    _low_rank_cases(decode, err)
     return cases
+
+
+def _low_rank(**kw: object) -> pb.TensorRecord:
+    """Shape (2, 3), rank 1, INT8: P = [1, -2], Q = [3, 0, 1], scales 2^-1 and 2^2."""
+    base: dict[str, object] = dict(
+        name="m",
+        shape=[2, 3],
+        layout=pb.LAYOUT_LOW_RANK,
+        encoding=pb.VALUE_ENCODING_INT8,
+        chunk_size=1,
+        rank=1,
+        values=bytes([1, 0xFE, 3, 0, 1]),
+        scales=_f32([0.5, 4.0]),
+    )
+    base.update(kw)
+    return _rec(**base)
+
+
+def _low_rank_cases(decode: Any, err: Any) -> None:
+    lr = _low_rank()
+    decode(
+        "low_rank_by_hand",
+        "rank 1: element (a, b) = P[a] Q[b] sP sQ",
+        True,
+        envelope(_bundle(lr)),
+        {"tensors": _tensors_json({"m": np.array([[6, 0, 2], [-12, 0, -4]], dtype=np.float32)})},
+    )
+    # INT4, rank 2, shape (2, 1, 2): P = [[1, -7], [2, 0]], Q = [[7, 1], [-3, 2]]; nibbles q + 8.
+    ints = [1, -7, 2, 0, 7, 1, -3, 2]
+    nib = [q + 8 for q in ints]
+    int4 = _low_rank(
+        shape=[2, 1, 2],
+        encoding=pb.VALUE_ENCODING_INT4,
+        chunk_size=2,
+        rank=2,
+        values=bytes(nib[i] | nib[i + 1] << 4 for i in range(0, 8, 2)),
+        scales=_f32([1.0, 0.25, 2.0, 2.0**-20]),
+    )
+    p = np.array([[1, -7], [2, 0]], dtype=np.float64) * [1.0, 0.25]
+    q = np.array([[7, 1], [-3, 2]], dtype=np.float64) * [2.0, 2.0**-20]
+    decode(
+        "low_rank_int4",
+        "rank 2, INT4 factors, a 3-dimensional tensor seen as 2 x 2",
+        True,
+        envelope(_bundle(int4)),
+        {"tensors": _tensors_json({"m": (p @ q.T).astype(np.float32).reshape(2, 1, 2)})},
+    )
+    rng = np.random.default_rng(7)
+    factors = LowRankFactors(
+        (6, 5), rng.normal(size=(6, 3)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)
+    )
+    written = encode_tensors({"m": factors}, EncodeOptions(Encoding.INT8, 4, None, False))
+    decode(
+        "low_rank_encoder",
+        "rank 3 factors written by the encoder",
+        True,
+        written,
+        {"tensors": _tensors_json(decode_tensors(written))},
+    )
+    for name, desc, rec, reason, limits in [
+        (
+            "low_rank_vector",
+            "a low-rank record of 1 dimension",
+            _low_rank(shape=[6]),
+            "low-rank-needs-matrix",
+            None,
+        ),
+        (
+            "low_rank_float",
+            "low-rank with FLOAT32 values",
+            _low_rank(encoding=pb.VALUE_ENCODING_FLOAT32),
+            "low-rank-needs-int-encoding",
+            None,
+        ),
+        ("low_rank_rank_zero", "rank 0", _low_rank(rank=0), "bad-rank", None),
+        (
+            "low_rank_rank_above_rows",
+            "rank 3 of a 2 x 3 matrix",
+            _low_rank(rank=3, chunk_size=3),
+            "bad-rank",
+            None,
+        ),
+        ("low_rank_chunk_not_rank", "chunk_size 2 with rank 1", _low_rank(chunk_size=2), "bad-rank", None),
+        ("low_rank_with_k", "low-rank with k set", _low_rank(k=1), "unexpected-indices", None),
+        (
+            "low_rank_work",
+            "decoding work 6 over a limit of 5",
+            _low_rank(),
+            "too-much-decode-work",
+            {"max_decode_work": 5},
+        ),
+        (
+            "low_rank_values_short",
+            "4 integers for 5",
+            _low_rank(values=bytes([1, 2, 3, 4])),
+            "values-length-mismatch",
+            None,
+        ),
+        (
+            "low_rank_int8_minus_128",
+            "an int8 factor of -128",
+            _low_rank(values=bytes([1, 0x80, 3, 0, 1])),
+            "int8-out-of-range",
+            None,
+        ),
+        (
+            "low_rank_one_scale",
+            "1 scale for rank 1 (2 needed)",
+            _low_rank(scales=_f32([0.5])),
+            "scales-length-mismatch",
+            None,
+        ),
+        (
+            "low_rank_scale_three",
+            "a scale of 3",
+            _low_rank(scales=_f32([3.0, 4.0])),
+            "scale-not-power-of-two",
+            None,
+        ),
+        (
+            "low_rank_scale_negative",
+            "a scale of -2",
+            _low_rank(scales=_f32([-2.0, 4.0])),
+            "scale-not-power-of-two",
+            None,
+        ),
+        (
+            "low_rank_scale_zero",
+            "a scale of 0",
+            _low_rank(scales=_f32([0.0, 4.0])),
+            "scale-not-power-of-two",
+            None,
+        ),
+        (
+            "low_rank_scale_inf",
+            "an infinite scale",
+            _low_rank(scales=_f32([np.inf, 4.0])),
+            "scale-not-power-of-two",
+            None,
+        ),
+        (
+            "low_rank_scale_span",
+            "column products 2^0 and 2^25: more than 2^24 apart",
+            _low_rank(rank=2, chunk_size=2, values=bytes(10), scales=_f32([1.0, 2.0**25, 1.0, 1.0])),
+            "scale-range-too-large",
+            None,
+        ),
+        (
+            "low_rank_scale_span_edge",
+            "column products 2^0 and 2^24: allowed (all-zero factors decode to zeros)",
+            _low_rank(rank=2, chunk_size=2, values=bytes(10), scales=_f32([1.0, 2.0**24, 1.0, 1.0])),
+            None,
+            None,
+        ),
+        (
+            "dense_with_rank",
+            "a dense record with rank set",
+            _dense(encoding=pb.VALUE_ENCODING_FLOAT32),
+            "unexpected-rank",
+            None,
+        ),
+        (
+            "int4_nibble_zero",
+            "an int4 nibble 0 (the value -8)",
+            _dense(shape=(4,), encoding=pb.VALUE_ENCODING_INT4, values=bytes([0x98, 0x90]), chunk=4),
+            "int4-out-of-range",
+            None,
+        ),
+        (
+            "int4_padding",
+            "3 int4 values whose padding nibble is not 0",
+            _dense(shape=(3,), encoding=pb.VALUE_ENCODING_INT4, values=bytes([0x98, 0x19]), chunk=4),
+            "int4-out-of-range",
+            None,
+        ),
+    ]:
+        if name == "dense_with_rank":
+            rec.rank = 1
+        if name.startswith("int4_"):
+            rec.scales = _f32([1.0])
+        if reason is None:
+            decode(
+                name,
+                desc,
+                True,
+                envelope(_bundle(rec)),
+                {"tensors": _tensors_json(decode_tensors(envelope(_bundle(rec))))},
+            )
+        else:
+            decode(name, desc, False, envelope(_bundle(rec)), err(reason), limits)
 
 
 def answer(handler: str, inp: Mapping[str, JSON]) -> Mapping[str, JSON]:
