@@ -51,7 +51,7 @@ from p2pshard.core.rounds import (
 )
 from p2pshard.core.wire import checkpoint_pb2, topics_pb2
 from p2pshard.net.blob import BlobError
-from p2pshard.net.reqresp import RpcError
+from p2pshard.net.reqresp import Code, RpcError
 from p2pshard.protocols.checkpoint import (
     checkpoint_spec,
     fetch_checkpoint_info,
@@ -79,8 +79,8 @@ class TrainingOptions:
     rounds: int = 0
     """Stop after this many rounds (0 = train until stopped)."""
     period_s: float = 12.0
-    announce_deadline_s: float = 8.0
-    fetch_timeout_s: float = 3.0
+    announce_deadline_s: float = 7.2
+    fetch_timeout_s: float = 3.6
     start_delay_s: float = 8.0
     """How long after the first node starts round 0 opens (time for others to join)."""
     snapshot_dir: Path | None = None
@@ -105,6 +105,8 @@ class RoundReport:
 Reporter = Callable[[RoundReport], None]
 
 
+SCHEDULE_WAIT_S = 10.0
+"""How long a starting node waits for a peer with a smaller id that has no schedule yet."""
 MAX_ANNOUNCEMENTS_PER_ROUND = 1024
 ROUNDS_AHEAD = 2
 """Announcements for rounds up to this far ahead of ours are kept (and forwarded), not dropped."""
@@ -158,25 +160,25 @@ class Trainer:
             nursery.cancel_scope.cancel()
 
     async def _join_schedule(self) -> None:
-        """Learn the schedule (and catch up) from bootstrap peers, or start a new one."""
-        for peer in self.node.peers():
-            try:
-                info = await fetch_checkpoint_info(self.node.client, peer, timeout_s=10)
-            except RpcError:
-                continue
-            if info.network_id != self.engine.network_id:
-                log.warning(
-                    "peer %s trains network %s, not ours (%s)", peer, info.network_id, self.engine.network_id
-                )
-                continue
-            try:
-                self.schedule = schedule_from_pb(info.schedule)
-            except ValueError as exc:
-                log.warning("peer %s sent a bad schedule: %s", peer, exc)
-                continue
-            if info.schedule.last_round:
-                self.options = _replace(self.options, rounds=int(info.schedule.last_round))
-            break
+        """Learn the schedule (and catch up) from peers, or start a new one.
+
+        Two nodes that start at the same moment may each find the other without a schedule yet:
+        then the one with the larger peer id waits (bounded) for the smaller one to decide."""
+        me = self.node.peer_id.to_bytes()
+        with trio.move_on_after(SCHEDULE_WAIT_S):
+            while self.schedule is None:
+                undecided_elders = False
+                for peer in self.node.peers():
+                    try:
+                        info = await fetch_checkpoint_info(self.node.client, peer, timeout_s=10)
+                    except RpcError as exc:
+                        undecided_elders |= exc.code == Code.UNAVAILABLE and peer.to_bytes() < me
+                        continue
+                    if self._adopt_schedule(peer, info):
+                        break
+                if self.schedule is not None or not undecided_elders:
+                    break
+                await trio.sleep(0.5)
         if self.schedule is None:
             o = self.options
             self.schedule = make_schedule(
@@ -185,6 +187,22 @@ class Trainer:
         behind = self.schedule.round_at(time.time()) - self.engine.round
         if behind > 0:
             await self._resync(None, reason=f"behind by {behind} rounds")
+
+    def _adopt_schedule(self, peer: ID, info: checkpoint_pb2.CheckpointInfo) -> bool:
+        if info.network_id != self.engine.network_id:
+            log.warning(
+                "peer %s trains network %s, not ours (%s)", peer, info.network_id, self.engine.network_id
+            )
+            return False
+        try:
+            self.schedule = schedule_from_pb(info.schedule)
+        except ValueError as exc:
+            self.node.counters.incr("training.rejected.bad_schedule")
+            log.warning("peer %s sent a bad schedule: %s", peer, exc)
+            return False
+        if info.schedule.last_round:
+            self.options = _replace(self.options, rounds=int(info.schedule.last_round))
+        return True
 
     # -- the round loop ---------------------------------------------------------------------
 
@@ -448,9 +466,7 @@ class Trainer:
         machine = self.machine
         current = machine.round if machine is not None else self.engine.round
         if a.round > current:
-            if a.round <= current + ROUNDS_AHEAD and self._remember(a, now):
-                return core_topics.ACCEPT  # early for us, but plausible: keep it and pass it on
-            return core_topics.ignore("future-round")
+            return self._judge_early(a, now, current)
         if machine is None:
             return core_topics.ignore("not-training")
         verdict = machine.announce(a, now)
@@ -461,6 +477,22 @@ class Trainer:
             return core_topics.reject(verdict.reason)
         if verdict.kind is VerdictKind.IGNORE:
             return core_topics.ignore(verdict.reason)
+        return core_topics.ACCEPT
+
+    def _judge_early(self, a: Announcement, now: float, current: int) -> core_topics.Verdict:
+        """An announcement for a round after ours (we are still finishing an earlier one): keep
+        one per contributor and pass it on, under the rules the round will apply when it opens."""
+        if a.round > current + ROUNDS_AHEAD:
+            return core_topics.ignore("future-round")
+        if self.schedule is not None and now < self.schedule.opens_at(a.round) - self.schedule.clock_skew:
+            return core_topics.reject("too-early")
+        earlier = [b for b, _ in self._seen.get(a.round, []) if b.contributor == a.contributor]
+        if earlier:
+            if earlier[0].content_hash == a.content_hash:
+                return core_topics.ignore("duplicate")
+            return core_topics.reject("equivocation")
+        if not self._remember(a, now):
+            return core_topics.ignore("future-round")
         return core_topics.ACCEPT
 
     async def _on_announcement(self, msg: GossipMessage, decoded: ProtoMessage) -> None:
@@ -479,7 +511,8 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------
 
     async def _checkpoint_info(self) -> checkpoint_pb2.CheckpointInfo:
-        assert self.schedule is not None
+        if self.schedule is None:
+            raise RpcError(Code.UNAVAILABLE, "this node has not learned the round schedule yet")
         async with self.lock:
             r, model_hash = self.engine.round, self.engine.model_hash()
             cached = self._checkpoint_cache
@@ -518,7 +551,7 @@ class Trainer:
                 best.digest, providers, max_size=min(best.size, MAX_CHECKPOINT_BYTES), timeout_s=60
             )
             async with self.lock:
-                await trio.to_thread.run_sync(self.engine.load_checkpoint_bytes, bytes(data))
+                await trio.to_thread.run_sync(self._load_verified, bytes(data), best)
         except (BlobError, RpcError, ValueError) as exc:
             self.node.counters.incr("training.resync_failed")
             log.warning("resync failed: %s", exc)
@@ -526,6 +559,16 @@ class Trainer:
         self.node.counters.incr("training.resynced")
         log.info("resynced to round %d, model %s", self.engine.round, self.engine.model_hash().hex()[:16])
         return True
+
+    def _load_verified(self, data: bytes, info: checkpoint_pb2.CheckpointInfo) -> None:
+        """Load a peer's checkpoint, and keep it only if it is what the peer said it is (round and
+        model hash); otherwise put our own state back and raise."""
+        ours = self.engine.checkpoint_bytes()
+        self.engine.load_checkpoint_bytes(data)
+        if self.engine.round != info.round or self.engine.model_hash() != info.model_hash:
+            self.engine.load_checkpoint_bytes(ours)
+            self.node.counters.incr("training.rejected.checkpoint_mismatch")
+            raise ValueError("the checkpoint served is not the one its info describes")
 
     async def _peer_checkpoints(self, want: bytes | None) -> list[tuple[ID, checkpoint_pb2.CheckpointInfo]]:
         """Connected peers' checkpoint infos for our network (with model hash ``want`` if given)."""

@@ -298,15 +298,23 @@ def test_gradients_validation_steps_follow_the_code() -> None:
     structural = re.findall(r'(?:reject|ignore)\("([a-z0-9_]+)"\)', Path(topics.__file__).read_text())
     hashes = [f"bad_{f}" for f in topics.TOPICS[training.GRADIENTS].hash_fields]
     structural[-1:-1] = hashes  # hash fields are checked just before the clock window
-    hook_src = (
-        Path(training.__file__).read_text().split("def _judge_announcement", 1)[1].split("\n    def ", 1)[0]
-    )
-    hook = re.findall(r'(ACCEPT|reject\("[a-z_-]+"\)|ignore\("[a-z_-]+"\))', hook_src)
-    assert hook[:4] == [
-        'reject("bad_signature")',
-        "ACCEPT",
+    source = Path(training.__file__).read_text()
+
+    def body(name: str) -> str:
+        return source.split(f"def {name}", 1)[1].split("\n    def ", 1)[0]
+
+    def verdicts(src: str) -> list[str]:
+        return re.findall(r'(ACCEPT|reject\("[a-z_-]+"\)|ignore\("[a-z_-]+"\))', src)
+
+    hook = verdicts(body("_judge_announcement"))
+    assert hook[:2] == ['reject("bad_signature")', 'ignore("not-training")']
+    assert verdicts(body("_judge_early")) == [
         'ignore("future-round")',
-        'ignore("not-training")',
+        'reject("too-early")',
+        'ignore("duplicate")',
+        'reject("equivocation")',
+        'ignore("future-round")',
+        "ACCEPT",
     ]
     rows = _table("training.md", "Step").rows
     spec = [(name_of(r["Verdict"]), name_of(r["Reason"])) for r in rows]
@@ -314,8 +322,14 @@ def test_gradients_validation_steps_follow_the_code() -> None:
         s_: "REJECT" for s_ in ("oversized", "undecodable", "missing_author", "author_not_sender", *hashes)
     }
     expected = [(verdict.get(r, "IGNORE"), r) for r in structural]
-    expected += [("REJECT", "bad_signature"), ("ACCEPT", "ok"), ("IGNORE", "future-round")]
-    expected += [("IGNORE", "not-training"), ("as they say", "as they say"), ("ACCEPT", "ok")]
+    expected += [("REJECT", "bad_signature"), ("IGNORE", "future-round"), ("REJECT", "too-early")]
+    expected += [("IGNORE", "duplicate"), ("REJECT", "equivocation"), ("IGNORE", "future-round")]
+    expected += [
+        ("ACCEPT", "ok"),
+        ("IGNORE", "not-training"),
+        ("as they say", "as they say"),
+        ("ACCEPT", "ok"),
+    ]
     assert spec == expected
 
 
