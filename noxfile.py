@@ -74,5 +74,5 @@ def interop(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """The side-by-side benchmarks (pass -- --quick for the short versions)."""
     _install(session)
-    for script in ("streams.py",):
+    for script in ("streams.py", "gossip.py", "training.py", "averaging.py"):
         session.run("python", f"benchmarks/{script}", *session.posargs)
