@@ -9,8 +9,8 @@ It prints three tables:
 
 (a) 4-node DiLoCo against a single-process baseline trained on the same number of tokens (plain
     AdamW on a 4x larger batch for as many steps as one node takes, same learning rate) -- final
-    held-out loss and the ratio; goal: within 5%. Both outer settings are shown: the preset's
-    default and plain parameter averaging (outer lr 1, no momentum).
+    held-out loss and the ratio; goal: within 5%. The preset's default outer step
+    (``DiLoCoConfig.for_preset``); --quick also shows plain parameter averaging.
 (b) Bytes each node sends per round with the default compression, with rank-6 low-rank factors
     (>= 100x on tiny) and, in --quick, the earlier top-k -- all with error feedback -- against dense
     fp32, and the final loss of each; goal: >= 100x fewer bytes, loss within 2% of dense DiLoCo (same
@@ -22,20 +22,25 @@ It prints three tables:
     rule with the attacker's payload dropped; such runs are computed once per rule (each round's
     attacker payload is still built and screened) -- marked "*".
 
+Independent runs go to ``--jobs`` worker processes (default 2, one thread each).
+
 Usage::
 
     python benchmarks/training.py --quick    # micro model, < 60 s on 2 idle CPU cores
-    python benchmarks/training.py            # tiny for (a) and (b), micro for (c); ~6 min idle
+    python benchmarks/training.py            # tiny for (a) and (b), micro for (c); ~4 min idle
     python benchmarks/training.py --preset tiny --inner-steps 30 --rounds 20   # devnet-like (slow)
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -200,23 +205,72 @@ def describe(s: Setup, genesis: Genesis) -> str:
     )
 
 
-def table_a_b(s: Setup, genesis: Genesis, with_topk: bool) -> None:
+_GENESIS: Genesis | None = None
+
+
+def _init_worker(genesis: Genesis) -> None:
+    global _GENESIS
+    torch.set_num_threads(1)
+    _GENESIS = genesis
+
+
+def _job(name: str, *args: Any, **kwargs: Any) -> Any:
+    """One independent run in a worker process (``name``: simulate or baseline)."""
+    assert _GENESIS is not None
+    if name == "baseline":
+        return baseline(*args, genesis=_GENESIS)
+    return simulate(*args, genesis=_GENESIS, **kwargs)
+
+
+class Jobs:
+    """Independent runs spread over ``n`` processes (each single-threaded); n = 1 runs inline."""
+
+    def __init__(self, n: int, genesis: Genesis) -> None:
+        self.genesis = genesis
+        self.pool = (
+            ProcessPoolExecutor(
+                n, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(genesis,)
+            )
+            if n > 1
+            else None
+        )
+        if self.pool is None:
+            _init_worker(genesis)
+
+    def submit(self, name: str, *args: Any, **kwargs: Any) -> Callable[[], Any]:
+        if self.pool is None:
+            return lambda: _job(name, *args, **kwargs)
+        fut = self.pool.submit(_job, name, *args, **kwargs)
+        return fut.result
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def table_a_b(s: Setup, genesis: Genesis, jobs: Jobs, quick: bool) -> None:
     print(describe(s, genesis) + "  (nodes simulated in-process)", flush=True)
-    dense, _ = simulate(s, genesis)
-    averaging = replace(s, outer_lr=1.0, outer_momentum=0.0)
-    plain = dense if s.diloco().outer_momentum == 0 and s.diloco().outer_lr == 1 else None
-    if plain is None:
-        plain, _ = simulate(averaging, genesis)
-    base = baseline(s, genesis)
     d = s.diloco()
+    plain_needed = quick and not (d.outer_momentum == 0 and d.outer_lr == 1)
+    kinds = [("default: " + label_of(DEFAULT), DEFAULT)]
+    if DEFAULT != LOWRANK:
+        kinds.append((label_of(LOWRANK), LOWRANK))
+    if quick:
+        kinds.append((label_of(TOPK), TOPK))
+    base_f = jobs.submit("baseline", s)
+    dense_f = jobs.submit("simulate", s)
+    plain_f = jobs.submit("simulate", replace(s, outer_lr=1.0, outer_momentum=0.0)) if plain_needed else None
+    comp_f = [(label, jobs.submit("simulate", s, compression=c)) for label, c in kinds]
+    base = base_f()
+    dense, _ = dense_f()
     print("\n(a) DiLoCo vs single-process baseline, same tokens         goal: ratio <= 1.05")
     print(f"  {'run':<46}{'tokens':>10}{'final loss':>12}{'ratio':>8}{'time':>8}")
     rows = [
         (f"baseline: AdamW, {s.nodes}x batch", base),
         (f"DiLoCo {s.nodes} nodes, outer lr {d.outer_lr:g} Nesterov {d.outer_momentum:g}", dense),
     ]
-    if plain is not dense:
-        rows.append((f"DiLoCo {s.nodes} nodes, outer lr 1, no momentum", plain))
+    if plain_f is not None:
+        rows.append((f"DiLoCo {s.nodes} nodes, outer lr 1, no momentum", plain_f()[0]))
     for label, run in rows:
         print(
             f"  {label:<46}{run.tokens:>10}{run.final_loss:>12.4f}"
@@ -231,13 +285,8 @@ def table_a_b(s: Setup, genesis: Genesis, with_topk: bool) -> None:
         f"{dense.final_loss:>12.4f}{1.0:>9.3f}",
         flush=True,
     )
-    kinds = [("default: " + label_of(DEFAULT), DEFAULT)]
-    if DEFAULT != LOWRANK:
-        kinds.append((label_of(LOWRANK), LOWRANK))
-    if with_topk:
-        kinds.append((label_of(TOPK), TOPK))
-    for label, comp in kinds:
-        run, _ = simulate(s, genesis, compression=comp)
+    for label, fut in comp_f:
+        run, _ = fut()
         print(
             f"  {label:<40}{run.bytes_per_round:>12,.0f}"
             f"{dense.bytes_per_round / run.bytes_per_round:>10.1f}x"
@@ -246,9 +295,18 @@ def table_a_b(s: Setup, genesis: Genesis, with_topk: bool) -> None:
         )
 
 
-def table_c(s: Setup, genesis: Genesis) -> None:
+def table_c(s: Setup, genesis: Genesis, jobs: Jobs) -> None:
     nodes = s.nodes
-    clean, _ = simulate(s, genesis)
+    shared = tuple(a for a in ATTACKS if a != "sign_flip")
+    clean_f = jobs.submit("simulate", s)
+    per_rule = {
+        rule: (
+            jobs.submit("simulate", s, rule=rule, screened_attacks=shared),
+            jobs.submit("simulate", s, rule=rule, attack="sign_flip"),
+        )
+        for rule in RULES
+    }
+    clean, _ = clean_f()
     print(
         f"\n(c) 1 attacker among {nodes + 1} nodes: final loss / clean {nodes}-node loss "
         f"({clean.final_loss:.4f})      goal: robust <= 1.05"
@@ -256,16 +314,17 @@ def table_c(s: Setup, genesis: Genesis) -> None:
     print("  " + describe(s, genesis))
     print(f"  {'rule':<16}" + "".join(f"{a:>22}" for a in ATTACKS))
     screened: set[str] = set()
-    shared = tuple(a for a in ATTACKS if a != "sign_flip")
     for rule in RULES:
         results: dict[str, tuple[Run, bool]] = {}
-        base_run, always = simulate(s, genesis, rule=rule, screened_attacks=shared)
-        for attack in ATTACKS:
+        base_run, always = per_rule[rule][0]()
+        flip_run, _ = per_rule[rule][1]()
+        results["sign_flip"] = (flip_run, bool(flip_run.rejected))
+        for attack in shared:
             if always.get(attack):
                 results[attack] = (base_run, True)
-            else:
-                run, _ = simulate(s, genesis, rule=rule, attack=attack)
-                results[attack] = (run, bool(run.rejected))
+            else:  # screening let it through at least once: run it for real
+                run, _ = jobs.submit("simulate", s, rule=rule, attack=attack)()
+                results[attack] = (run, False)
         cells = []
         for attack in ATTACKS:
             run, was_screened = results[attack]
@@ -284,7 +343,7 @@ def main() -> None:
     parser.add_argument("--inner-steps", type=int, help="H for (a) and (b)")
     parser.add_argument("--rounds", type=int, help="rounds for (a) and (b)")
     parser.add_argument("--skip-c", action="store_true", help="skip the Byzantine table")
-    parser.add_argument("--with-topk", action="store_true", help="also top-k in (b) (always with --quick)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel processes (default 2)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     s = replace(QUICK if args.quick else FULL, device=args.device)
@@ -298,9 +357,13 @@ def main() -> None:
     genesis = default_genesis()
     start = time.perf_counter()
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores at start")
-    table_a_b(s, genesis, with_topk=args.quick or args.with_topk)
-    if not args.skip_c:
-        table_c(robust, genesis)
+    jobs = Jobs(max(1, args.jobs), genesis)
+    try:
+        table_a_b(s, genesis, jobs, quick=args.quick)
+        if not args.skip_c:
+            table_c(robust, genesis, jobs)
+    finally:
+        jobs.close()
     print(f"\ntotal {time.perf_counter() - start:.1f}s (load average {os.getloadavg()[0]:.2f} at the end)")
 
 

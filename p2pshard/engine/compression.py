@@ -62,6 +62,7 @@ class CompressionConfig:
     topk: int = 16  # kept per chunk: 16/2048 = 0.8% of the elements
     rank: int = 6  # lowrank: factor rank per weight matrix (tiny: 112x fewer bytes than fp32)
     power_iterations: int = 2  # lowrank: subspace iterations per round
+    factor_bits: int = 4  # lowrank: 4 or 8 bits per factor entry
     error_feedback: bool = True
     # The residual is multiplied by this before it is added to the next round's update: 1 keeps
     # everything (classic error feedback); below 1 lets what the compressor keeps failing to send
@@ -76,6 +77,8 @@ class CompressionConfig:
             raise ValueError("error_feedback_decay must be in [0, 1]")
         if not 1 <= self.rank <= 1024 or self.power_iterations < 1:
             raise ValueError("rank must be in [1, 1024] and power_iterations >= 1")
+        if self.factor_bits not in (4, 8):
+            raise ValueError("factor_bits must be 4 or 8")
 
     def encode_options(self) -> EncodeOptions:
         topk = self.topk if self.kind == "topk" else None
@@ -145,7 +148,8 @@ class Compressor:
                 overrides[name] = vectors
                 continue
             items[name] = self._factor(name, arr.reshape(rows, cols), arr.shape, r)
-        return _encode(items, EncodeOptions(Encoding.INT4, chunk_size=r, lz4=self.cfg.lz4), overrides)
+        factors = Encoding.INT4 if self.cfg.factor_bits == 4 else Encoding.INT8
+        return _encode(items, EncodeOptions(factors, chunk_size=r, lz4=self.cfg.lz4), overrides)
 
     def _factor(self, name: str, m: F32, shape: tuple[int, ...], r: int) -> LowRankFactors:
         q = self.subspace.get(name)
