@@ -453,7 +453,7 @@ def report(results: dict[str, dict[str, Any]], phases: list[Phase], args: argpar
         )
         rows.append(
             (
-                f"RSS worst node at 25/50/100% of {r.published} x 1 MiB, 2nd-half growth",
+                f"RSS worst node at 25/50/100% of {r.published} x 1 MiB, 2nd-half trend",
                 text if impl == "ours" else "",
                 text if impl == "stock" else "",
                 "",
