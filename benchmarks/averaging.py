@@ -10,6 +10,7 @@ by PID:
   peer, median over the repeats; matchmaking time is printed separately.
 - p2pshard: 4 nodes (``open_node``), each publishing into its blob store and fetching the others'
   parts over ``/p2pshard/blob/1.0.0`` (noise + yamux), reducing with the engine's aggregation code.
+  Dense parts travel as bare float32 (``encode_raw_f32``; the blob digest already verifies them).
   Dense: the reduce-scatter layout (``p2pshard.protocols.averaging.reduce_scatter_average``) and a
   plain gather for comparison. Compressed: the engine's default pseudo-gradient compression
   (elementwise kinds reduce-scattered like dense, low rank gathered: its payloads are small), and
@@ -100,7 +101,13 @@ async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
     from p2pshard.core.wire.tensor import DecodeLimits, EncodeOptions, decode_tensors, encode_tensors
     from p2pshard.engine.aggregation import AggregationConfig, aggregate
     from p2pshard.engine.compression import CompressionConfig, Compressor
-    from p2pshard.protocols.averaging import AveragingStats, gather_average, reduce_scatter_average
+    from p2pshard.protocols.averaging import (
+        AveragingStats,
+        decode_raw_f32,
+        encode_raw_f32,
+        gather_average,
+        reduce_scatter_average,
+    )
 
     stdin = trio.wrap_file(sys.stdin)
     mean = AggregationConfig(rule="mean")
@@ -132,7 +139,9 @@ async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
                 max_decode_work=64 * vector.size,
             )
             comp = CompressionConfig(kind="none") if mode == "dense" else compression_for(mode)
-            if not comp.per_tensor:
+            if mode == "dense":
+                encode, decode = encode_raw_f32, decode_raw_f32  # bare float32, zero-copy decode
+            elif not comp.per_tensor:
                 # Elementwise encodings: the flat vector (or a slice of it), stateless codec.
                 opts = replace(comp.encode_options(), lz4=comp.kind != "none")
 
@@ -424,7 +433,7 @@ def main() -> None:
         cases.append(("dense", "gather"))
     # Elementwise encodings reduce-scatter like dense; factors are gathered (small, per tensor).
     cases.append(("default", "gather" if default.per_tensor else "reduce_scatter"))
-    if default.kind != "lowrank":
+    if default != compression_for("lowrank"):
         cases.append(("lowrank", "gather"))
     ours = run_p2pshard(d, repeats, cases, logdir)
     hm = None if args.skip_hivemind else run_hivemind(d, repeats, logdir)
@@ -441,7 +450,9 @@ def main() -> None:
     for key, res in ours.items():
         med = statistics.median(res["s"])
         mode, layout = key.split("/")
-        what = "dense fp32" if mode == "dense" else f"{mode} ({compression_for(mode).kind})"
+        c = compression_for(mode)
+        kind = f"{c.kind} rank {c.rank}" if c.kind == "lowrank" else c.kind
+        what = "dense fp32" if mode == "dense" else f"{mode} ({kind})"
         label = f"p2pshard {what}, {layout.replace('_', '-')}"
         ratio = f"{med / ref:>12.2f}x" if ref else ""
         print(f"  {label:<44}{med:>10.3f}{' '.join(f'{t:.2f}' for t in res['s']):>26}{ratio}")

@@ -38,6 +38,8 @@ __all__ = [
     "AveragingError",
     "AveragingStats",
     "Exchange",
+    "decode_raw_f32",
+    "encode_raw_f32",
     "gather_average",
     "reduce_scatter_average",
     "slice_bounds",
@@ -66,6 +68,23 @@ class AveragingStats:
     fetch_s: float = 0.0
     decode_reduce_s: float = 0.0
     bytes_in: int = 0
+
+
+def encode_raw_f32(vector: F32) -> bytes:
+    """Dense parts as bare little-endian float32: no envelope to parse, no copy to decode."""
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def decode_raw_f32(data: bytes) -> F32:
+    """The inverse of :func:`encode_raw_f32`; the caller checks the count (:func:`_checked` does).
+
+    The bytes were verified against their digest and bounded by ``max_size`` when fetched, and
+    values are not judged here (a NaN is the reducer's or the screening's business).
+    """
+    if len(data) % 4:
+        raise AveragingError(f"{len(data)} bytes is not a whole number of float32")
+    out: F32 = np.frombuffer(data, dtype="<f4")
+    return out
 
 
 def slice_bounds(d: int, n: int) -> list[tuple[int, int]]:
