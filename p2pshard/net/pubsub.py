@@ -13,9 +13,10 @@ Flow control, with no silent drops:
 * control-only frames (IDONTWANT, IHAVE/IWANT, GRAFT/PRUNE, subscriptions) go ahead of queued
   message frames; a queued message frame the peer has since declared IDONTWANT for is skipped
   when its turn comes (counted as ``pubsub.skipped_unwanted``);
-* bulk batches (> 64 KiB) are written one peer at a time, next peer chosen at random, each turn
-  bounded (:class:`_BulkTurns`): in one thread, interleaved writes of one large message to many
-  peers all finish late and together, and every receiver then forwards copies nobody needs;
+* large forwards (> 64 KiB) are written one peer at a time, next peer chosen at random, each turn
+  bounded (:class:`_BulkTurns`), and only if still wanted when the turn comes; our own publishes
+  go out at once to all peers. So the publisher's copies land together, every receiver says
+  IDONTWANT, and most forwards queued meanwhile are skipped instead of crossing on the wire;
 * local subscribers read from bounded channels; a full channel holds up the reader of the peer
   that sent the message, which pushes back through yamux's flow control to the sender;
 * everything the router discards is counted in ``router.stats`` by reason, and mirrored into the
@@ -105,6 +106,7 @@ class _PeerQueue:
         self.urgent: deque[bytes] = deque()
         self.frames: deque[bytes] = deque()
         self.tags: deque[bytes | None] = deque()
+        self.own: deque[bool] = deque()
         self.size = 0
         self.skipped = 0
         self.has_data = trio.Event()
@@ -115,7 +117,9 @@ class _PeerQueue:
     def __len__(self) -> int:
         return len(self.urgent) + len(self.frames)
 
-    def try_put(self, frame: bytes, *, urgent: bool = False, tag: bytes | None = None) -> bool:
+    def try_put(
+        self, frame: bytes, *, urgent: bool = False, tag: bytes | None = None, own: bool = False
+    ) -> bool:
         if self.closed or (self.size + len(frame) > self.limit and len(self)):
             return False
         if urgent:
@@ -123,14 +127,17 @@ class _PeerQueue:
         else:
             self.frames.append(frame)
             self.tags.append(tag)
+            self.own.append(own)
         self.size += len(frame)
         self.has_data.set()
         if self.size >= self.limit:
             self.has_room = trio.Event()
         return True
 
-    async def put_wait(self, frame: bytes, *, urgent: bool = False, tag: bytes | None = None) -> bool:
-        while not self.try_put(frame, urgent=urgent, tag=tag):
+    async def put_wait(
+        self, frame: bytes, *, urgent: bool = False, tag: bytes | None = None, own: bool = False
+    ) -> bool:
+        while not self.try_put(frame, urgent=urgent, tag=tag, own=own):
             if self.closed:
                 return False
             await self.has_room.wait()
@@ -145,7 +152,8 @@ class _PeerQueue:
         return True
 
     def next_is_bulk(self, threshold: int) -> bool:
-        return not self.urgent and bool(self.frames) and len(self.frames[0]) > threshold
+        """Whether the next frame is a large forward (our own publishes never wait for a turn)."""
+        return not self.urgent and bool(self.frames) and len(self.frames[0]) > threshold and not self.own[0]
 
     def take(
         self,
@@ -155,7 +163,7 @@ class _PeerQueue:
         below: int | None = None,
     ) -> list[bytes]:
         """Urgent frames first, then message frames, up to ``max_bytes`` (at least one frame);
-        ``below``: stop at the first message frame larger than this (it needs the bulk turn)."""
+        ``below``: stop at the first forwarded frame larger than this (it needs the bulk turn)."""
         batch: list[bytes] = []
         total = 0
         released = 0
@@ -164,10 +172,11 @@ class _PeerQueue:
             batch.append(frame)
             total += len(frame)
         while self.frames and (not batch or total + len(self.frames[0]) <= max_bytes):
-            if below is not None and len(self.frames[0]) > below:
+            if below is not None and len(self.frames[0]) > below and not self.own[0]:
                 break
             frame = self.frames.popleft()
             tag = self.tags.popleft()
+            self.own.popleft()
             if tag is not None and unwanted is not None and unwanted(tag):
                 self.skipped += 1
                 released += len(frame)
@@ -377,6 +386,7 @@ class PubSub:
                         wait=publishing,
                         urgent=count == 0 and len(data) <= URGENT_MAX_BYTES,
                         tag=msg_id if count == 1 and _only_one_message(data) else None,
+                        own=publishing,
                     )
                 case Deliver(topic=topic, message=message):
                     for send in list(self._subscribers.get(topic, ())):
@@ -396,7 +406,14 @@ class PubSub:
         self._mirror_drops()
 
     async def _send(
-        self, pid: bytes, frame: bytes, *, wait: bool, urgent: bool = False, tag: bytes | None = None
+        self,
+        pid: bytes,
+        frame: bytes,
+        *,
+        wait: bool,
+        urgent: bool = False,
+        tag: bytes | None = None,
+        own: bool = False,
     ) -> None:
         """Queue ``frame`` (length prefix included) for ``pid``."""
         peer = self._peers.get(pid)
@@ -404,9 +421,9 @@ class PubSub:
             self.counters.incr("pubsub.dropped.peer_gone")
             return
         if wait:
-            ok = await peer.queue.put_wait(frame, urgent=urgent, tag=tag)
+            ok = await peer.queue.put_wait(frame, urgent=urgent, tag=tag, own=own)
         else:
-            ok = peer.queue.try_put(frame, urgent=urgent, tag=tag)
+            ok = peer.queue.try_put(frame, urgent=urgent, tag=tag, own=own)
         if not ok:
             self.counters.incr("pubsub.dropped.peer_queue_full")
             log.warning(

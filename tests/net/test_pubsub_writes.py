@@ -100,3 +100,12 @@ def test_only_a_frame_holding_just_one_message_may_be_skipped() -> None:
     assert not _only_one_message(control_piece(prune) + publish_piece(message))  # a PRUNE rides along
     assert not _only_one_message(publish_piece(message) + control_piece(prune))
     assert not _only_one_message(b"")
+
+
+def test_own_publishes_never_wait_for_a_bulk_turn() -> None:
+    queue = _PeerQueue(limit=1 << 20)
+    assert queue.try_put(b"P" * 5000, tag=b"mine", own=True)
+    assert not queue.next_is_bulk(1000)  # written at once, interleaved with the other peers
+    assert queue.try_put(b"F" * 5000, tag=b"forward")
+    assert queue.take(1 << 20, below=1000) == [b"P" * 5000]
+    assert queue.next_is_bulk(1000)  # a forward waits for its turn
