@@ -19,6 +19,9 @@ from p2pshard.net.host import AddressError, parse_peer_addr
 from p2pshard.node import JoinError, Node, open_node
 from p2pshard.protocols.training import RoundReport
 
+COMPRESSIONS = ("none", "fp16", "bf16", "int8", "int4", "topk", "lowrank")
+"""Pseudo-gradient compressions (p2pshard.engine.compression.KINDS; a test keeps the two equal)."""
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -110,7 +113,7 @@ def _node_options(fn: Any) -> Any:
         ),
         click.option(
             "--compression",
-            type=click.Choice(["none", "fp16", "bf16", "int8", "topk"]),
+            type=click.Choice(list(COMPRESSIONS)),
             help="How pseudo-gradients are compressed on the wire.",
         ),
         click.option(
@@ -308,7 +311,7 @@ def _hex_hashes(status: dict[str, Any]) -> dict[str, Any]:
 )
 @click.option("--round-seconds", type=float, help="Length of one round (default 12 s).")
 @click.option("--inner-steps", type=click.IntRange(1), help="Local optimizer steps per round (default 30).")
-@click.option("--compression", type=click.Choice(["none", "fp16", "bf16", "int8", "topk"]))
+@click.option("--compression", type=click.Choice(list(COMPRESSIONS)))
 @click.option(
     "--aggregation",
     type=click.Choice(["mean", "trimmed_mean", "median", "krum", "multi_krum", "centered_clip"]),

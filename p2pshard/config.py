@@ -41,7 +41,8 @@ class NodeConfig:
     round_s: float = 12.0
     inner_steps: int = 30
     compression: str = ""
-    """Pseudo-gradient compression: none, fp16, bf16, int8, topk ('' = the engine's default)."""
+    """Pseudo-gradient compression: none, fp16, bf16, int8, int4, topk, lowrank ('' = the engine's
+    default, rank-32 low-rank factors with error feedback)."""
     aggregation: str = ""
     """Robust aggregation rule: mean, trimmed_mean, median, krum, multi_krum, centered_clip ('' = default)."""
     snapshot_dir: Path | None = None

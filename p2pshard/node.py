@@ -249,7 +249,7 @@ def make_engine(config: NodeConfig, peer_id: str) -> Engine:
 
     genesis = Genesis.load(config.genesis) if config.genesis else default_genesis()
     overrides: dict[str, Any] = {
-        "diloco": dataclasses.replace(DiLoCoConfig(), inner_steps=config.inner_steps),
+        "diloco": DiLoCoConfig.for_preset(config.preset, inner_steps=config.inner_steps),
         "node_salt": peer_id.encode(),
     }
     if config.compression:

@@ -99,3 +99,10 @@ def test_join_unreachable_peer_exits_with_error() -> None:
     assert out.returncode == 1
     assert "could not reach any bootstrap peer" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_cli_offers_every_compression_the_engine_has() -> None:
+    from p2pshard.cli import COMPRESSIONS
+    from p2pshard.engine.compression import KINDS
+
+    assert set(COMPRESSIONS) == set(KINDS)

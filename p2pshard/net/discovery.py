@@ -39,6 +39,8 @@ if TYPE_CHECKING:  # libp2p pulls in trio-typing, whose stubs shadow trio's own 
 log = logging.getLogger(__name__)
 
 DHT_TIMEOUT_S = 10.0
+MIN_LOOKUP_INTERVAL_S = 1.0
+MAX_LOOKUP_INTERVAL_S = 30.0
 
 
 def verify_libp2p_signature(public_key: bytes, message: bytes, signature: bytes) -> str:
@@ -110,16 +112,22 @@ class Discovery:
         return errors
 
     async def _discover_forever(self) -> None:
-        """Lookups every 1 s for the first 20 s of a node's life, then every 15 s."""
-        started = trio.current_time()
+        """Look up our own id (then random ids) and connect to what is found. A lookup that finds
+        someone new is repeated 1 s later; each one that finds nobody doubles the wait, up to
+        MAX_LOOKUP_INTERVAL_S — a settled network costs one lookup per node every 30 s, not the
+        hundreds of DHT queries a second that lookups every second cost eight nodes."""
+        interval = MIN_LOOKUP_INTERVAL_S
+        lookups = 0
         while True:
-            young = trio.current_time() - started < 20
-            await trio.sleep(1.0 if young else 15.0)
+            await trio.sleep(interval)
             await self._add_dht_servers()
             if len(self.connector.connected_peers()) >= self.max_peers:
+                interval = MAX_LOOKUP_INTERVAL_S
                 continue
-            target = self.host.get_id().to_bytes() if young else self.rng.randbytes(32)
-            await self.discover_once(target)
+            target = self.host.get_id().to_bytes() if lookups < 3 else self.rng.randbytes(32)
+            lookups += 1
+            found = await self.discover_once(target)
+            interval = MIN_LOOKUP_INTERVAL_S if found else min(MAX_LOOKUP_INTERVAL_S, interval * 2)
 
     async def _add_dht_servers(self) -> None:
         """Put connected peers that serve the DHT into the routing table (not mere clients)."""

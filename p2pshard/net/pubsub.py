@@ -82,7 +82,7 @@ class PublishTimeout(Exception):
 @dataclass
 class PubSubConfig:
     router: GossipConfig = field(default_factory=GossipConfig.build)
-    peer_queue_bytes: int = 64 << 20
+    peer_queue_bytes: int = 16 << 20
     """Outbound bytes queued per peer before forwards are dropped and publishes wait."""
     subscriber_queue: int = 1024
     """Messages buffered per local subscription."""
