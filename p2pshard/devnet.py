@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import trio
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -51,29 +52,20 @@ def _command(index: int, port: int, bootstrap: str | None, node_args: list[str])
 
 
 def _table(views: list[NodeView]) -> Table:
-    table = Table(title="p2pshard devnet (Ctrl-C to stop)")
-    for col in (
-        "node",
-        "peer id",
-        "address",
-        "peers",
-        "round",
-        "loss",
-        "tok/s",
-        "sent MB",
-        "recv MB",
-        "state",
-    ):
-        table.add_column(col, justify="left" if col in ("peer id", "address", "state") else "right")
+    """One row a node; narrow enough for an 80-column terminal."""
+    table = Table(
+        title="p2pshard devnet (Ctrl-C to stop); sent/recv in MB", box=box.SIMPLE_HEAD, padding=(0, 1)
+    )
+    for col in ("node", "peer", "peers", "round", "loss", "tok/s", "sent", "recv", "state"):
+        table.add_column(col, justify="left" if col in ("peer", "state") else "right", no_wrap=True)
     for v in views:
         r = v.rounds[-1] if v.rounds else {}
         table.add_row(
             str(v.index),
-            v.peer_id[-12:] if v.peer_id else "…",
-            v.addrs[0].split("/p2p/")[0] if v.addrs else "…",
+            v.peer_id[-6:] if v.peer_id else "…",
             str(v.peers),
             str(r.get("round", "…")),
-            f"{r['loss']:.4f}" if r.get("loss") is not None else "…",
+            f"{r['loss']:.3f}" if r.get("loss") is not None else "…",
             f"{r['tokens_per_s']:,.0f}" if r else "…",
             f"{r['bytes_sent'] / 1e6:.2f}" if r else "…",
             f"{r['bytes_received'] / 1e6:.2f}" if r else "…",
@@ -189,6 +181,9 @@ async def _devnet(
                     for v in views[1:]:
                         cmd = _command(v.index, base_port, first, node_args)
                         starters.start_soon(_start, v, cmd, nursery, as_json, out)
+                if not as_json:  # printed above the live table
+                    for v in views:
+                        console.print(f"node {v.index}: {v.addrs[0]}", soft_wrap=True)
                 with trio.move_on_after(duration if duration is not None else float("inf")):
                     async with trio.open_nursery() as waiters:
                         if rounds:
