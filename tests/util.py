@@ -49,9 +49,10 @@ class Proc:
 
     def _read(self) -> None:
         assert self.p.stdout is not None
-        for line in self.p.stdout:
-            with contextlib.suppress(json.JSONDecodeError):
-                self.events.put(json.loads(line))
+        with contextlib.suppress(ValueError, OSError):  # stdout closed under us at teardown
+            for line in self.p.stdout:
+                with contextlib.suppress(json.JSONDecodeError):
+                    self.events.put(json.loads(line))
 
     def event(self, timeout: float = 30) -> dict[str, Any]:
         """The next event (raises TimeoutError after ``timeout`` seconds)."""
@@ -77,10 +78,14 @@ class Proc:
         if self.p.poll() is None:
             os.kill(self.p.pid, signal.SIGINT)
         try:
-            _, err = self.p.communicate(timeout=15)
+            self.p.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.kill(self.p.pid, signal.SIGKILL)
-            _, err = self.p.communicate()
+            self.p.wait()
+        # stdout belongs to the reader thread; stderr is a pipe or the log file
         if self.log is not None:
             err = self.log.read_text(errors="replace")
-        return self.p.returncode, err or ""
+        else:
+            assert self.p.stderr is not None
+            err = self.p.stderr.read()
+        return self.p.returncode, err

@@ -231,9 +231,12 @@ class Trainer:
         r = self.engine.round
         now_round = self.schedule.round_at(time.time())
         if now_round > r:  # we fell behind (slow round, suspended process): catch up
-            await self._resync(None, reason=f"round {r} is over (network is at {now_round})")
-            if self.engine.round == r:  # nobody had a newer checkpoint: skip ahead alone
-                await self._apply(r, {}, started=time.time())
+            if await self._resync(None, reason=f"round {r} is over (network is at {now_round})"):
+                return
+            if self.node.peers():  # peers are still committing round r: ask again shortly
+                await trio.sleep(min(1.0, self.schedule.period / 4))
+                return
+            await self._apply(r, {}, started=time.time())  # alone: skip the missed round
             return
         await self._run_round(r)
 
