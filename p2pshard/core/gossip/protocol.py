@@ -13,6 +13,7 @@ from enum import IntEnum
 from google.protobuf.message import DecodeError
 
 from p2pshard.core.wire import rpc_pb2
+from p2pshard.core.wire.framing import encode_uvarint
 
 from .errors import UnknownProtocolError
 
@@ -63,16 +64,6 @@ def peer_kind(protocol: str) -> PeerKind:
         return _KINDS[protocol]
     except KeyError:
         raise UnknownProtocolError(f"unsupported pubsub protocol {protocol!r}") from None
-
-
-def encode_uvarint(value: int) -> bytes:
-    """Unsigned LEB128, as protobuf and libp2p length prefixes use it."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def field_piece(tag: int, payload: bytes) -> bytes:

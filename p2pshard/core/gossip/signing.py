@@ -18,6 +18,7 @@ from typing import Protocol
 import coincurve
 
 from p2pshard.core.wire import rpc_pb2
+from p2pshard.core.wire.framing import encode_uvarint
 
 from .errors import SigningError
 
@@ -52,18 +53,9 @@ class Verifier(Protocol):
     def verify(self, source: bytes, key: bytes, signed_data: bytes, signature: bytes) -> bool: ...
 
 
-def _uvarint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def marshal_public_key(key_type: KeyType, data: bytes) -> bytes:
     """The libp2p ``PublicKey`` protobuf (``Type = 1`` varint, ``Data = 2`` bytes)."""
-    return b"\x08" + _uvarint(int(key_type)) + b"\x12" + _uvarint(len(data)) + data
+    return b"\x08" + encode_uvarint(int(key_type)) + b"\x12" + encode_uvarint(len(data)) + data
 
 
 def unmarshal_public_key(blob: bytes) -> tuple[KeyType, bytes]:
@@ -95,7 +87,7 @@ def unmarshal_public_key(blob: bytes) -> tuple[KeyType, bytes]:
 def peer_id_from_public_key(marshalled: bytes) -> bytes:
     """Raw peer-id bytes: identity multihash if the key is <= 42 bytes, else sha2-256 multihash."""
     if len(marshalled) <= _MAX_INLINE_KEY:
-        return b"\x00" + _uvarint(len(marshalled)) + marshalled
+        return b"\x00" + encode_uvarint(len(marshalled)) + marshalled
     return b"\x12\x20" + hashlib.sha256(marshalled).digest()
 
 
