@@ -22,6 +22,7 @@ joiner, or one restarted from an older snapshot), loads the current checkpoint f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -59,7 +60,7 @@ from p2pshard.protocols.checkpoint import (
     schedule_from_pb,
     schedule_to_pb,
 )
-from p2pshard.protocols.engine_api import Engine, UpdateRejected
+from p2pshard.protocols.engine_api import Engine
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -201,7 +202,7 @@ class Trainer:
             log.warning("peer %s sent a bad schedule: %s", peer, exc)
             return False
         if info.schedule.last_round:
-            self.options = _replace(self.options, rounds=int(info.schedule.last_round))
+            self.options = dataclasses.replace(self.options, rounds=int(info.schedule.last_round))
         return True
 
     # -- the round loop ---------------------------------------------------------------------
@@ -407,17 +408,14 @@ class Trainer:
                 timeout_s=self.options.fetch_timeout_s + self.options.period_s,
             )
             self.node.counters.incr("training.bytes_received", len(data))
-            async with self.lock:
-                await trio.to_thread.run_sync(self.engine.check_update, bytes(data))
-        except UpdateRejected as exc:
-            self._penalise(a.contributor, exc.reason)
-            return self._feed(machine.fetch_failed(a.contributor, exc.reason))
         except (BlobError, RpcError, trio.TooSlowError) as exc:
             self.node.counters.incr("training.fetch_failed")
             log.info("round %d: fetching %s's update failed: %s", r, a.contributor[-8:], exc)
             return self._feed(machine.fetch_failed(a.contributor, "fetch-failed"))
+        # The blob fetch verified the bytes against content_hash; screening happens once, when
+        # the engine applies the round (rejections are penalised in _apply).
         payloads[a.contributor] = bytes(data)
-        self._feed(machine.fetched(a.contributor, hashlib.sha256(data).digest()))
+        self._feed(machine.fetched(a.contributor, a.content_hash))
 
     def _feed(self, commands: list[Command]) -> None:
         """Hand commands from a fetch result to the round loop (fetched() may start aggregation)."""
@@ -634,9 +632,3 @@ async def _sleep_until(t: float) -> None:
     delay = t - time.time()
     if delay > 0 and math.isfinite(delay):
         await trio.sleep(delay)
-
-
-def _replace(o: TrainingOptions, **changes: Any) -> TrainingOptions:
-    from dataclasses import replace
-
-    return replace(o, **changes)
