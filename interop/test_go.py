@@ -12,6 +12,7 @@ from interop.scenarios import PeerFactory
 
 SMALL = [b"hello go", b""]  # the empty message checks that an absent data field round-trips
 LARGE = [bytes(range(256)) * 256]  # 64 KiB, p2pshard's gossip size limit
+BULK = bytes(range(251)) * 12_000  # ~2.9 MiB: spans many yamux frames and Noise messages
 
 
 async def test_python_dials_go(py_peer: PyPeer, go_peer: GoRemote) -> None:
@@ -37,6 +38,15 @@ async def test_stream_python_to_go(py_peer: PyPeer, go_peer: GoRemote) -> None:
 
 async def test_stream_go_to_python(py_peer: PyPeer, go_peer: GoRemote) -> None:
     await sc.stream_remote_to_python(py_peer, go_peer, b"pong" * 1000)
+
+
+async def test_large_stream_python_to_go(py_peer: PyPeer, go_peer: GoRemote) -> None:
+    # Several yamux frames of our 256 KiB size, each four Noise messages sent in one write.
+    await sc.stream_python_to_remote(py_peer, go_peer, BULK)
+
+
+async def test_large_stream_go_to_python(py_peer: PyPeer, go_peer: GoRemote) -> None:
+    await sc.stream_remote_to_python(py_peer, go_peer, BULK)
 
 
 async def test_dht_python_finds_peer_via_go(

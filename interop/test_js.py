@@ -11,6 +11,8 @@ from interop.scenarios import PeerFactory
 
 SMALL = [b"hello js", b""]  # the empty message checks that an absent data field round-trips
 LARGE = [bytes(range(256)) * 256]  # 64 KiB, p2pshard's gossip size limit
+BULK = bytes(range(251)) * 1_800  # ~440 KiB: two yamux frames, seven Noise messages (the driver passes
+# it as one hex line, and its lines are capped at 1 MiB)
 
 
 async def test_python_dials_js(py_peer: PyPeer, js_peer: JsRemote) -> None:
@@ -36,6 +38,15 @@ async def test_stream_python_to_js(py_peer: PyPeer, js_peer: JsRemote) -> None:
 
 async def test_stream_js_to_python(py_peer: PyPeer, js_peer: JsRemote) -> None:
     await sc.stream_remote_to_python(py_peer, js_peer, b"pong" * 1000)
+
+
+async def test_large_stream_python_to_js(py_peer: PyPeer, js_peer: JsRemote) -> None:
+    # Several yamux frames of our 256 KiB size, each four Noise messages sent in one write.
+    await sc.stream_python_to_remote(py_peer, js_peer, BULK)
+
+
+async def test_large_stream_js_to_python(py_peer: PyPeer, js_peer: JsRemote) -> None:
+    await sc.stream_remote_to_python(py_peer, js_peer, BULK)
 
 
 async def test_dht_python_finds_peer_via_js(
