@@ -36,7 +36,9 @@ from typing import TYPE_CHECKING
 import trio
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.custom_types import TProtocol
+from libp2p.network.stream.exceptions import StreamEOF, StreamError
 from libp2p.peer.id import ID
+from libp2p.stream_muxer.exceptions import MuxedStreamEOF, MuxedStreamError
 from multiaddr import Multiaddr
 
 from p2pshard.core.counters import Counters
@@ -54,9 +56,16 @@ from p2pshard.core.gossip import (
     Validate,
     ValidationResult,
 )
-from p2pshard.core.wire.framing import FramingError, decode_uvarint, encode_uvarint
+from p2pshard.core.wire.framing import (
+    FrameTooLarge,
+    FramingError,
+    MalformedVarint,
+    TruncatedFrame,
+    decode_uvarint,
+    encode_uvarint,
+)
 from p2pshard.net.connector import Connector, DialError
-from p2pshard.net.framed import FramedStream, StreamClosedEarly
+from p2pshard.net.framed import READ_SIZE, StreamClosedEarly
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -73,6 +82,11 @@ WRITE_BATCH_BYTES = 1 << 20
 BULK_TURN_S = 0.5
 """How long one peer may hold the bulk turn; a slower peer finishes its batch without it, so
 one stalled peer cannot hold up the others."""
+
+
+HEAD_BYTES = 1024
+"""A frame still arriving is shown to the router once this much of it is in (or all of it that
+can be): enough for a message's from, seqno and topic, written before its data."""
 
 
 class PublishTimeout(Exception):
@@ -197,6 +211,68 @@ class _PeerQueue:
         self.closed = True
         self.has_data.set()
         self.has_room.set()
+
+
+class _FrameReader:
+    """Reads a peer's uvarint-length-prefixed RPC frames, and shows the router the head of a
+    frame whose rest is still arriving (:meth:`GossipRouter.frame_head`: an early IDONTWANT).
+
+    A frame that arrives in pieces is assembled from them with one copy.
+    """
+
+    def __init__(self, stream: INetStream, max_frame_size: int) -> None:
+        self.stream = stream
+        self.max_frame_size = max_frame_size
+        self.buf = b""
+        self.pos = 0
+
+    async def _read(self, size: int) -> bytes:
+        """Up to ``size`` bytes; b"" at the end of the stream."""
+        try:
+            return bytes(await self.stream.read(size))
+        except (StreamEOF, MuxedStreamEOF):
+            return b""
+        except (StreamError, MuxedStreamError) as exc:
+            raise StreamClosedEarly(f"stream failed: {exc or type(exc).__name__}") from exc
+
+    async def read_frame(self, on_head: Callable[[bytes], Awaitable[None]]) -> bytes | None:
+        """The next frame, or None at a clean end of the stream; raises FramingError."""
+        while True:
+            decoded = decode_uvarint(self.buf, self.pos)
+            if decoded is not None:
+                break
+            if len(self.buf) - self.pos >= 9:
+                raise MalformedVarint("uvarint too long")
+            data = await self._read(READ_SIZE)
+            if not data:
+                if self.pos < len(self.buf):
+                    raise TruncatedFrame("stream ended inside a length prefix")
+                return None
+            self.buf = self.buf[self.pos :] + data
+            self.pos = 0
+        length, start = decoded
+        if length > self.max_frame_size:
+            raise FrameTooLarge(length, self.max_frame_size)
+        end = start + length
+        if end <= len(self.buf):
+            self.pos = end
+            buf = self.buf
+            return buf if start == 0 and end == len(buf) else buf[start:end]
+        parts = [self.buf[start:]]
+        got = len(parts[0])
+        self.buf, self.pos = b"", 0
+        shown = False
+        while got < length:
+            if not shown and got >= min(HEAD_BYTES, length):
+                shown = True
+                head = parts[0] if len(parts) == 1 else b"".join(parts)
+                await on_head(head[:HEAD_BYTES])
+            data = await self._read(min(READ_SIZE, length - got))
+            if not data:
+                raise TruncatedFrame(f"stream ended {length - got} bytes short of a {length}-byte frame")
+            parts.append(data)
+            got += len(data)
+        return b"".join(parts)
 
 
 class _BulkTurns:
@@ -511,7 +587,7 @@ class PubSub:
         key = peer.key
 
         def unwanted(msg_id: bytes) -> bool:
-            return self._peer_unwanted(key, msg_id)
+            return self.router.declined(key, msg_id)
 
         try:
             while await queue.wait_data():
@@ -556,17 +632,6 @@ class PubSub:
             timer.cancel()
             give_back()
 
-    def _peer_unwanted(self, key: bytes, msg_id: bytes) -> bool:
-        """Whether the peer told us IDONTWANT for ``msg_id`` (v1.2) since the frame was queued.
-
-        The router keeps that per peer; it has no public accessor for it yet, so this reads its
-        state defensively: if the layout changes, nothing is skipped (correct, only slower).
-        """
-        peers = getattr(self.router, "_peers", None)
-        state = peers.get(key) if isinstance(peers, dict) else None
-        dont_send = getattr(state, "dont_send", None)
-        return isinstance(dont_send, dict) and msg_id in dont_send
-
     async def _drop_peer(self, key: bytes) -> None:
         peer = self._peers.pop(key, None)
         if peer is None:
@@ -579,14 +644,19 @@ class PubSub:
         """Read RPC frames from a peer's stream until it ends; never raises."""
         pid = stream.muxed_conn.peer_id
         key = pid.to_bytes()
-        framed = FramedStream(stream, self.router.config.max_rpc_size)
+        reader = _FrameReader(stream, self.router.config.max_rpc_size)
+
+        async def on_head(head: bytes) -> None:
+            if key in self._peers:
+                await self._execute(self.router.frame_head(key, head, self._now()), publishing=False)
+
         try:
             with trio.fail_after(self.config.stream_open_timeout):  # wait for our outbound side
                 while key not in self._peers:
                     self._wake()
                     await trio.sleep(0.01)
             while True:
-                frame = await framed.read_frame()
+                frame = await reader.read_frame(on_head)
                 if frame is None:
                     return
                 if key not in self._peers:

@@ -123,7 +123,7 @@ def test_heartbeat_emits_ihave_to_non_mesh_peers() -> None:
         assert list(merged(cmds, p).control.ihave[0].messageIDs) == [mid]
 
 
-def test_idontwant_sent_for_large_messages_to_v12_mesh_peers_only() -> None:
+def test_idontwant_sent_for_large_messages_to_v12_peers_only() -> None:
     cfg = config(idontwant_threshold=100, d=3, d_low=2, d_high=6)
     r = router(cfg)
     r.subscribe(TOPIC, 0.0)

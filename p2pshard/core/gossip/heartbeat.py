@@ -44,6 +44,7 @@ class HeartbeatMixin(RouterState):
                 if pid not in self._peers and pid != self.peer_id:
                     self._cmds.append(Connect(pid, None, "direct"))
         self._seen.sweep(self._now)
+        self._announced.sweep(self._now)
         for topic in [t for t, until in self._recent_unsub.items() if until <= self._now]:
             del self._recent_unsub[topic]
         self._mcache.shift()

@@ -9,11 +9,12 @@ field, tag 2) and the same bytes object is reused for every peer it goes to.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Literal
 
 from google.protobuf.message import DecodeError
 
 from p2pshard.core.wire import rpc_pb2
-from p2pshard.core.wire.framing import encode_uvarint
+from p2pshard.core.wire.framing import FramingError, decode_uvarint, encode_uvarint
 
 from .errors import UnknownProtocolError
 
@@ -90,6 +91,118 @@ def control_piece(control: rpc_pb2.ControlMessage) -> bytes:
     return field_piece(3, control.SerializeToString())
 
 
+# Message fields in the order we write them: what identifies the message first, data last.
+_MessageField = Literal["from", "seqno", "topic", "signature", "key"]
+_ID_FIRST_FIELDS: tuple[tuple[_MessageField, int], ...] = (
+    ("from", 0x0A),
+    ("seqno", 0x1A),
+    ("topic", 0x22),
+    ("signature", 0x2A),
+    ("key", 0x32),
+)
+_PUBLISH_TAG = 0x12  # RPC.publish (field 2, length-delimited); also Message.data
+_FROM_TAG, _SEQNO_TAG, _TOPIC_TAG = 0x0A, 0x1A, 0x22
+
+
+def encode_message(msg: rpc_pb2.Message) -> bytes:
+    """Encode ``msg`` with ``from``, ``seqno``, ``topic``, ``signature`` and ``key`` first and
+    ``data`` last (only the fields present, as protobuf would).
+
+    Protobuf readers accept fields in any order, and a signature covers the field-number-order
+    encoding (re-made by every verifier), so every peer reads the same message. But a receiver
+    that looks at a large frame while it is still arriving finds the default message id
+    (``from || seqno``) and the topic in its first hundred bytes, and can send IDONTWANT before
+    the payload is in (:func:`parse_publish_head`).
+    """
+    parts: list[bytes] = []
+    for name, tag in _ID_FIRST_FIELDS:
+        if msg.HasField(name):
+            value = getattr(msg, name)
+            raw = value.encode() if isinstance(value, str) else value
+            parts.append(bytes((tag,)) + encode_uvarint(len(raw)))
+            parts.append(raw)
+    if msg.HasField("data"):
+        parts.append(bytes((_PUBLISH_TAG,)) + encode_uvarint(len(msg.data)))
+        parts.append(msg.data)
+    return b"".join(parts)
+
+
+def parse_publish_head(head: bytes) -> tuple[int, bytes, bytes, str] | None:
+    """From the first bytes of an RPC frame whose first entry is a message written id-first
+    (:func:`encode_message`): ``(message length, from, seqno, topic)``, else None.
+
+    Only a hint for an early IDONTWANT: the message itself is parsed, checked and verified when
+    the whole frame is in. None whenever the head is anything else (control first, ``data``
+    before ``seqno`` as go and js write it, a field cut off, a malformed varint).
+    """
+    try:
+        if not head or head[0] != _PUBLISH_TAG:
+            return None
+        decoded = decode_uvarint(head, 1)
+        if decoded is None:
+            return None
+        size, pos = decoded
+        found: dict[int, bytes] = {}
+        while pos < len(head) and len(found) < 3:
+            tag = head[pos]
+            if tag == _PUBLISH_TAG or tag & 0x07 != 2 or tag > 0x7F:
+                return None  # data (or something unexpected) before the id fields
+            decoded = decode_uvarint(head, pos + 1)
+            if decoded is None:
+                return None
+            length, start = decoded
+            end = start + length
+            if end > len(head):
+                return None
+            if tag in (_FROM_TAG, _SEQNO_TAG, _TOPIC_TAG):
+                found[tag] = head[start:end]
+            pos = end
+        if len(found) < 3:
+            return None
+        return size, found[_FROM_TAG], found[_SEQNO_TAG], found[_TOPIC_TAG].decode()
+    except (FramingError, UnicodeDecodeError):
+        return None
+
+
+def publish_spans(data: bytes) -> list[tuple[int, int]] | None:
+    """Where each ``RPC.publish`` entry (tag, length and message) lies in an encoded RPC, in
+    order, so a received message can be forwarded as the bytes it came in (no re-encoding, and
+    its field order kept). None if the top level does not scan as expected; the caller then
+    re-encodes."""
+    spans: list[tuple[int, int]] = []
+    pos, end = 0, len(data)
+    try:
+        while pos < end:
+            decoded = decode_uvarint(data, pos)
+            if decoded is None:
+                return None
+            key, after = decoded
+            wire = key & 0x07
+            if wire == 2:
+                decoded = decode_uvarint(data, after)
+                if decoded is None:
+                    return None
+                length, start = decoded
+                stop = start + length
+                if key == _PUBLISH_TAG:
+                    spans.append((pos, stop))
+            elif wire == 0:
+                decoded = decode_uvarint(data, after)
+                if decoded is None:
+                    return None
+                stop = decoded[1]
+            elif wire in (1, 5):
+                stop = after + (8 if wire == 1 else 4)
+            else:
+                return None
+            if stop > end:
+                return None
+            pos = stop
+    except FramingError:
+        return None
+    return spans
+
+
 def decode_rpc(data: bytes) -> rpc_pb2.RPC:
     """Parse one RPC; raises :class:`google.protobuf.message.DecodeError` on malformed input.
 
@@ -111,9 +224,12 @@ __all__ = [
     "PeerKind",
     "control_piece",
     "decode_rpc",
+    "encode_message",
     "encode_uvarint",
     "field_piece",
+    "parse_publish_head",
     "peer_kind",
     "publish_piece",
+    "publish_spans",
     "subscription_piece",
 ]

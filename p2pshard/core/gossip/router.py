@@ -2,7 +2,7 @@
 
 Inputs are method calls carrying ``now`` (seconds, monotonic); outputs are lists of commands
 (see :mod:`.commands`). Control handling lives in :mod:`.control`, the heartbeat in
-:mod:`.heartbeat`, shared state and frame assembly in :mod:`.state`.
+:mod:`.heartbeat`, sending IDONTWANT in :mod:`.idontwant`, shared state and frame assembly in :mod:`.state`.
 """
 
 from __future__ import annotations
@@ -17,14 +17,24 @@ from .config import GossipConfig, SignaturePolicy
 from .control import ControlHandlers
 from .errors import PublishError
 from .heartbeat import HeartbeatMixin
+from .idontwant import IDontWantMixin
 from .message import GossipMessage, ValidationResult, default_message_id
-from .protocol import DecodeError, PeerKind, decode_rpc, peer_kind, publish_piece, subscription_piece
+from .protocol import (
+    DecodeError,
+    PeerKind,
+    decode_rpc,
+    encode_message,
+    peer_kind,
+    publish_piece,
+    publish_spans,
+    subscription_piece,
+)
 from .signing import Signer, Verifier, sign_message, signing_bytes
 from .state import PeerState, PendingValidation, Validator
 from .stats import DropReason
 
 
-class GossipRouter(ControlHandlers, HeartbeatMixin):
+class GossipRouter(ControlHandlers, HeartbeatMixin, IDontWantMixin):
     """A gossipsub v1.0/v1.1/v1.2 (+floodsub) router for one local peer.
 
     Not thread-safe: call it from one task. ``peer_id`` is our raw peer-id bytes; with
@@ -130,6 +140,7 @@ class GossipRouter(ControlHandlers, HeartbeatMixin):
         if topic not in self._subscriptions:
             return []
         self._subscriptions.discard(topic)
+        self._head_ids.pop(topic, None)
         piece = subscription_piece(topic, False)
         for peer in self._peers.values():
             peer.out_subs.append(piece)
@@ -185,7 +196,7 @@ class GossipRouter(ControlHandlers, HeartbeatMixin):
         mid = cfg.message_id_fn(msg)
         if not self._seen.add(mid, self._now):
             raise PublishError("duplicate", "message id already seen")
-        piece = publish_piece(pb.SerializeToString())
+        piece = publish_piece(encode_message(pb))  # id first: receivers can say IDONTWANT early
         self._mcache.put(mid, msg, piece)
         targets = self._publish_targets(topic)
         if not targets:
@@ -228,7 +239,7 @@ class GossipRouter(ControlHandlers, HeartbeatMixin):
         if pending is None:
             self._drop(DropReason.VALIDATION_UNKNOWN)
             return []
-        self._conclude(msg_id, pending.message, pending.pb, pending.source, result)
+        self._conclude(msg_id, pending.message, pending.pb, pending.source, result, pending.piece)
         return self._finish()
 
     def _check_topic(self, topic: str) -> None:
@@ -258,7 +269,11 @@ class GossipRouter(ControlHandlers, HeartbeatMixin):
         if rpc.subscriptions:
             self._handle_subscriptions(peer, rpc.subscriptions)
         if rpc.publish:
-            self._handle_messages(peer, rpc.publish)
+            self._rpc_data, self._rpc_spans = data, None
+            try:
+                self._handle_messages(peer, rpc.publish)
+            finally:
+                self._rpc_data, self._rpc_spans = b"", None
         if rpc.HasField("control"):
             if peer.kind is PeerKind.FLOODSUB:
                 self._drop(DropReason.CONTROL_FROM_FLOODSUB)
@@ -296,7 +311,7 @@ class GossipRouter(ControlHandlers, HeartbeatMixin):
         subs = self._subscriptions
         scorer = self.scorer
         dups = 0
-        for m in msgs:
+        for index, m in enumerate(msgs):
             if self._default_id:
                 # fast path for the common case, a duplicate: one dict lookup, no allocation
                 mid = getattr(m, "from") + m.seqno
@@ -305,14 +320,28 @@ class GossipRouter(ControlHandlers, HeartbeatMixin):
                     if scorer is not None:
                         scorer.duplicate_message(peer.id, mid, self._now)
                     continue
-                self._on_message(peer, m, mid)
+                self._on_message(peer, m, mid, index)
             else:
-                self._on_message(peer, m, None)
+                self._on_message(peer, m, None, index)
         if dups:
             self.stats.dropped[DropReason.MESSAGE_DUPLICATE] += dups
 
-    def _on_message(self, peer: PeerState, m: rpc_pb2.Message, mid: bytes | None) -> None:
-        """A message that is not a plain duplicate; ``mid`` is precomputed for the default id."""
+    def _received_piece(self, index: int) -> bytes | None:
+        """The ``index``-th message of the RPC being handled as the ``publish`` entry it came in
+        (the whole frame, uncopied, when that is all the frame holds); None if it cannot be cut
+        out (the message is re-encoded instead)."""
+        spans = self._rpc_spans
+        if spans is None:
+            spans = self._rpc_spans = publish_spans(self._rpc_data) or []
+        if index >= len(spans):
+            return None
+        start, stop = spans[index]
+        data = self._rpc_data
+        return data if start == 0 and stop == len(data) else data[start:stop]
+
+    def _on_message(self, peer: PeerState, m: rpc_pb2.Message, mid: bytes | None, index: int = -1) -> None:
+        """A message that is not a plain duplicate; ``mid`` is precomputed for the default id;
+        ``index``: its place in the RPC being handled."""
         cfg = self.config
         pid = peer.id
         topic = m.topic
@@ -354,13 +383,15 @@ class GossipRouter(ControlHandlers, HeartbeatMixin):
             return
         if msg is None:
             msg = GossipMessage(topic, data, getattr(m, "from"), m.seqno, m.signature, m.key)
+        elif self._head_ids.get(topic) and mid != msg.source + msg.seqno:
+            self._head_ids[topic] = False  # the id function is not from || seqno here after all
         self._seen.add(mid, self._now)
         scorer = self.scorer
         if scorer is not None:
             scorer.validate_message(mid, topic, self._now)
             self._promises.pop(mid, None)
         self.stats.events["message_first_seen"] += 1
-        if cfg.idontwant_threshold and len(data) >= cfg.idontwant_threshold:
+        if cfg.idontwant_threshold and len(data) >= cfg.idontwant_threshold and mid not in self._announced:
             self._send_idontwant(topic, mid, pid)
         result = ValidationResult.ACCEPT
         validator = self._validators.get(topic)
@@ -376,10 +407,11 @@ class GossipRouter(ControlHandlers, HeartbeatMixin):
                 if scorer is not None:
                     scorer.ignore_message(mid)
                 return
-            self._pending[mid] = PendingValidation(msg, m, pid, self._now)
+            piece = self._received_piece(index) if index >= 0 else None
+            self._pending[mid] = PendingValidation(msg, m, pid, self._now, piece)
             self._cmds.append(Validate(mid, msg, pid))
             return
-        self._conclude(mid, msg, m, pid, result)
+        self._conclude(mid, msg, m, pid, result, self._received_piece(index) if index >= 0 else None)
 
     def _check_signature(self, peer: PeerState, m: rpc_pb2.Message, topic: str) -> bool:
         source = getattr(m, "from")
@@ -406,18 +438,6 @@ class GossipRouter(ControlHandlers, HeartbeatMixin):
             self.scorer.reject_message(peer.id, None, topic, self._now)
         return False
 
-    def _send_idontwant(self, topic: str, mid: bytes, source: bytes) -> None:
-        mesh = self._mesh.get(topic)
-        if not mesh:
-            return
-        peers = self._peers
-        for pid in mesh:
-            if pid != source:
-                peer = peers[pid]
-                if peer.kind >= PeerKind.GOSSIPSUB_V12:
-                    self._control(peer).idontwant.add(messageIDs=[mid])
-        self.stats.events["idontwant_sent"] += 1
-
     def _conclude(
         self,
         msg_id: bytes,
@@ -425,10 +445,12 @@ class GossipRouter(ControlHandlers, HeartbeatMixin):
         pb: rpc_pb2.Message,
         source: bytes,
         result: ValidationResult,
+        piece: bytes | None = None,
     ) -> None:
         scorer = self.scorer
         if result is ValidationResult.ACCEPT:
-            piece = publish_piece(pb.SerializeToString())
+            if piece is None:
+                piece = publish_piece(pb.SerializeToString())
             self._mcache.put(msg_id, message, piece)
             if scorer is not None:
                 scorer.deliver_message(source, msg_id, self._now)

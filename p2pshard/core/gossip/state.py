@@ -79,13 +79,21 @@ class PeerState:
 class PendingValidation:
     """A message waiting for ``report_validation``."""
 
-    __slots__ = ("message", "pb", "source", "started")
+    __slots__ = ("message", "pb", "piece", "source", "started")
 
-    def __init__(self, message: GossipMessage, pb: rpc_pb2.Message, source: bytes, started: float) -> None:
+    def __init__(
+        self,
+        message: GossipMessage,
+        pb: rpc_pb2.Message,
+        source: bytes,
+        started: float,
+        piece: bytes | None = None,
+    ) -> None:
         self.message = message
         self.pb = pb
         self.source = source
         self.started = started
+        self.piece = piece  # the publish entry as received, forwarded as is
 
 
 class RouterState:
@@ -131,6 +139,15 @@ class RouterState:
         self._seqno = rng.getrandbits(63)
         self._dirty: dict[bytes, PeerState] = {}
         self._cmds: list[Command] = []
+        # early IDONTWANT (frame_head): ids announced before their message was in, and per
+        # subscribed topic whether its message id is ``from || seqno`` (known from a frame's head)
+        self._announced: TimeCache[bytes] = TimeCache(
+            config.idontwant_ttl_heartbeats * config.heartbeat_interval
+        )
+        self._head_ids: dict[str, bool] = {}
+        # the RPC being handled, so a new message is forwarded as the bytes it came in
+        self._rpc_data = b""
+        self._rpc_spans: list[tuple[int, int]] | None = None
 
     # ---------------------------------------------------------------- helpers
     def _tick_time(self, now: float) -> None:
@@ -191,6 +208,7 @@ class RouterState:
         pb: rpc_pb2.Message,
         source: bytes,
         result: ValidationResult,
+        piece: bytes | None = None,
     ) -> None:
         """Act on a validation verdict (implemented by the router's message path)."""
         raise NotImplementedError
