@@ -151,3 +151,24 @@ def test_ed25519_authors_verify(key_type: str) -> None:
     sig = sk.sign(signing_bytes(m))
     assert LibP2PVerifier().verify(pid, b"", signing_bytes(m), sig)
     assert not LibP2PVerifier().verify(pid, b"", signing_bytes(m) + b"x", sig)
+
+
+def test_signing_bytes_are_protobufs_field_order_encoding_even_with_unknown_fields() -> None:
+    def via_protobuf(m: rpc_pb2.Message) -> bytes:
+        bare = rpc_pb2.Message()
+        bare.CopyFrom(m)
+        bare.ClearField("signature")
+        bare.ClearField("key")
+        return SIGN_PREFIX + bare.SerializeToString()
+
+    full = rpc_pb2.Message(data=b"d" * 300, topic="t\u00e9", seqno=b"\x00" * 8, signature=b"s", key=b"k")
+    setattr(full, "from", b"\x00\x02ab")
+    cases = [
+        full,
+        rpc_pb2.Message(data=b"", topic="t"),  # empty but present: written
+        rpc_pb2.Message(topic="t"),  # absent: not written
+        rpc_pb2.Message.FromString(full.SerializeToString() + b"\x3a\x02zz"),  # a field we do not know
+    ]
+    for m in cases:
+        assert signing_bytes(m) == via_protobuf(m)
+        assert signing_bytes(m, m.data) == via_protobuf(m)

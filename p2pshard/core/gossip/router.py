@@ -379,7 +379,7 @@ class GossipRouter(ControlHandlers, HeartbeatMixin, IDontWantMixin):
                 self.scorer.duplicate_message(pid, mid, self._now)
             return
         # --- signature policy (go order: seen check first, then signature)
-        if not self._check_signature(peer, m, topic):
+        if not self._check_signature(peer, m, topic, data):
             return
         if msg is None:
             msg = GossipMessage(topic, data, getattr(m, "from"), m.seqno, m.signature, m.key)
@@ -413,7 +413,9 @@ class GossipRouter(ControlHandlers, HeartbeatMixin, IDontWantMixin):
             return
         self._conclude(mid, msg, m, pid, result, self._received_piece(index) if index >= 0 else None)
 
-    def _check_signature(self, peer: PeerState, m: rpc_pb2.Message, topic: str) -> bool:
+    def _check_signature(
+        self, peer: PeerState, m: rpc_pb2.Message, topic: str, data: bytes | None = None
+    ) -> bool:
         source = getattr(m, "from")
         if self._strict_sign:
             if not m.signature or not source or not m.seqno:
@@ -421,7 +423,7 @@ class GossipRouter(ControlHandlers, HeartbeatMixin, IDontWantMixin):
             elif source == self.peer_id:
                 self._drop(DropReason.MESSAGE_SELF_ORIGIN)
                 return False
-            elif self.verifier.verify(source, m.key, signing_bytes(m), m.signature):
+            elif self.verifier.verify(source, m.key, signing_bytes(m, data), m.signature):
                 return True
             else:
                 reason = DropReason.MESSAGE_INVALID_SIGNATURE
