@@ -158,20 +158,55 @@ class BlobService:
             raise BlobError(f"{peer} sent {written} bytes for a range of {expected}")
         return int(info.total_size)
 
-    async def _probe_size(self, providers: Sequence[ID], digest: bytes, timeout_s: float) -> tuple[ID, int]:
-        req = blob_pb2.BlobRequest(digest=digest, offset=0, length=1).SerializeToString()
+    async def _fetch_first(
+        self, providers: Sequence[ID], digest: bytes, max_size: int, timeout_s: float
+    ) -> tuple[ID, _Assembly]:
+        """The first range (the whole blob when there is one provider) from the first provider that
+        has it; its response header gives the blob's size, so no separate size request is made."""
         errors = []
         for peer in providers:
             try:
-                body = await self.client.call(
-                    peer, BLOB_PROTOCOL, req, timeout_s=timeout_s, sink=lambda *_: None, max_stream_length=1
-                )
-                info = blob_pb2.BlobInfo()
-                info.ParseFromString(body)
-                return peer, int(info.total_size)
-            except (RpcError, DecodeError) as exc:
+                return peer, await self._first_from(peer, digest, max_size, timeout_s, len(providers) == 1)
+            except (RpcError, BlobError, DecodeError) as exc:
+                if isinstance(exc, RpcError) and exc.code == Code.RESOURCE_EXHAUSTED:
+                    raise BlobError(str(exc)) from exc  # the blob is too big, whoever serves it
                 errors.append(f"{peer}: {exc}")
         raise BlobError("no provider has the blob: " + "; ".join(errors))
+
+    async def _first_from(
+        self, peer: ID, digest: bytes, max_size: int, timeout_s: float, whole: bool
+    ) -> _Assembly:
+        made: list[_Assembly] = []
+
+        def start(body: bytes, stream_length: int) -> None:
+            info = blob_pb2.BlobInfo()
+            info.ParseFromString(body)
+            if info.total_size > max_size:
+                too_big = f"blob is {info.total_size} bytes, more than the {max_size} allowed"
+                raise RpcError(Code.RESOURCE_EXHAUSTED, too_big)
+            made[:] = [_Assembly(info.total_size)]  # a retried attempt starts afresh
+
+        def sink(pos: int, data: bytes) -> None:
+            made[0].write(pos, data)
+
+        req = blob_pb2.BlobRequest(digest=digest, offset=0, length=0 if whole else RANGE_SIZE)
+        await self.client.call(
+            peer,
+            BLOB_PROTOCOL,
+            req.SerializeToString(),
+            timeout_s=timeout_s,
+            sink=sink,
+            on_header=start,
+            max_stream_length=max_size if whole else min(max_size, RANGE_SIZE),
+            max_response_size=1024,
+        )
+        if not made:
+            raise BlobError("answer without blob info")
+        assembly = made[0]
+        expected = assembly.size if whole else min(RANGE_SIZE, assembly.size)
+        if assembly.received != expected:
+            raise BlobError(f"sent {assembly.received} bytes for a range of {expected}")
+        return assembly
 
     async def fetch(
         self, digest: bytes, providers: Sequence[ID], *, max_size: int, timeout_s: float = 120.0
@@ -183,12 +218,10 @@ class BlobService:
         if not providers:
             raise BlobError("no providers to fetch from")
         with trio.fail_after(timeout_s):
-            first, size = await self._probe_size(providers, digest, timeout_s)
-            if size > max_size:
-                raise BlobError(f"blob is {size} bytes, more than the {max_size} allowed")
+            first, assembly = await self._fetch_first(providers, digest, max_size, timeout_s)
+            size = assembly.size
             alive = [first, *[p for p in providers if p != first]]
-            assembly = _Assembly(size)
-            await self._fetch_parallel(digest, alive, assembly, timeout_s)
+            await self._fetch_parallel(digest, alive, assembly, timeout_s, skip_first=True)
             if assembly.digest() != digest:
                 self.counters.incr("blob.rejected.hash_mismatch")
                 assembly = await self._fetch_whole_from_honest(digest, alive, size, timeout_s)
@@ -197,9 +230,11 @@ class BlobService:
         return assembly.buf
 
     async def _fetch_parallel(
-        self, digest: bytes, providers: list[ID], into: _Assembly, timeout_s: float
+        self, digest: bytes, providers: list[ID], into: _Assembly, timeout_s: float, skip_first: bool = False
     ) -> None:
-        ranges = into.ranges()
+        ranges = into.ranges()[1:] if skip_first else into.ranges()
+        if not ranges:
+            return
         failed: list[tuple[int, int]] = []
 
         async def worker(idx: int, peer: ID) -> None:
@@ -251,6 +286,7 @@ class _Assembly:
         self._filled = [0] * max(1, -(-size // range_size))
         self._hasher = hashlib.sha256()
         self._hashed = 0
+        self.received = 0
 
     def ranges(self) -> list[tuple[int, int]]:
         if self.size == 0:
@@ -260,6 +296,7 @@ class _Assembly:
     def write(self, offset: int, data: bytes) -> None:
         end = offset + len(data)
         self._view[offset:end] = data
+        self.received += len(data)
         r = offset // self.range_size
         self._filled[r] = max(self._filled[r], end - r * self.range_size)
         while self._hashed < self.size:

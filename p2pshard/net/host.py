@@ -64,6 +64,7 @@ class BufferedNoiseReadWriter(NoiseTransportReadWriter):
         self._cipher_out = plain.noise_state.noise_protocol.cipher_state_encrypt
         self._cipher_in = plain.noise_state.noise_protocol.cipher_state_decrypt
         self._buffer = bytearray()
+        self._start = 0  # messages before this offset of _buffer have been returned
 
     async def write_msg(self, msg: bytes, prefix_encoded: bool = False) -> None:
         if prefix_encoded:  # only the handshake uses the prefix, and it has its own writer
@@ -82,12 +83,21 @@ class BufferedNoiseReadWriter(NoiseTransportReadWriter):
             return await super().read_msg(prefix_encoded)
         buffer = self._buffer
         while True:
-            if len(buffer) >= NOISE_LENGTH_BYTES:
-                end = NOISE_LENGTH_BYTES + int.from_bytes(buffer[:NOISE_LENGTH_BYTES], "big")
+            start = self._start
+            if len(buffer) - start >= NOISE_LENGTH_BYTES:
+                end = (
+                    start
+                    + NOISE_LENGTH_BYTES
+                    + int.from_bytes(buffer[start : start + NOISE_LENGTH_BYTES], "big")
+                )
                 if len(buffer) >= end:
-                    sealed = bytes(buffer[NOISE_LENGTH_BYTES:end])
-                    del buffer[:end]
-                    return bytes(self._cipher_in.decrypt_with_ad(None, sealed))
+                    with memoryview(buffer) as view:
+                        plain = self._cipher_in.decrypt_with_ad(None, view[start + NOISE_LENGTH_BYTES : end])
+                    self._start = end
+                    return bytes(plain)
+            # Drop what has been consumed before reading more: at most one partial message moves.
+            del buffer[:start]
+            self._start = 0
             chunk = await self._raw.read(SOCKET_READ_SIZE)
             if not chunk:
                 return b""  # what the stock reader's callers take for a closed connection

@@ -225,6 +225,8 @@ def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
 
 PayloadSink = Callable[[int, bytes], None]
 """Receives streamed payload bytes as (offset within the stream, data)."""
+HeaderHook = Callable[[bytes, int], None]
+"""Sees an OK response's (body, stream_length) before any payload byte; may raise RpcError to refuse."""
 
 
 class ReqRespClient:
@@ -244,12 +246,14 @@ class ReqRespClient:
         max_response_size: int = 4 << 20,
         sink: PayloadSink | None = None,
         max_stream_length: int = 0,
+        on_header: HeaderHook | None = None,
     ) -> bytes:
         """Send one request and return the response body; raises RpcError with the status.
 
         Retries with exponential backoff on UNAVAILABLE and on connection failures, within
         ``timeout_s`` overall. A streamed payload goes to ``sink`` (and at most
-        ``max_stream_length`` bytes of it are accepted).
+        ``max_stream_length`` bytes of it are accepted); ``on_header`` sees the response body
+        before the payload, so that the caller can size where the payload goes.
         """
         last: RpcError = RpcError(Code.UNAVAILABLE, "no attempt made")
         with trio.move_on_after(timeout_s) as scope:
@@ -258,7 +262,7 @@ class ReqRespClient:
                 remaining = deadline - trio.current_time()
                 try:
                     return await self._attempt(
-                        peer, protocol, body, remaining, max_response_size, sink, max_stream_length
+                        peer, protocol, body, remaining, max_response_size, sink, max_stream_length, on_header
                     )
                 except RpcError as exc:
                     last = exc
@@ -279,6 +283,7 @@ class ReqRespClient:
         max_response_size: int,
         sink: PayloadSink | None,
         max_stream_length: int,
+        on_header: HeaderHook | None,
     ) -> bytes:
         try:
             stream = await self.connector.open_stream(peer, protocol)
@@ -298,6 +303,8 @@ class ReqRespClient:
             header.ParseFromString(await framed.read_required())
             if header.code != pb.OK:
                 raise RpcError(Code(header.code), header.message or "(no message)")
+            if on_header is not None:
+                on_header(header.body, header.stream_length)
             if header.stream_length:
                 if sink is None or header.stream_length > max_stream_length:
                     raise RpcError(
