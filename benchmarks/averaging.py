@@ -3,6 +3,10 @@
 Both sides run as separate processes on 127.0.0.1 (one per peer), started and ended by this script
 by PID:
 
+Both groups are up at once and their rounds alternate (hivemind, then each p2pshard case, per
+repeat), so load from elsewhere on the machine falls on both alike; both run with the same glibc
+allocator settings (``ALLOCATOR_ENV``).
+
 - hivemind: ``hivemind.averaging.DecentralizedAverager`` (group of 4, no compression), in its own
   environment ``benchmarks/.venv-hivemind`` (created by ``benchmarks/setup_hivemind.sh``; never the
   project venv). NAT port mapping, AutoNAT and relays are off; it listens on 127.0.0.1 only. The
@@ -47,6 +51,10 @@ ROOT = HERE.parent
 HIVEMIND_VENV = HERE / ".venv-hivemind"
 HIVEMIND_PY = HIVEMIND_VENV / "bin" / "python"
 PEERS = 4
+# A page fault costs ~3.5 us on this VM (a fresh 50 MB bytearray: ~40 ms), and glibc returns big
+# freed buffers to the OS, so each round faults its buffers in again. Every worker of BOTH systems
+# runs with glibc told to allocate from its heap and keep up to 1 GiB of freed memory for reuse.
+ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
 def update_for(seed: int, d: int) -> np.ndarray:
@@ -183,6 +191,7 @@ async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
 
             fn = reduce_scatter_average if layout == "reduce_scatter" else gather_average
             stats = AveragingStats()
+            cpu0 = time.process_time()
             t0 = time.perf_counter()
             result = await fn(
                 node.blobs,
@@ -199,6 +208,7 @@ async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
             emit(
                 {
                     "done": time.perf_counter() - t0,
+                    "cpu_s": time.process_time() - cpu0,
                     "head": [float(x) for x in result[:4]],
                     "encode_s": stats.encode_s,
                     "fetch_s": stats.fetch_s,
@@ -278,7 +288,7 @@ class Worker:
             text=True,
             cwd=ROOT,
             start_new_session=True,  # its own process group: p2pd children end with it
-            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+            env={**os.environ, **ALLOCATOR_ENV, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
         )
         self.pid = self.proc.pid
 
@@ -324,79 +334,90 @@ class Worker:
         self.log.close()
 
 
-def run_hivemind(d: int, repeats: int, logdir: Path) -> dict[str, Any]:
-    if not HIVEMIND_PY.exists():
-        subprocess.run([str(HERE / "setup_hivemind.sh")], check=True)
-    workers: list[Worker] = []
-    try:
-        first: list[str] = []
-        for i in range(PEERS):
-            argv = [str(HIVEMIND_PY), __file__, "--hivemind-worker", str(i), "--params", str(d)]
-            workers.append(Worker([*argv, "--peers", ",".join(first)], logdir / f"hivemind-{i}.log"))
-            ready = workers[-1].recv(120)
-            if not first:
-                first = [m for m in ready["maddrs"] if "127.0.0.1" in m][:1]
-        allreduce: list[float] = []
-        steps: list[float] = []
-        heads: list[list[float]] = []
-        for _ in range(repeats):
-            for w in workers:
-                w.send({"cmd": "step"})
-            times: list[float] = []
-            for w in workers:
-                while True:
-                    msg = w.recv(300)
-                    if "allreduce_s" in msg:
-                        times.append(msg["allreduce_s"])
-                    if "step_done" in msg:
-                        if not msg["ok"]:
-                            raise RuntimeError("a hivemind step failed")
-                        steps.append(msg["step_done"])
-                        heads.append(msg["head"])
-                        break
-            allreduce.append(max(times))
-        return {"allreduce_s": allreduce, "step_s": steps, "head": heads[-1]}
-    finally:
-        for w in workers:
+class HivemindGroup:
+    """Four hivemind averagers; :meth:`round` runs one all-reduce."""
+
+    def __init__(self, d: int, logdir: Path) -> None:
+        if not HIVEMIND_PY.exists():
+            subprocess.run([str(HERE / "setup_hivemind.sh")], check=True)
+        self.workers: list[Worker] = []
+        try:
+            first: list[str] = []
+            for i in range(PEERS):
+                argv = [str(HIVEMIND_PY), __file__, "--hivemind-worker", str(i), "--params", str(d)]
+                self.workers.append(Worker([*argv, "--peers", ",".join(first)], logdir / f"hivemind-{i}.log"))
+                ready = self.workers[-1].recv(120)
+                if not first:
+                    first = [m for m in ready["maddrs"] if "127.0.0.1" in m][:1]
+        except BaseException:
+            self.close()
+            raise
+        self.allreduce_s: list[float] = []
+        self.step_s: list[float] = []
+        self.head: list[float] = []
+
+    def round(self) -> None:
+        for w in self.workers:
+            w.send({"cmd": "step"})
+        times: list[float] = []
+        for w in self.workers:
+            while True:
+                msg = w.recv(300)
+                if "allreduce_s" in msg:
+                    times.append(msg["allreduce_s"])
+                if "step_done" in msg:
+                    if not msg["ok"]:
+                        raise RuntimeError("a hivemind step failed")
+                    self.step_s.append(msg["step_done"])
+                    self.head = msg["head"]
+                    break
+        self.allreduce_s.append(max(times))
+
+    def close(self) -> None:
+        for w in self.workers:
             w.stop()
 
 
-def run_p2pshard(d: int, repeats: int, cases: list[tuple[str, str]], logdir: Path) -> dict[str, Any]:
-    workers: list[Worker] = []
-    results: dict[str, Any] = {}
-    try:
-        addrs: list[str] = []
-        ids: list[str] = []
-        for i in range(PEERS):
-            argv = [sys.executable, __file__, "--p2pshard-worker", str(i), "--peers", ",".join(addrs)]
-            workers.append(Worker(argv, logdir / f"p2pshard-{i}.log"))
-            hello = workers[-1].recv(120)
-            addrs.append(hello["addr"])
-            ids.append(hello["peer_id"])
-        for w in workers:
-            w.send({"cmd": "prepare", "d": d, "peers": ids})
-        for w in workers:
-            w.recv(300)
-        for mode, layout in cases:
-            times: list[float] = []
-            last: list[dict[str, Any]] = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                for w in workers:
-                    w.send({"cmd": "average", "mode": mode, "layout": layout})
-                while True:
-                    msgs = [w.recv(300) for w in workers]
-                    if all("done" in m for m in msgs):
-                        times.append(time.perf_counter() - t0)
-                        last = msgs
-                        break
-                    table = {ids[i]: m["digests"] for i, m in enumerate(msgs)}
-                    for w in workers:
-                        w.send({"table": table})
-            results[f"{mode}/{layout}"] = {"s": times, "peers": last}
-        return results
-    finally:
-        for w in workers:
+class P2pshardGroup:
+    """Four p2pshard nodes; :meth:`round` runs one averaging of one case."""
+
+    def __init__(self, d: int, logdir: Path) -> None:
+        self.workers: list[Worker] = []
+        self.ids: list[str] = []
+        try:
+            addrs: list[str] = []
+            for i in range(PEERS):
+                argv = [sys.executable, __file__, "--p2pshard-worker", str(i), "--peers", ",".join(addrs)]
+                self.workers.append(Worker(argv, logdir / f"p2pshard-{i}.log"))
+                hello = self.workers[-1].recv(120)
+                addrs.append(hello["addr"])
+                self.ids.append(hello["peer_id"])
+            for w in self.workers:
+                w.send({"cmd": "prepare", "d": d, "peers": self.ids})
+            for w in self.workers:
+                w.recv(300)
+        except BaseException:
+            self.close()
+            raise
+        self.results: dict[str, dict[str, Any]] = {}
+
+    def round(self, mode: str, layout: str) -> None:
+        res = self.results.setdefault(f"{mode}/{layout}", {"s": [], "peers": []})
+        t0 = time.perf_counter()
+        for w in self.workers:
+            w.send({"cmd": "average", "mode": mode, "layout": layout})
+        while True:
+            msgs = [w.recv(300) for w in self.workers]
+            if all("done" in m for m in msgs):
+                res["s"].append(time.perf_counter() - t0)
+                res["peers"] = msgs
+                return
+            table = {self.ids[i]: m["digests"] for i, m in enumerate(msgs)}
+            for w in self.workers:
+                w.send({"table": table})
+
+    def close(self) -> None:
+        for w in self.workers:
             w.stop()
 
 
@@ -435,18 +456,32 @@ def main() -> None:
     cases.append(("default", "gather" if default.per_tensor else "reduce_scatter"))
     if default != compression_for("lowrank"):
         cases.append(("lowrank", "gather"))
-    ours = run_p2pshard(d, repeats, cases, logdir)
-    hm = None if args.skip_hivemind else run_hivemind(d, repeats, logdir)
+    # Both groups stay up and their rounds alternate, so a change in the machine's load during the
+    # run touches both sides alike.
+    ours_group = P2pshardGroup(d, logdir)
+    hm: HivemindGroup | None = None
+    try:
+        hm = None if args.skip_hivemind else HivemindGroup(d, logdir)
+        for _ in range(repeats):
+            if hm is not None:
+                hm.round()
+            for mode, layout in cases:
+                ours_group.round(mode, layout)
+    finally:
+        ours_group.close()
+        if hm is not None:
+            hm.close()
+    ours = ours_group.results
 
     expected = np.mean([update_for(i, 4) for i in range(PEERS)], axis=0)
     print(f"\n  {'system / case':<44}{'median s':>10}{'runs':>26}{'vs hivemind':>13}")
-    ref = statistics.median(hm["allreduce_s"]) if hm else None
+    ref = statistics.median(hm.allreduce_s) if hm else None
     if hm:
         print(
             f"  {'hivemind 1.1.12 all-reduce (fp32)':<44}{ref:>10.3f}"
-            f"{' '.join(f'{t:.2f}' for t in hm['allreduce_s']):>26}{1.0:>12.2f}x"
+            f"{' '.join(f'{t:.2f}' for t in hm.allreduce_s):>26}{1.0:>12.2f}x"
         )
-        print(f"  {'  (its step incl. matchmaking)':<44}{statistics.median(hm['step_s']):>10.3f}")
+        print(f"  {'  (its step incl. matchmaking)':<44}{statistics.median(hm.step_s):>10.3f}")
     for key, res in ours.items():
         med = statistics.median(res["s"])
         mode, layout = key.split("/")
@@ -459,13 +494,14 @@ def main() -> None:
         p = max(res["peers"], key=lambda m: m["done"])
         print(
             f"  {'':<6}slowest peer: encode {p['encode_s']:.2f}s fetch {p['fetch_s']:.2f}s "
-            f"decode+reduce {p['decode_reduce_s']:.2f}s, {p['bytes_in'] / 1e6:.1f} MB in"
+            f"decode+reduce {p['decode_reduce_s']:.2f}s, {p['bytes_in'] / 1e6:.1f} MB in; "
+            f"CPU of all peers {sum(m['cpu_s'] for m in res['peers']):.1f}s"
         )
         if key.startswith("dense"):
             head = np.array(p["head"], dtype=np.float32)
             assert np.allclose(head, expected, atol=1e-6), (head, expected)
     if hm:
-        assert np.allclose(np.array(hm["head"]), expected, atol=1e-5)
+        assert np.allclose(np.array(hm.head), expected, atol=1e-5)
         dense = statistics.median(ours["dense/reduce_scatter"]["s"])
         comp = min(statistics.median(r["s"]) for k, r in ours.items() if not k.startswith("dense"))
         dense_ok = "met" if dense <= ref else "NOT met"

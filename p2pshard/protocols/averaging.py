@@ -46,8 +46,10 @@ __all__ = [
 ]
 
 F32 = npt.NDArray[np.float32]
+NO_DIGEST = bytes(32)
 Encode = Callable[[F32], bytes]
-Decode = Callable[[bytes], F32]
+Buffer = bytes | bytearray
+Decode = Callable[[Buffer], F32]
 Reduce = Callable[[Sequence[F32]], F32]
 Exchange = Callable[[str, Sequence[bytes]], Awaitable[Mapping[ID, Sequence[bytes]]]]
 """``exchange(phase, my_digests)`` -> every member's digests for ``phase`` (this member's included).
@@ -75,7 +77,7 @@ def encode_raw_f32(vector: F32) -> bytes:
     return np.ascontiguousarray(vector, dtype="<f4").tobytes()
 
 
-def decode_raw_f32(data: bytes) -> F32:
+def decode_raw_f32(data: Buffer) -> F32:
     """The inverse of :func:`encode_raw_f32`; the caller checks the count (:func:`_checked` does).
 
     The bytes were verified against their digest and bounded by ``max_size`` when fetched, and
@@ -121,13 +123,13 @@ async def _fetch_all(
     max_size: int,
     timeout_s: float,
     stats: AveragingStats,
-) -> dict[int, bytes]:
-    """Fetch every ``(key, provider, digest)`` concurrently; returns key -> payload."""
-    out: dict[int, bytes] = {}
+) -> dict[int, Buffer]:
+    """Fetch every ``(key, provider, digest)`` concurrently; returns key -> payload (not copied)."""
+    out: dict[int, Buffer] = {}
 
     async def one(key: int, peer: ID, digest: bytes) -> None:
         data = await blobs.fetch(digest, [peer], max_size=max_size, timeout_s=timeout_s)
-        out[key] = bytes(data) if not isinstance(data, bytes) else data
+        out[key] = data
         stats.bytes_in += len(data)
         blobs.store.remove(digest)  # fetch() keeps a copy; this one is consumed right away
 
@@ -215,7 +217,9 @@ async def reduce_scatter_average(
 
     parts = await _in_thread(encode_slices, st, "encode_s")
     assert isinstance(parts, list)
-    digests = [blobs.store.put(p, pin=True) for p in parts]
+    # Nobody fetches the slice this member reduces itself: it is not stored (nor hashed), and its
+    # place in the digest list holds NO_DIGEST.
+    digests = [NO_DIGEST if j == idx else blobs.store.put(p, pin=True) for j, p in enumerate(parts)]
     own_reduced: bytes | None = None
     try:
         table = await exchange("scatter", digests)
@@ -241,7 +245,8 @@ async def reduce_scatter_average(
             blobs.store.remove(reduced_digest)
     finally:
         for d in digests:
-            blobs.store.remove(d)
+            if d != NO_DIGEST:
+                blobs.store.remove(d)
     slices[idx] = own_reduced
 
     def assemble() -> F32:
