@@ -357,3 +357,76 @@ def test_random_bytes_in_low_rank_payloads_never_escape_as_other_errors() -> Non
         except TensorDecodeError:
             continue
         assert all(a.dtype == np.float32 for a in out.values())
+
+
+# ---------------------------------------------------------------------------- int2
+
+
+def test_int2_codes_decode_to_the_four_levels_times_the_chunk_scale() -> None:
+    # codes 0..3 = -3, -1, 1, 3; first value in the lowest two bits; 5 values, 2 chunks (4 + 1).
+    codes = [3, 0, 1, 2, 2]
+    packed = bytes([codes[0] | codes[1] << 2 | codes[2] << 4 | codes[3] << 6, codes[4]])
+    bundle = record(
+        shape=[5],
+        encoding=pb.VALUE_ENCODING_INT2,
+        values=packed,
+        scales=np.array([0.5, 2.0], "<f4").tobytes(),
+    )
+    np.testing.assert_array_equal(decode_tensors(envelope(bundle))["t"], [1.5, -1.5, -0.5, 0.5, 2.0])
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"values": bytes([0xFF, 0x04])}, "int2-bad-padding"),  # bits past the 5th value set
+        ({"values": bytes([0xFF])}, "values-length-mismatch"),
+        ({"values": bytes([0xFF, 0x03, 0x00])}, "values-length-mismatch"),
+        ({"scales": np.ones(1, "<f4").tobytes()}, "scales-length-mismatch"),
+    ],
+)
+def test_int2_rejects_bad_padding_and_lengths(fields: dict[str, object], reason: str) -> None:
+    base: dict[str, object] = {
+        "shape": [5],
+        "encoding": pb.VALUE_ENCODING_INT2,
+        "values": bytes([0xFF, 0x03]),
+        "scales": np.ones(2, "<f4").tobytes(),
+    }
+    with pytest.raises(TensorDecodeError) as info:
+        decode_tensors(envelope(record(**{**base, **fields})))
+    assert info.value.reason == reason
+
+
+def test_int2_topk_keeps_the_largest_with_their_signs_in_a_sixteenth_of_int8() -> None:
+    x = {"x": RNG.standard_normal(1 << 14).astype(np.float32)}
+    int8 = encode_tensors(x, EncodeOptions(Encoding.INT8, chunk_size=4096, topk=64, lz4=False))
+    int2 = encode_tensors(x, EncodeOptions(Encoding.INT2, chunk_size=4096, topk=64, lz4=False))
+    # 64 kept per chunk: 2 index bytes each, then 1 byte (int8) or 2 bits (int2) per value.
+    assert len(int8) - len(int2) >= 4 * 64 * 3 // 4 * 0.99
+    out = decode_tensors(int2)["x"]
+    kept = out != 0
+    assert kept.sum() == 4 * 64
+    assert (np.sign(out[kept]) == np.sign(x["x"][kept])).all()
+    # Top-k values have similar magnitudes: the fitted scale keeps the error small.
+    assert np.linalg.norm(out[kept] - x["x"][kept]) < 0.25 * np.linalg.norm(x["x"][kept])
+
+
+def test_int2_low_rank_is_exact_and_zero_factors_decode_to_zero() -> None:
+    p = RNG.standard_normal((40, 3)).astype(np.float32)
+    q = RNG.standard_normal((30, 3)).astype(np.float32)
+    payload = encode_tensors({"m": LowRankFactors((40, 30), p, q)}, EncodeOptions(Encoding.INT2, lz4=False))
+    bundle = pb.TensorBundle()
+    bundle.ParseFromString(payload[9:])
+    r = bundle.tensors[0]
+    assert r.encoding == pb.VALUE_ENCODING_INT2 and len(r.values) == (40 + 30) * 3 // 4 + 1
+    scales = np.frombuffer(r.scales, "<f4").astype(np.float64)
+    raw = np.frombuffer(r.values, np.uint8)
+    codes = np.stack([(raw >> (2 * i)) & 3 for i in range(4)], axis=1).reshape(-1)[: 70 * 3]
+    ints = 2 * codes.astype(np.int64) - 3
+    ip, iq = ints[:120].reshape(40, 3), ints[120:].reshape(30, 3)
+    want = ((ip * scales[:3]) @ (iq * scales[3:]).T).astype(np.float32)  # small exact values
+    np.testing.assert_array_equal(decode_tensors(payload)["m"], want)
+    approx = p.astype(np.float64) @ q.T.astype(np.float64)
+    assert np.linalg.norm(want - approx) < 0.8 * np.linalg.norm(approx)
+    zero = LowRankFactors((40, 30), np.zeros_like(p), np.zeros_like(q))
+    out = decode_tensors(encode_tensors({"m": zero}, EncodeOptions(Encoding.INT2)))["m"]
+    assert not out.any()

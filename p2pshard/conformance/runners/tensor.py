@@ -421,8 +421,54 @@ def generate() -> list[Case]:
         ),
         err("int8-out-of-range"),
     )
+    _int2_cases(decode, err)
     _low_rank_cases(decode, err)
     return cases
+
+
+def _int2_cases(decode: Any, err: Any) -> None:
+    """INT2 (codes 0..3 = -3, -1, 1, 3): decode vectors only, the scale is the encoder's choice."""
+    # 5 values in chunks of 4: codes 3, 0, 1, 2 | 2; scales 0.5 and 2.
+    packed = bytes([3 | 0 << 2 | 1 << 4 | 2 << 6, 2])
+    dense = _dense(shape=(5,), encoding=pb.VALUE_ENCODING_INT2, values=packed)
+    dense.scales = _f32([0.5, 2.0])
+    decode(
+        "int2_dense",
+        "INT2 values, first in the lowest two bits; a 1-element last chunk",
+        True,
+        envelope(_bundle(dense)),
+        {"tensors": _tensors_json({"w": np.array([1.5, -1.5, -0.5, 0.5, 2.0], dtype=np.float32)})},
+    )
+    padded = _dense(shape=(5,), encoding=pb.VALUE_ENCODING_INT2, values=bytes([packed[0], 2 | 1 << 4]))
+    padded.scales = _f32([0.5, 2.0])
+    decode(
+        "int2_bad_padding",
+        "a set bit past the last INT2 value",
+        False,
+        envelope(_bundle(padded)),
+        err("int2-bad-padding"),
+    )
+    topk = _topk(
+        encoding=pb.VALUE_ENCODING_INT2,
+        values=bytes([0 | 3 << 2 | 1 << 4 | 2 << 6]),
+        scales=_f32([0.25, 1.0]),
+    )
+    decode(
+        "int2_topk",
+        "top-k 2 of 6 in chunks of 4 with INT2 values",
+        True,
+        envelope(_bundle(topk)),
+        {"tensors": _tensors_json({"s": np.array([-0.75, 0, 0, 0.75, -1, 1], dtype=np.float32)})},
+    )
+    # Rank 1, shape (2, 3): P = [3, -1] (codes 3, 1), Q = [1, -3, 1] (codes 2, 0, 2); scales 2^-1, 2^2.
+    int2_lr = _low_rank(encoding=pb.VALUE_ENCODING_INT2, values=bytes([3 | 1 << 2 | 2 << 4 | 0 << 6, 2]))
+    decode(
+        "low_rank_int2",
+        "rank 1 with INT2 factors",
+        True,
+        envelope(_bundle(int2_lr)),
+        {"tensors": _tensors_json({"m": np.array([[6, -18, 6], [-2, 6, -2]], dtype=np.float32)})},
+    )
 
 
 def _low_rank(**kw: object) -> pb.TensorRecord:

@@ -70,22 +70,26 @@ class Encoding(Enum):
     BFLOAT16 = pb.VALUE_ENCODING_BFLOAT16
     INT8 = pb.VALUE_ENCODING_INT8
     INT4 = pb.VALUE_ENCODING_INT4
+    INT2 = pb.VALUE_ENCODING_INT2
 
 
 _VALUE_BYTES = {Encoding.FLOAT32: 4, Encoding.FLOAT16: 2, Encoding.BFLOAT16: 2, Encoding.INT8: 1}
-_INT_LEVELS = {Encoding.INT8: 127, Encoding.INT4: 7}
+# Largest integer magnitude per integer encoding. INT2's four levels are -3, -1, 1, 3 (no zero).
+_INT_LEVELS = {Encoding.INT8: 127, Encoding.INT4: 7, Encoding.INT2: 3}
 
 
 def _values_len(encoding: Encoding, count: int) -> int:
     if encoding is Encoding.INT4:
         return (count + 1) // 2
+    if encoding is Encoding.INT2:
+        return (count + 3) // 4
     return count * _VALUE_BYTES[encoding]
 
 
 @dataclass(frozen=True)
 class LowRankFactors:
     """A tensor of ``shape`` sent as ``p @ q.T`` (``p``: rows x rank, ``q``: columns x rank), where
-    rows = shape[0] and columns = the product of the rest. Encoded with INT8 or INT4 values."""
+    rows = shape[0] and columns = the product of the rest. Encoded with INT8, INT4 or INT2 values."""
 
     shape: tuple[int, ...]
     p: npt.NDArray[np.float32]
@@ -139,7 +143,7 @@ def encode_tensors(
     """Encode ``tensors`` (any float dtype; written in name order) into one payload.
 
     ``overrides`` gives some tensors their own options. A :class:`LowRankFactors` entry is written
-    as a low-rank record with its options' encoding (INT8 or INT4).
+    as a low-rank record with its options' encoding (INT8, INT4 or INT2).
     """
     bundle = pb.TensorBundle()
     for name in sorted(tensors):
@@ -177,22 +181,34 @@ def encode_tensors(
 
 def _encode_low_rank(rec: pb.TensorRecord, name: str, f: LowRankFactors, encoding: Encoding) -> None:
     if encoding not in _INT_LEVELS:
-        raise ValueError("low-rank factors are sent as INT8 or INT4")
-    levels = _INT_LEVELS[encoding]
+        raise ValueError("low-rank factors are sent as INT8, INT4 or INT2")
     r = int(f.p.shape[1])
     p = np.asarray(f.p, dtype=np.float64)
     q = np.asarray(f.q, dtype=np.float64)
-    ep, iq_p = _pow2_columns(p, levels)
-    eq, iq_q = _pow2_columns(q, levels)
+    ep, iq_p = _pow2_columns(p, encoding)
+    eq, iq_q = _pow2_columns(q, encoding)
     # Keep the products' exponent range within 2**24: columns far below the largest are dropped
     # (they would be under float32 resolution of the result anyway).
     e = ep + eq
-    live = (np.abs(iq_p).sum(axis=0) > 0) & (np.abs(iq_q).sum(axis=0) > 0)
+    if encoding is Encoding.INT2:
+        live = (np.abs(p).max(axis=0) > 0) & (np.abs(q).max(axis=0) > 0)
+    else:
+        live = (np.abs(iq_p).sum(axis=0) > 0) & (np.abs(iq_q).sum(axis=0) > 0)
     top = int(e[live].max()) if live.any() else 0
     drop = ~live | (e < top - _MAX_SCALE_SPAN)
-    iq_p[:, drop] = 0
-    iq_q[:, drop] = 0
-    ep[drop] = top - eq[drop]  # any in-range exponent for a zero column
+    if encoding is Encoding.INT2:
+        # No zero level: a dropped column is sent as all +1 at the smallest product scale the span
+        # allows (below float32 resolution of the largest column), or, with no live column at all,
+        # at 2**-200, which rounds to exactly 0 in float32.
+        low = top - _MAX_SCALE_SPAN if live.any() else -200
+        iq_p[:, drop] = 1
+        iq_q[:, drop] = 1
+        eq[drop] = low // 2
+        ep[drop] = low - low // 2
+    else:
+        iq_p[:, drop] = 0
+        iq_q[:, drop] = 0
+        ep[drop] = top - eq[drop]  # any in-range exponent for a zero column
     rec.name = name
     rec.shape.extend(int(d) for d in f.shape)
     rec.layout = pb.LAYOUT_LOW_RANK
@@ -200,21 +216,46 @@ def _encode_low_rank(rec: pb.TensorRecord, name: str, f: LowRankFactors, encodin
     rec.chunk_size = r
     rec.rank = r
     ints = np.concatenate([iq_p.reshape(-1), iq_q.reshape(-1)]).astype(np.int8)
-    rec.values = _pack_int4(ints) if encoding is Encoding.INT4 else ints.tobytes()
+    rec.values = _pack_ints(ints, encoding)
     scales = np.ldexp(np.ones(2 * r, dtype=np.float32), np.concatenate([ep, eq]).astype(np.int32))
     rec.scales = scales.astype("<f4").tobytes()
 
 
 def _pow2_columns(
-    x: npt.NDArray[np.float64], levels: int
+    x: npt.NDArray[np.float64], encoding: Encoding
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Per column: the exponent e of a power-of-two scale 2**e >= absmax / levels, and the integers."""
+    """Per column: the exponent e of a power-of-two scale and the integers.
+
+    INT8/INT4: the smallest 2**e >= absmax / levels. INT2 (levels -3, -1, 1, 3): that exponent or
+    one or two below it, whichever leaves the smallest squared error (clipping the largest entries
+    costs less than sending most entries at +-1 of a too-coarse scale).
+    """
+    levels = _INT_LEVELS[encoding]
     absmax = np.abs(x).max(axis=0)
     safe = np.where(absmax > 0, absmax / levels, 1.0)
-    e = np.ceil(np.log2(safe)).astype(np.int64)
-    e = np.clip(e, -100, 100)  # float32 scales: keep the exponents well inside the normal range
-    ints = np.clip(np.rint(x / np.ldexp(1.0, e)), -levels, levels).astype(np.int64)
-    return e, ints
+    e = np.clip(np.ceil(np.log2(safe)).astype(np.int64), -100, 100)  # well inside float32 range
+    if encoding is not Encoding.INT2:
+        ints = np.clip(np.rint(x / np.ldexp(1.0, e)), -levels, levels).astype(np.int64)
+        return e, ints
+    best_e, best_q, best_err = e, _round_int2(x / np.ldexp(1.0, e)), None
+    for shift in (0, 1, 2):
+        e_try = np.clip(e - shift, -100, 100)
+        s = np.ldexp(1.0, e_try)
+        q_try = _round_int2(x / s)
+        err = ((q_try * s - x) ** 2).sum(axis=0)
+        if best_err is None:
+            best_err = err
+            continue
+        better = err < best_err
+        best_e = np.where(better, e_try, best_e)
+        best_q = np.where(better[None, :], q_try, best_q)
+        best_err = np.where(better, err, best_err)
+    return best_e, best_q
+
+
+def _round_int2(y: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+    """The nearest of -3, -1, 1, 3 (ties away from zero's side: 2 -> 3, 0 -> 1, -2 -> -1)."""
+    return (2 * np.clip(np.floor(y / 2.0), -2, 1) + 1).astype(np.int64)
 
 
 def _kept_per_chunk(n: int, chunk: int, k: int | None) -> npt.NDArray[np.int64]:
@@ -260,17 +301,62 @@ def _encode_values(
     levels = _INT_LEVELS[encoding]
     chunk_of = np.repeat(np.arange(kept_per_chunk.size), kept_per_chunk)
     absmax = np.zeros(kept_per_chunk.size, dtype=np.float32)
+    starts = np.zeros(kept_per_chunk.size, dtype=np.int64)
+    nonempty = kept_per_chunk > 0
     if values.size:
-        starts = np.zeros(kept_per_chunk.size, dtype=np.int64)
         np.cumsum(kept_per_chunk[:-1], out=starts[1:])
-        nonempty = kept_per_chunk > 0
         absmax[nonempty] = np.maximum.reduceat(np.abs(values), starts[nonempty])
     scales = (absmax / np.float32(levels)).astype(np.float32)
+    if encoding is Encoding.INT2:
+        return _encode_int2(values, scales, chunk_of, starts, nonempty)
     safe = np.where(scales > 0, scales, 1.0).astype(np.float32)
     q = np.clip(np.rint(values / safe[chunk_of]), -levels, levels).astype(np.int8)
+    return _pack_ints(q, encoding), scales
+
+
+def _encode_int2(
+    values: F32,
+    scales: F32,
+    chunk_of: npt.NDArray[np.int64],
+    starts: npt.NDArray[np.int64],
+    nonempty: npt.NDArray[np.bool_],
+) -> tuple[bytes, F32]:
+    """INT2 with a least-squares scale per chunk (two Lloyd steps from absmax / 3).
+
+    With only four levels the scale matters: a chunk of similar magnitudes (what top-k keeps) is
+    best sent as +-1 times about its mean magnitude, a bell-shaped one with +-3 for its tail. For
+    fixed levels q the error-minimising scale is sum(q v) / sum(q q); two rounds of re-assigning q
+    and re-fitting reach it closely. Decoders do not care how the scale was chosen.
+    """
+    v = values.astype(np.float64)
+    s = scales.astype(np.float64)
+    for _ in range(2):
+        safe = np.where(s > 0, s, 1.0)
+        q = _round_int2(v / safe[chunk_of]).astype(np.float64)
+        num = np.zeros(s.size)
+        den = np.zeros(s.size)
+        if v.size:
+            num[nonempty] = np.add.reduceat(q * v, starts[nonempty])
+            den[nonempty] = np.add.reduceat(q * q, starts[nonempty])
+        s = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    out = s.astype(np.float32)
+    safe32 = np.where(out > 0, out, 1.0).astype(np.float32)
+    q8 = _round_int2(values.astype(np.float64) / safe32[chunk_of].astype(np.float64)).astype(np.int8)
+    return _pack_ints(q8, Encoding.INT2), out
+
+
+def _pack_ints(q: npt.NDArray[np.int8] | npt.NDArray[np.int64], encoding: Encoding) -> bytes:
+    """Integer values as the encoding writes them (INT8 bytes, INT4 nibbles, INT2 codes)."""
     if encoding is Encoding.INT4:
-        return _pack_int4(q), scales
-    return q.tobytes(), scales
+        return _pack_int4(q.astype(np.int8))
+    if encoding is Encoding.INT2:
+        codes = ((q.astype(np.int16) + 3) // 2).astype(np.uint8)  # -3, -1, 1, 3 -> 0, 1, 2, 3
+        pad = (-codes.size) % 4
+        if pad:
+            codes = np.concatenate([codes, np.zeros(pad, dtype=np.uint8)])
+        packed = codes[0::4] | (codes[1::4] << 2) | (codes[2::4] << 4) | (codes[3::4] << 6)
+        return packed.astype(np.uint8).tobytes()
+    return q.astype(np.int8).tobytes()
 
 
 def _pack_int4(q: npt.NDArray[np.int8]) -> bytes:
@@ -289,6 +375,17 @@ def _unpack_int4(data: bytes, count: int) -> npt.NDArray[np.int8] | None:
     if np.any(nib[count:] != 0) or (count and np.any(nib[:count] == 0)):
         return None
     return (nib[:count].astype(np.int16) - 8).astype(np.int8)
+
+
+def _unpack_int2(data: bytes, count: int) -> npt.NDArray[np.int8] | None:
+    """The 2-bit values (-3, -1, 1, 3), or None if the unused bits of the last byte are not 0."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    codes = np.empty(4 * raw.size, dtype=np.uint8)
+    for i in range(4):
+        codes[i::4] = (raw >> (2 * i)) & 0x03
+    if np.any(codes[count:] != 0):
+        return None
+    return (2 * codes[:count].astype(np.int16) - 3).astype(np.int8)
 
 
 def _to_bf16(values: F32) -> npt.NDArray[np.uint16]:
@@ -467,6 +564,11 @@ def _decode_ints(rec: pb.TensorRecord, encoding: Encoding, count: int) -> npt.ND
         if q4 is None:
             raise TensorDecodeError("int4-out-of-range", rec.name)
         return q4
+    if encoding is Encoding.INT2:
+        q2 = _unpack_int2(rec.values, count)
+        if q2 is None:
+            raise TensorDecodeError("int2-bad-padding", rec.name)
+        return q2
     q = np.frombuffer(rec.values, dtype=np.int8)
     if count and np.any(q == -128):
         raise TensorDecodeError("int8-out-of-range", rec.name)

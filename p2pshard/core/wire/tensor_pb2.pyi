@@ -46,6 +46,11 @@ class _ValueEncodingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ValueEn
     (so the nibble 0 never occurs); value = q * scale of its chunk. An odd count leaves the last
     high nibble 0.
     """
+    VALUE_ENCODING_INT2: _ValueEncoding.ValueType  # 6
+    """2-bit codes c in 0..3, four per byte (first value in the lowest two bits); c stands for
+    q = 2c - 3, one of -3, -1, 1, 3 (no zero level: a uniform "midrise" grid); value = q * scale of
+    its chunk. Unused bits of the last byte are 0.
+    """
 
 class ValueEncoding(_ValueEncoding, metaclass=_ValueEncodingEnumTypeWrapper):
     """How the numbers of a tensor are written in `values`."""
@@ -63,6 +68,11 @@ VALUE_ENCODING_INT4: ValueEncoding.ValueType  # 5
 """4-bit integers in [-7, 7], two per byte (first value in the low nibble), each stored as q + 8
 (so the nibble 0 never occurs); value = q * scale of its chunk. An odd count leaves the last
 high nibble 0.
+"""
+VALUE_ENCODING_INT2: ValueEncoding.ValueType  # 6
+"""2-bit codes c in 0..3, four per byte (first value in the lowest two bits); c stands for
+q = 2c - 3, one of -3, -1, 1, 3 (no zero level: a uniform "midrise" grid); value = q * scale of
+its chunk. Unused bits of the last byte are 0.
 """
 Global___ValueEncoding: _TypeAlias = ValueEncoding  # noqa: Y015
 
@@ -83,7 +93,7 @@ class _LayoutEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Layout.ValueTy
     LAYOUT_LOW_RANK: _Layout.ValueType  # 3
     """A rank-`rank` factorisation P Q^T of the tensor seen as a matrix of m = shape[0] rows and
     n = product(shape[1:]) columns (the shape needs at least 2 dimensions). `values` holds the m*rank
-    integers of P then the n*rank integers of Q, both row-major, as INT8 or INT4, `chunk_size` =
+    integers of P then the n*rank integers of Q, both row-major, as INT8, INT4 or INT2, `chunk_size` =
     `rank`. `scales` holds 2*rank float32: one per column of P, then one per column of Q, each a
     positive power of two, and (scale_P[j] * scale_Q[j]) / min over j of the same product <= 2^24.
     Element (a, b) = sum_j P[a,j] Q[b,j] scale_P[j] scale_Q[j]. With power-of-two scales the sum
@@ -105,7 +115,7 @@ offsets in `indices` (uint16). Elements not kept are zero.
 LAYOUT_LOW_RANK: Layout.ValueType  # 3
 """A rank-`rank` factorisation P Q^T of the tensor seen as a matrix of m = shape[0] rows and
 n = product(shape[1:]) columns (the shape needs at least 2 dimensions). `values` holds the m*rank
-integers of P then the n*rank integers of Q, both row-major, as INT8 or INT4, `chunk_size` =
+integers of P then the n*rank integers of Q, both row-major, as INT8, INT4 or INT2, `chunk_size` =
 `rank`. `scales` holds 2*rank float32: one per column of P, then one per column of Q, each a
 positive power of two, and (scale_P[j] * scale_Q[j]) / min over j of the same product <= 2^24.
 Element (a, b) = sum_j P[a,j] Q[b,j] scale_P[j] scale_Q[j]. With power-of-two scales the sum
@@ -137,7 +147,7 @@ class TensorRecord(_message.Message):
     """Kept elements per chunk (LAYOUT_CHUNKED_TOPK only)."""
     values: _builtins.bytes
     scales: _builtins.bytes
-    """float32, one per chunk (VALUE_ENCODING_INT8 only)."""
+    """float32, one per chunk (integer encodings only; low rank: one per factor column)."""
     indices: _builtins.bytes
     """uint16 in-chunk offsets (LAYOUT_CHUNKED_TOPK only)."""
     rank: _builtins.int
