@@ -3,8 +3,11 @@
 Two processes on 127.0.0.1: this one (the client) and a server it starts and ends by PID. The
 server runs a p2pshard node holding the test blobs and a plain TCP server that sends the same
 bytes. The client fetches each blob over ``/p2pshard/blob/1.0.0`` (Noise + yamux, chunked frames,
-SHA-256 verified) and reads the same number of bytes from the raw socket, then measures how long
-a fresh libp2p connection takes (dial + Noise + yamux), p50 over 20.
+SHA-256 verified), reads the same number of bytes from one bare stream of the same connection
+(what py-libp2p's stream gives with p2pshard's host: buffered Noise, 256 KiB yamux frames, see
+``p2pshard/net/host.py``; py-libp2p's stock stack measured ~255-269 MiB/s here, FACTS.md) and from
+a raw TCP socket, then measures how long a fresh libp2p connection takes (dial + Noise + yamux),
+p50 over 20.
 
     python benchmarks/streams.py           # 64 MiB and 256 MiB, 3 runs each
     python benchmarks/streams.py --quick   # 64 MiB only, 1 run (under 60 s)
@@ -187,8 +190,9 @@ def main() -> int:
         ratios = f"{ours / libp2p:>13.2f}{ours / raw:>10.2f}"
         print(f"{size:>4} MiB  {ours:>15.0f}{libp2p:>18.0f}{raw:>10.0f}{ratios}")
     print(
-        "(goal: p2pshard blob >= 250 MiB/s. py-libp2p stream = the same Noise+yamux connection with no\n"
-        " framing, hashing or copying: the ceiling our protocol layer sits under)"
+        "(goal: p2pshard blob >= 250 MiB/s. py-libp2p stream = one bare stream of the same connection\n"
+        " (our host's buffered Noise and 256 KiB yamux frames; py-libp2p's stock stack: ~255-269 MiB/s\n"
+        " here), with no framing, hashing or copying: the ceiling our protocol layer sits under)"
     )
     lat = results["connect_ms"]
     p50 = statistics.median(lat)  # type: ignore[arg-type]
