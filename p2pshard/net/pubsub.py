@@ -10,6 +10,8 @@ Flow control, with no silent drops:
   (backpressure to the publisher, bounded by ``publish_timeout``); a forwarded message that finds a
   peer's queue full is dropped for that peer, counted under ``pubsub.dropped.peer_queue_full``
   and logged — gossip (IHAVE/IWANT) lets the peer recover it;
+* the head of a large frame still arriving goes to the router (``frame_head``) before the rest,
+  so it can say IDONTWANT while the payload is on its way (:class:`_FrameReader`);
 * control-only frames (IDONTWANT, IHAVE/IWANT, GRAFT/PRUNE, subscriptions) go ahead of queued
   message frames; a queued message frame the peer has since declared IDONTWANT for is skipped
   when its turn comes (counted as ``pubsub.skipped_unwanted``);

@@ -7,6 +7,7 @@ import hashlib
 from p2pshard.core.gossip import MESHSUB_V11, DropReason, GossipMessage, GossipRouter, SendRpc
 from p2pshard.core.gossip.protocol import (
     encode_message,
+    encode_publish,
     parse_publish_head,
     publish_piece,
     publish_spans,
@@ -30,6 +31,7 @@ def test_id_first_encoding_is_the_same_message_and_keeps_its_signature() -> None
     setattr(pb, "from", signer.peer_id)
     sign_message(pb, signer)
     wire = encode_message(pb)
+    assert encode_publish(pb) == publish_piece(wire)
     assert wire != pb.SerializeToString()  # data moved to the end
     parsed = rpc_pb2.Message.FromString(wire)
     assert parsed == pb
@@ -122,3 +124,40 @@ def test_declined_tells_a_driver_what_a_peer_no_longer_wants() -> None:
     cmds = r.handle_rpc(src, msg_rpc(message(AUTHOR, 5, b"y" * 500)), 0.2)
     assert not merged(cmds, a).publish
     assert r.stats.dropped[DropReason.SEND_IDONTWANT_HONORED] == 1
+
+
+def test_a_custom_id_that_is_from_seqno_on_a_topic_keeps_the_duplicate_fast_path() -> None:
+    calls: list[str] = []
+
+    def per_topic(msg: GossipMessage) -> bytes:
+        calls.append(msg.topic)
+        if msg.topic == TOPIC:
+            return msg.source + msg.seqno
+        return hashlib.sha256(msg.data).digest()[:20]
+
+    r = router(config(message_id_fn=per_topic))
+    r.subscribe(TOPIC, 0.0)
+    src, other = add_peers(r, 2)
+    frame = msg_rpc(message(AUTHOR, 1, b"z" * 50))
+    r.handle_rpc(src, frame, 0.1)
+    calls.clear()
+    r.handle_rpc(other, frame, 0.2)  # a duplicate: found by from || seqno, the id function not run
+    assert calls == []
+    assert r.stats.dropped[DropReason.MESSAGE_DUPLICATE] == 1
+
+
+def test_an_id_function_that_only_looked_like_from_seqno_is_found_out() -> None:
+    def tricky(msg: GossipMessage) -> bytes:
+        if len(msg.data) > 100:
+            return hashlib.sha256(msg.data).digest()[:20]
+        return msg.source + msg.seqno
+
+    r = router(config(idontwant_threshold=100, message_id_fn=tricky))
+    r.subscribe(TOPIC, 0.0)
+    src = add_peers(r, 2)[0]
+    frame = publish_piece(encode_message(message(AUTHOR, 1, b"x" * 5000)))
+    assert r.frame_head(src, frame[:1024], 0.1) != []  # the probe believed it
+    r.handle_rpc(src, frame, 0.2)
+    assert r.seen(hashlib.sha256(b"x" * 5000).digest()[:20])  # the real id is what counts
+    second = publish_piece(encode_message(message(AUTHOR, 2, b"y" * 5000)))
+    assert r.frame_head(src, second[:1024], 0.3) == []  # and no more early ids on this topic

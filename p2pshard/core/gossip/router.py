@@ -23,7 +23,7 @@ from .protocol import (
     DecodeError,
     PeerKind,
     decode_rpc,
-    encode_message,
+    encode_publish,
     peer_kind,
     publish_piece,
     publish_spans,
@@ -196,7 +196,7 @@ class GossipRouter(ControlHandlers, HeartbeatMixin, IDontWantMixin):
         mid = cfg.message_id_fn(msg)
         if not self._seen.add(mid, self._now):
             raise PublishError("duplicate", "message id already seen")
-        piece = publish_piece(encode_message(pb))  # id first: receivers can say IDONTWANT early
+        piece = encode_publish(pb)  # id first: receivers can say IDONTWANT early
         self._mcache.put(mid, msg, piece)
         targets = self._publish_targets(topic)
         if not targets:
@@ -311,9 +311,11 @@ class GossipRouter(ControlHandlers, HeartbeatMixin, IDontWantMixin):
         subs = self._subscriptions
         scorer = self.scorer
         dups = 0
+        default = self._default_id
         for index, m in enumerate(msgs):
-            if self._default_id:
-                # fast path for the common case, a duplicate: one dict lookup, no allocation
+            # fast path for the common case, a duplicate: one dict lookup, no allocation -- with
+            # the default id, or a custom one that is from || seqno on this topic (not hashed)
+            if default or ((topic := m.topic) in subs and self._id_from_head(topic)):
                 mid = getattr(m, "from") + m.seqno
                 if mid in seen and m.topic in subs:
                     dups += 1
@@ -340,8 +342,9 @@ class GossipRouter(ControlHandlers, HeartbeatMixin, IDontWantMixin):
         return data if start == 0 and stop == len(data) else data[start:stop]
 
     def _on_message(self, peer: PeerState, m: rpc_pb2.Message, mid: bytes | None, index: int = -1) -> None:
-        """A message that is not a plain duplicate; ``mid`` is precomputed for the default id;
-        ``index``: its place in the RPC being handled."""
+        """A message that is not a plain duplicate; ``mid``: ``from || seqno`` when that is the id
+        (a custom id function is still asked, once, for a message that is new); ``index``: its
+        place in the RPC being handled."""
         cfg = self.config
         pid = peer.id
         topic = m.topic
@@ -360,13 +363,16 @@ class GossipRouter(ControlHandlers, HeartbeatMixin, IDontWantMixin):
             return
         # --- id and duplicate check before any expensive work
         msg: GossipMessage | None = None
-        if mid is None:
+        if mid is None or not self._default_id:
             msg = GossipMessage(topic, data, getattr(m, "from"), m.seqno, m.signature, m.key)
             try:
-                mid = cfg.message_id_fn(msg)
+                real = cfg.message_id_fn(msg)
             except Exception as exc:  # a bad message must not crash the router
                 self._reject(pid, DropReason.MESSAGE_BAD_ID, repr(exc)[:120], penalty=1.0)
                 return
+            if self._head_ids.get(topic) and real != msg.source + msg.seqno:
+                self._head_ids[topic] = False  # the id function is not from || seqno here after all
+            mid = real
         if not mid and self._strict_sign and msg is None:
             self._check_signature(peer, m, topic)  # no from/seqno: reported as unsigned
             return
@@ -383,8 +389,6 @@ class GossipRouter(ControlHandlers, HeartbeatMixin, IDontWantMixin):
             return
         if msg is None:
             msg = GossipMessage(topic, data, getattr(m, "from"), m.seqno, m.signature, m.key)
-        elif self._head_ids.get(topic) and mid != msg.source + msg.seqno:
-            self._head_ids[topic] = False  # the id function is not from || seqno here after all
         self._seen.add(mid, self._now)
         scorer = self.scorer
         if scorer is not None:
