@@ -189,6 +189,9 @@ class OursNode:
 
     def counters(self) -> dict[str, int]:
         snap = {f"router.dropped.{k}": int(v) for k, v in self.pubsub.router.stats.dropped.items()}
+        events = self.pubsub.router.stats.events
+        for name in ("idontwant_sent", "idontwant_early"):  # early: said before the payload was in
+            snap[f"router.{name}"] = int(events.get(name, 0))
         snap.update({k: int(v) for k, v in self.node.counters.snapshot().items() if "pubsub" in k})
         return snap
 
