@@ -430,3 +430,57 @@ def test_int2_low_rank_is_exact_and_zero_factors_decode_to_zero() -> None:
     zero = LowRankFactors((40, 30), np.zeros_like(p), np.zeros_like(q))
     out = decode_tensors(encode_tensors({"m": zero}, EncodeOptions(Encoding.INT2)))["m"]
     assert not out.any()
+
+
+# ---------------------------------------------------------------------------- packed top-k offsets
+
+
+def test_packed_offsets_decode_like_uint16_ones_in_fewer_bytes() -> None:
+    x = {"x": RNG.standard_normal(10_000).astype(np.float32)}  # a partial last chunk
+    for chunk, k, bits in ((4096, 64, 12), (256, 4, 8), (5, 2, 3), (1, 1, 1)):
+        plain = encode_tensors(x, EncodeOptions(Encoding.INT2, chunk, k, lz4=False))
+        packed = encode_tensors(x, EncodeOptions(Encoding.INT2, chunk, k, lz4=False, packed_indices=True))
+        np.testing.assert_array_equal(decode_tensors(packed)["x"], decode_tensors(plain)["x"])
+        count = int(np.minimum(k, np.diff([*range(0, 10_000, chunk), 10_000])).sum())
+        saved = 2 * count - (count * bits + 7) // 8
+        assert 0 <= saved - (len(plain) - len(packed)) <= 4  # + the index_bits field, varint lengths
+
+
+def test_packed_offsets_by_hand() -> None:
+    # 6 elements in chunks of 4, k = 2, 2-bit offsets 0, 3 | 0, 1, lowest bit first: 0b01_00_11_00.
+    bundle = record(
+        shape=[6],
+        layout=pb.LAYOUT_CHUNKED_TOPK,
+        k=2,
+        values=np.array([1, -2, 3, 4], "<f4").tobytes(),
+        indices=bytes([0b01001100]),
+        index_bits=2,
+    )
+    np.testing.assert_array_equal(decode_tensors(envelope(bundle))["t"], [1, 0, 0, -2, 3, 4])
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"index_bits": 17}, "bad-index-bits"),
+        ({"index_bits": 1}, "bad-index-bits"),  # chunks of 4 need 2 bits
+        ({"indices": bytes([0b01001100, 0])}, "indices-length-mismatch"),
+        ({"index_bits": 3, "indices": bytes([0b00011000, 0b10010])}, "indices-bad-padding"),
+        ({"indices": bytes([0b01011100])}, "indices-not-increasing"),  # 0, 3 | 1, 1
+        ({"layout": pb.LAYOUT_DENSE, "k": 0, "indices": b""}, "unexpected-indices"),
+    ],
+)
+def test_packed_offsets_are_checked(fields: dict[str, object], reason: str) -> None:
+    base: dict[str, object] = {
+        "shape": [6],
+        "layout": pb.LAYOUT_CHUNKED_TOPK,
+        "k": 2,
+        "values": np.array([1, -2, 3, 4], "<f4").tobytes(),
+        "indices": bytes([0b01001100]),
+        "index_bits": 2,
+    }
+    if fields.get("layout") == pb.LAYOUT_DENSE:
+        base["values"] = np.zeros(6, "<f4").tobytes()
+    with pytest.raises(TensorDecodeError) as info:
+        decode_tensors(envelope(record(**{**base, **fields})))
+    assert info.value.reason == reason

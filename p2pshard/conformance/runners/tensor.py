@@ -422,8 +422,62 @@ def generate() -> list[Case]:
         err("int8-out-of-range"),
     )
     _int2_cases(decode, err)
+    _packed_offsets_cases(decode, err)
     _low_rank_cases(decode, err)
     return cases
+
+
+def _packed_offsets_cases(decode: Any, err: Any) -> None:
+    """Top-k offsets as a bit stream of ``index_bits``-bit values, lowest bit first."""
+    # 6 elements in chunks of 4, k 2: offsets 0, 3 | 0, 1 in 2 bits each -> 0b01_00_11_00.
+    decode(
+        "topk_packed_offsets",
+        "2-bit packed offsets",
+        True,
+        envelope(_bundle(_topk(indices=bytes([0b01001100]), index_bits=2))),
+        {"tensors": _tensors_json({"s": np.array([1, 0, 0, -2, 3, 4], dtype=np.float32)})},
+    )
+    # 3 bits: 0, 3 | 0, 1 -> bits 000 110 000 100 (12 bits) = 0x18, 0x02; the rest of byte 2 is 0.
+    decode(
+        "topk_packed_offsets_odd_width",
+        "3-bit packed offsets across a byte boundary",
+        True,
+        envelope(_bundle(_topk(indices=bytes([0x18, 0x02]), index_bits=3))),
+        {"tensors": _tensors_json({"s": np.array([1, 0, 0, -2, 3, 4], dtype=np.float32)})},
+    )
+    bad: list[tuple[str, str, dict[str, object], str]] = [
+        ("packed_bits_17", "index_bits 17", {"index_bits": 17}, "bad-index-bits"),
+        ("packed_bits_too_few", "1-bit offsets for chunks of 4", {"index_bits": 1}, "bad-index-bits"),
+        ("packed_long", "one byte too many", {"indices": bytes([0b01001100, 0])}, "indices-length-mismatch"),
+        (
+            "packed_padding",
+            "a set unused bit",
+            {"indices": bytes([0x18, 0x12]), "index_bits": 3},
+            "indices-bad-padding",
+        ),
+        (
+            "packed_range",
+            "3-bit offset 4 in a chunk of 4",
+            {"indices": bytes([0x18, 0x08]), "index_bits": 3},
+            "index-out-of-range",
+        ),
+    ]
+    for name, desc, fields, reason in bad:
+        record = {"indices": bytes([0b01001100]), "index_bits": 2, **fields}
+        decode(name, desc, False, envelope(_bundle(_topk(**record))), err(reason))
+    decode(
+        "dense_with_index_bits",
+        "a dense record with index_bits",
+        False,
+        envelope(
+            _bundle(
+                _rec(
+                    name="w", shape=[2], layout=1, encoding=1, chunk_size=2, values=_f32([1, 2]), index_bits=1
+                )
+            )
+        ),
+        err("unexpected-indices"),
+    )
 
 
 def _int2_cases(decode: Any, err: Any) -> None:

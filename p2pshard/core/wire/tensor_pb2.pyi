@@ -138,6 +138,7 @@ class TensorRecord(_message.Message):
     SCALES_FIELD_NUMBER: _builtins.int
     INDICES_FIELD_NUMBER: _builtins.int
     RANK_FIELD_NUMBER: _builtins.int
+    INDEX_BITS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     layout: Global___Layout.ValueType
     encoding: Global___ValueEncoding.ValueType
@@ -152,6 +153,12 @@ class TensorRecord(_message.Message):
     """uint16 in-chunk offsets (LAYOUT_CHUNKED_TOPK only)."""
     rank: _builtins.int
     """Factor rank (LAYOUT_LOW_RANK only)."""
+    index_bits: _builtins.int
+    """LAYOUT_CHUNKED_TOPK only: 0 = `indices` holds uint16 offsets; 1..16 = `indices` is a bit stream
+    of `index_bits`-bit offsets, offset i in bits [i*index_bits, (i+1)*index_bits) counting from the
+    lowest bit of the first byte, each offset's lowest bit first; ceil(count * index_bits / 8)
+    bytes, unused bits of the last byte 0; needs chunk_size <= 2^index_bits.
+    """
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -167,10 +174,11 @@ class TensorRecord(_message.Message):
         scales: _builtins.bytes = ...,
         indices: _builtins.bytes = ...,
         rank: _builtins.int = ...,
+        index_bits: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "encoding", b"encoding", "indices", b"indices", "k", b"k", "layout", b"layout", "name", b"name", "rank", b"rank", "scales", b"scales", "shape", b"shape", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "encoding", b"encoding", "index_bits", b"index_bits", "indices", b"indices", "k", b"k", "layout", b"layout", "name", b"name", "rank", b"rank", "scales", b"scales", "shape", b"shape", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
