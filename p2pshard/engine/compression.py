@@ -6,7 +6,8 @@ will not see (sum minus the decoded payload). Nothing is lost over time, only de
 aggressive compression still converges (Seide et al. 2014; Karimireddy et al. 2019).
 
 Kinds: ``none`` (fp32), ``fp16``, ``bf16``, ``int8`` / ``int4`` (one scale per chunk), ``topk``
-(the ``k`` largest-magnitude elements of every ``chunk_size`` chunk, int8 values) and ``lowrank``
+(the ``k`` largest-magnitude elements of every ``chunk_size`` chunk, 8-, 4- or 2-bit values, offsets
+packed in log2(chunk) bits) and ``lowrank``
 (the default): every weight matrix as a rank-``rank`` product P Q^T found by ``power_iterations``
 steps of subspace iteration warm-started from the previous round (PowerSGD, Vogels et al. 2019),
 factors in 4-bit integers with a power-of-two scale per factor column (which makes decoding exact,
@@ -17,6 +18,15 @@ the change over every element (top-k of 0.8% keeps ~4% of the energy of a tiny-m
 the change of a weight matrix stays close to low rank (the sum of outer products of activations and
 gradients; Adam's sign-like scaling keeps a rank-1 matrix rank-1). Rank 8 keeps ~80% of the energy
 of the same round in 1/50 of the elements.
+
+Why top-k still wins at >= 100x (:data:`SPARSELOCO`, Sarfi et al. 2025, arXiv 2508.15706): one
+round's energy is the wrong measure. With a residual that decays (``error_feedback_decay`` 0.95) the
+residual is a running sum of the rounds' changes -- it *is* the outer momentum, so the outer step
+uses none -- and the largest coordinates of that sum are sent once they have grown, each as a 2-bit
+value in 1.75 bytes with its packed 12-bit offset: 2.1% of the elements per round at 103x. On tiny
+(d=128) low rank cannot get there: 100x leaves rank 6 at 4 bits (30% of a round's energy lost every
+round, measured final loss +20%) or rank 13 at 2 bits (worse: 2-bit factors lose ~25% by themselves).
+The outer learning rate has to be about the number of contributors (see ``diloco.SPARSE_OUTER``).
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from p2pshard.core.wire.tensor import (
 )
 from p2pshard.core.wire.tensor import encode_tensors as _encode
 
-__all__ = ["KINDS", "CompressionConfig", "Compressor", "EncodedUpdate"]
+__all__ = ["KINDS", "SPARSELOCO", "CompressionConfig", "Compressor", "EncodedUpdate"]
 
 F32 = npt.NDArray[np.float32]
 
@@ -52,6 +62,8 @@ _ENCODING = {
     "lowrank": Encoding.INT4,
 }
 
+_BITS = {2: Encoding.INT2, 4: Encoding.INT4, 8: Encoding.INT8}
+
 
 @dataclass(frozen=True)
 class CompressionConfig:
@@ -62,7 +74,9 @@ class CompressionConfig:
     topk: int = 16  # kept per chunk: 16/2048 = 0.8% of the elements
     rank: int = 32  # lowrank: factor rank per weight matrix (tiny: 23x; 1024x1024 matrices: 128x)
     power_iterations: int = 2  # lowrank: subspace iterations per round
-    factor_bits: int = 4  # lowrank: 4 or 8 bits per factor entry
+    factor_bits: int = 4  # lowrank: 2, 4 or 8 bits per factor entry
+    value_bits: int = 8  # topk: 2, 4 or 8 bits per kept value
+    packed_indices: bool = True  # topk: offsets in ceil(log2(chunk_size)) bits instead of 16
     error_feedback: bool = True
     # The residual is multiplied by this before it is added to the next round's update: 1 keeps
     # everything (classic error feedback); below 1 lets what the compressor keeps failing to send
@@ -77,17 +91,34 @@ class CompressionConfig:
             raise ValueError("error_feedback_decay must be in [0, 1]")
         if not 1 <= self.rank <= 1024 or self.power_iterations < 1:
             raise ValueError("rank must be in [1, 1024] and power_iterations >= 1")
-        if self.factor_bits not in (4, 8):
-            raise ValueError("factor_bits must be 4 or 8")
+        if self.factor_bits not in _BITS or self.value_bits not in _BITS:
+            raise ValueError(f"factor_bits and value_bits must be one of {sorted(_BITS)}")
 
     def encode_options(self) -> EncodeOptions:
-        topk = self.topk if self.kind == "topk" else None
-        return EncodeOptions(_ENCODING[self.kind], chunk_size=self.chunk_size, topk=topk, lz4=self.lz4)
+        if self.kind == "topk":
+            return EncodeOptions(
+                _BITS[self.value_bits], self.chunk_size, self.topk, self.lz4, self.packed_indices
+            )
+        return EncodeOptions(_ENCODING[self.kind], chunk_size=self.chunk_size, lz4=self.lz4)
 
     @property
     def per_tensor(self) -> bool:
         """Whether updates must be sent tensor by tensor (low rank needs the matrix shapes)."""
         return self.kind == "lowrank"
+
+
+# SparseLoCo: per chunk of 4096 the 88 largest of the decaying residual (2.1%), 2-bit values with
+# a least-squares scale per chunk, 12-bit offsets; lz4 is off (it cannot shrink packed bits).
+# 103x fewer bytes than fp32. Pair it with ``DiLoCoConfig.for_preset(..., sparse=True)``.
+SPARSELOCO = CompressionConfig(
+    kind="topk",
+    chunk_size=4096,
+    topk=88,
+    value_bits=2,
+    packed_indices=True,
+    error_feedback_decay=0.95,
+    lz4=False,
+)
 
 
 @dataclass(frozen=True)
@@ -148,7 +179,7 @@ class Compressor:
                 overrides[name] = vectors
                 continue
             items[name] = self._factor(name, arr.reshape(rows, cols), arr.shape, r)
-        factors = Encoding.INT4 if self.cfg.factor_bits == 4 else Encoding.INT8
+        factors = _BITS[self.cfg.factor_bits]
         return _encode(items, EncodeOptions(factors, chunk_size=r, lz4=self.cfg.lz4), overrides)
 
     def _factor(self, name: str, m: F32, shape: tuple[int, ...], r: int) -> LowRankFactors:

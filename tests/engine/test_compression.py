@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from p2pshard.engine.compression import CompressionConfig, Compressor
-from p2pshard.engine.diloco import OUTER_DEFAULTS, DiLoCoConfig
+from p2pshard.engine.compression import SPARSELOCO, CompressionConfig, Compressor
+from p2pshard.engine.diloco import OUTER_DEFAULTS, SPARSE_OUTER, DiLoCoConfig
 
 RNG = np.random.default_rng(3)
 
@@ -50,3 +50,51 @@ def test_outer_step_defaults_per_preset_and_overrides_win() -> None:
     assert (tiny.outer_lr, tiny.outer_momentum, tiny.inner_steps) == (*OUTER_DEFAULTS["tiny"], 7)
     assert DiLoCoConfig() == DiLoCoConfig.for_preset("tiny")  # the devnet builds DiLoCoConfig()
     assert DiLoCoConfig.for_preset("base", outer_lr=0.1).outer_lr == 0.1
+
+
+def test_sparseloco_residual_keeps_exactly_what_was_not_sent_and_decays() -> None:
+    x = {"update": RNG.standard_normal(3 * 4096 + 100).astype(np.float32)}
+    c = Compressor(SPARSELOCO)
+    out = c.encode(x)
+    sent = out.decoded["update"]
+    # 88 per chunk of 4096, and min(88, 100) of the short last chunk.
+    assert np.count_nonzero(sent) == 4 * 88
+    np.testing.assert_array_equal(c.residual["update"], (x["update"] - sent).astype(np.float32))
+    # Next round: the target is the new update plus 0.95 x the residual, and again nothing is lost.
+    y = {"update": RNG.standard_normal(x["update"].size).astype(np.float32)}
+    residual = c.residual["update"].copy()
+    again = c.encode(y).decoded["update"]
+    target = (y["update"] + np.float32(0.95) * residual).astype(np.float32)
+    np.testing.assert_array_equal(c.residual["update"], (target - again).astype(np.float32))
+    # What is sent are the largest of each chunk of the target, with their signs.
+    kept = again != 0
+    assert (np.sign(again[kept]) == np.sign(target[kept])).all()
+    for start in range(0, 3 * 4096, 4096):
+        t, k = np.abs(target[start : start + 4096]), kept[start : start + 4096]
+        assert t[k].min() >= t[~k].max()
+
+
+def test_sparseloco_sends_over_100x_fewer_bytes_than_fp32() -> None:
+    n = 834_304  # the tiny preset
+    out = Compressor(SPARSELOCO).encode({"update": RNG.standard_normal(n).astype(np.float32)})
+    assert out.dense_bytes == 4 * n
+    # The payload is everything a receiver gets: 2-bit values, 12-bit offsets, scales, headers.
+    chunks = -(-n // 4096)
+    body = chunks * 88 * (2 + 12) // 8 + 4 * chunks
+    assert body < len(out.payload) < body + 64
+    assert out.dense_bytes / len(out.payload) > 100
+
+
+def test_sparse_outer_step_has_no_momentum_and_overrides_still_win() -> None:
+    d = DiLoCoConfig.for_preset("tiny", sparse=True, inner_steps=7)
+    assert (d.outer_lr, d.outer_momentum, d.inner_steps) == (*SPARSE_OUTER, 7)
+    assert SPARSE_OUTER[1] == 0.0
+    assert DiLoCoConfig.for_preset("tiny", sparse=True, outer_lr=2.0).outer_lr == 2.0
+    assert DiLoCoConfig.for_preset("tiny") == DiLoCoConfig()  # the dense default is unchanged
+
+
+def test_bits_options_are_checked() -> None:
+    assert CompressionConfig(kind="lowrank", factor_bits=2).factor_bits == 2
+    for bad in ({"factor_bits": 3}, {"value_bits": 1}):
+        with pytest.raises(ValueError):
+            CompressionConfig(**bad)  # type: ignore[arg-type]
