@@ -12,6 +12,7 @@ from p2pshard.core.gossip import (
     TopicScoreParams,
     UnknownProtocolError,
 )
+from p2pshard.core.gossip.protocol import encode_message, publish_piece
 from p2pshard.core.wire import rpc_pb2
 
 from .helpers import (
@@ -125,6 +126,8 @@ def test_graylisted_peer_is_ignored_entirely() -> None:
     cmds = r.handle_rpc(bad, msg_rpc(message(peer_id_of(64), 1, b"valid")), 0.5)
     assert cmds == []
     assert r.stats.dropped[DropReason.RPC_GRAYLISTED] == 1
+    head = publish_piece(encode_message(message(peer_id_of(64), 2, b"v" * 5000)))[:1024]
+    assert r.frame_head(bad, head, 0.5) == []  # nor does the head of a frame make it say IDONTWANT
     # the graylisted peer is also pruned from the mesh at the next heartbeat
     r.heartbeat(1.0)
     assert bad not in r.mesh_peers(TOPIC)

@@ -48,6 +48,8 @@ class IDontWantMixin(RouterState):
         cfg = self.config
         if not cfg.idontwant_threshold or peer_id not in self._peers:
             return []
+        if self.scorer is not None and self._score(peer_id) < self.thresholds.graylist_threshold:
+            return []  # handle_rpc will ignore the frame: so does its head
         parsed = parse_publish_head(head)
         if parsed is None:
             return []
