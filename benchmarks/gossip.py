@@ -220,6 +220,7 @@ def run_impl(impl: str, phases: list[Phase], args: argparse.Namespace, log_dir: 
         out["mesh_wait_s"], out["mesh"] = wait_for_mesh(workers, args.mesh_timeout)
         out["startup_s"] = time.monotonic() - t_start
         print(f"  [{impl}] up in {out['startup_s']:.1f}s; mesh sizes {out['mesh']}", flush=True)
+        aborted = False
         for number, phase in enumerate(phases, start=1):
             t_phase = time.monotonic()
             result = run_phase(workers, number, phase, args)
@@ -227,10 +228,19 @@ def run_impl(impl: str, phases: list[Phase], args: argparse.Namespace, log_dir: 
             out["phases"][phase.name] = result
             print(f"  [{impl}] {summary_line(result)}", flush=True)
             if result.aborted:
+                aborted = True  # its workers were killed: nothing more to ask them
                 break
-        final = call_all(workers, {"cmd": "counters"}, timeout=30)
-        out["peak_rss"] = [r["peak_rss"] for r in final]
-        out["counters"] = final[1]["counters"]
+        if not aborted:
+            final = call_all(workers, {"cmd": "counters"}, timeout=30)
+            out["peak_rss"] = [r["peak_rss"] for r in final]
+            out["counters"] = final[1]["counters"]
+    except WorkerError as exc:  # keep the phases measured before it, and say so
+        out["failed"] = str(exc)
+        print(f"  [{impl}] FAILED: {exc}")
+        for log in sorted(log_dir.glob(f"{impl}-*.log")):
+            tail = log.read_text(errors="replace")[-1500:]
+            if tail.strip():
+                print(f"  --- {log.name}:\n{tail}")
     finally:
         for w in workers:
             try:
@@ -497,6 +507,8 @@ def report(results: dict[str, dict[str, Any]], phases: list[Phase], args: argpar
     for goal, verdict in goals:
         print(f"goal: {goal}: {verdict}")
     for impl, res in results.items():
+        if res.get("failed"):
+            print(f"\n{impl} FAILED after the phases shown: {res['failed']}")
         print(f"\n{impl} settings:")
         for k, v in res.get("settings", {}).items():
             print(f"  {k}: {v}")
@@ -621,14 +633,7 @@ def main() -> None:
             if args.only and impl != args.only:
                 continue
             print(f"{impl}:", flush=True)
-            try:
-                results[impl] = run_impl(impl, phases, args, Path(tmp))
-            except WorkerError as exc:
-                print(f"  [{impl}] FAILED: {exc}")
-                for log in sorted(Path(tmp).glob(f"{impl}-*.log")):
-                    tail = log.read_text(errors="replace")[-1500:]
-                    if tail.strip():
-                        print(f"  --- {log.name}:\n{tail}")
+            results[impl] = run_impl(impl, phases, args, Path(tmp))
     report(results, phases, args)
     print(f"\ntotal {time.monotonic() - t0:.1f}s; load at end: {load()}")
     if args.json:
