@@ -484,3 +484,18 @@ def test_packed_offsets_are_checked(fields: dict[str, object], reason: str) -> N
     with pytest.raises(TensorDecodeError) as info:
         decode_tensors(envelope(record(**{**base, **fields})))
     assert info.value.reason == reason
+
+
+def test_random_bytes_in_int2_packed_payloads_never_escape_as_other_errors() -> None:
+    rng = np.random.default_rng(2)
+    x = {"x": RNG.standard_normal(5000).astype(np.float32)}
+    good = encode_tensors(x, EncodeOptions(Encoding.INT2, 1024, 20, lz4=False, packed_indices=True))
+    for _ in range(300):
+        mutated = bytearray(good)
+        for pos in rng.integers(9, len(good), size=3):
+            mutated[pos] = int(rng.integers(0, 256))
+        try:
+            out = decode_tensors(bytes(mutated), DecodeLimits(max_elements=1 << 16))
+        except TensorDecodeError:
+            continue
+        assert all(a.dtype == np.float32 for a in out.values())
