@@ -17,7 +17,9 @@ yamux frames no larger than their receive window, which go-yamux and js yamux ac
 tests send multi-frame payloads both ways). ``benchmarks/streams.py`` measures the result.
 
 These classes reach into py-libp2p internals (``SecureSession``'s fields, ``Yamux._read_data_body``,
-the module constant ``MAX_MESSAGE_SIZE``); the pin ``libp2p==0.8.1`` keeps them valid.
+the module constant ``MAX_MESSAGE_SIZE``, the name ``Yamux`` in ``muxer_multistream``); the pin
+``libp2p==0.8.1`` keeps them valid, and ``tests/net/test_transport.py`` checks that a connection
+really runs on them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from libp2p.peer.id import ID
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWriter
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.security.secure_session import SecureSession
+from libp2p.stream_muxer import muxer_multistream as _muxer_multistream
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
@@ -51,6 +54,9 @@ def tune_yamux() -> None:
     """
     _yamux.MAX_MESSAGE_SIZE = YAMUX_FRAME_SIZE
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+    # MuxerMultistream.new_conn builds yamux connections as ``Yamux(...)`` by name, whatever class
+    # the host's muxer options give for /yamux/1.0.0.
+    _muxer_multistream.Yamux = TunedYamux  # type: ignore[attr-defined]
 
 
 class BufferedNoiseReadWriter(NoiseTransportReadWriter):

@@ -54,3 +54,18 @@ async def test_closed_connection() -> None:
         await session.read_exactly(4)
     with pytest.raises(ConnectionClosedError):
         await session.read(1)
+
+
+async def test_connections_run_on_the_tuned_session_and_muxer() -> None:
+    from p2pshard import NodeConfig, open_node
+    from p2pshard.net.host import parse_peer_addr
+    from p2pshard.net.transport import TunedYamux
+
+    async with open_node(NodeConfig()) as a, open_node(NodeConfig(bootstrap=[a.addrs[0]])) as b:
+        await b.connector.connect(parse_peer_addr(a.addrs[0]))
+        for node in (a, b):
+            conns = node.host.get_network().get_connections()
+            assert conns
+            for conn in conns:
+                assert type(conn.muxed_conn) is TunedYamux
+                assert isinstance(conn.muxed_conn.secured_conn, BufferedSecureSession)
