@@ -140,3 +140,20 @@ async def test_peer_queue_bounds_bytes() -> None:
         with trio.fail_after(1):
             await woke.wait()
     assert queue.size == 10
+
+
+async def test_a_large_message_is_declined_from_its_head_and_delivered_once(four_nodes: list[Node]) -> None:
+    """A frame longer than one read is shown to the router before its end: each receiver says
+    IDONTWANT once, from the head of the first copy, and delivers the message once."""
+    async with AsyncExitStack() as stack:
+        subs = await _subscribed(stack, four_nodes)
+        payload = bytes(range(256)) * (6 * 1024)  # 1.5 MiB: more than READ_SIZE, so never one read
+        await four_nodes[1].pubsub.publish(TOPIC, payload)
+        for node, sub in zip(four_nodes, subs, strict=True):
+            with trio.fail_after(10):
+                assert (await sub.receive()).data == payload
+            with trio.move_on_after(0.3):
+                await sub.receive()
+                raise AssertionError("delivered twice")
+            early = node.pubsub.router.stats.events["idontwant_early"]
+            assert early == (0 if node is four_nodes[1] else 1)
