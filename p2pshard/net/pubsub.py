@@ -58,6 +58,7 @@ from p2pshard.core.gossip import (
     Validate,
     ValidationResult,
 )
+from p2pshard.core.gossip.protocol import is_single_publish
 from p2pshard.core.wire.framing import (
     FrameTooLarge,
     FramingError,
@@ -463,7 +464,7 @@ class PubSub:
                         frame,
                         wait=publishing,
                         urgent=count == 0 and len(data) <= URGENT_MAX_BYTES,
-                        tag=msg_id if count == 1 and _only_one_message(data) else None,
+                        tag=msg_id if count == 1 and is_single_publish(data) else None,
                         own=publishing,
                     )
                 case Deliver(topic=topic, message=message):
@@ -682,21 +683,6 @@ class PubSub:
         finally:
             with trio.move_on_after(1):
                 await stream.reset()
-
-
-_PUBLISH_FIELD = 0x12  # RPC.publish: field 2, length-delimited
-
-
-def _only_one_message(data: bytes) -> bool:
-    """Whether an RPC frame is exactly one ``publish`` entry and nothing else: only such a frame
-    may be skipped when the peer no longer wants that message (no control rides along)."""
-    if not data or data[0] != _PUBLISH_FIELD:
-        return False
-    try:
-        decoded = decode_uvarint(data, 1)
-    except FramingError:
-        return False
-    return decoded is not None and decoded[1] + decoded[0] == len(data)
 
 
 def _is_outbound(host: IHost, pid: ID) -> bool:

@@ -161,3 +161,14 @@ def test_an_id_function_that_only_looked_like_from_seqno_is_found_out() -> None:
     assert r.seen(hashlib.sha256(b"x" * 5000).digest()[:20])  # the real id is what counts
     second = publish_piece(encode_message(message(AUTHOR, 2, b"y" * 5000)))
     assert r.frame_head(src, second[:1024], 0.3) == []  # and no more early ids on this topic
+
+
+def test_messages_of_a_batched_frame_are_forwarded_intact() -> None:
+    r, (src, a, _b) = _mesh_router()
+    big = message(AUTHOR, 1, b"B" * 100_000)
+    small = message(AUTHOR, 2, b"s" * 200)
+    frame = publish_piece(encode_message(big)) + publish_piece(small.SerializeToString())
+    cmds = r.handle_rpc(src, frame, 0.1)
+    assert list(merged(cmds, a).publish) == [big, small]
+    forwarded = [c.data for c in cmds if isinstance(c, SendRpc) and c.peer_id == a and c.message_count]
+    assert publish_piece(encode_message(big)) in b"".join(forwarded)  # cut out as it came: id first

@@ -6,9 +6,9 @@ import random
 
 import trio
 
-from p2pshard.core.gossip.protocol import control_piece, publish_piece
+from p2pshard.core.gossip.protocol import control_piece, is_single_publish, publish_piece
 from p2pshard.core.wire import rpc_pb2
-from p2pshard.net.pubsub import _BulkTurns, _only_one_message, _PeerQueue
+from p2pshard.net.pubsub import _BulkTurns, _PeerQueue
 
 
 def test_control_frames_go_ahead_of_queued_messages() -> None:
@@ -95,11 +95,11 @@ async def test_a_waiter_cancelled_while_waiting_leaves_no_turn_behind() -> None:
 def test_only_a_frame_holding_just_one_message_may_be_skipped() -> None:
     message = rpc_pb2.Message(data=b"x" * 70_000, topic="/t").SerializeToString()
     prune = rpc_pb2.ControlMessage(prune=[rpc_pb2.ControlPrune(topicID="/t")])
-    assert _only_one_message(publish_piece(message))
-    assert not _only_one_message(publish_piece(message) + publish_piece(message))
-    assert not _only_one_message(control_piece(prune) + publish_piece(message))  # a PRUNE rides along
-    assert not _only_one_message(publish_piece(message) + control_piece(prune))
-    assert not _only_one_message(b"")
+    assert is_single_publish(publish_piece(message))
+    assert not is_single_publish(publish_piece(message) + publish_piece(message))
+    assert not is_single_publish(control_piece(prune) + publish_piece(message))  # a PRUNE rides along
+    assert not is_single_publish(publish_piece(message) + control_piece(prune))
+    assert not is_single_publish(b"")
 
 
 def test_own_publishes_never_wait_for_a_bulk_turn() -> None:

@@ -176,6 +176,17 @@ def parse_publish_head(head: bytes) -> tuple[int, bytes, bytes, str] | None:
         return None
 
 
+def is_single_publish(data: bytes) -> bool:
+    """Whether an encoded RPC is exactly one ``publish`` entry and nothing else."""
+    if not data or data[0] != _PUBLISH_TAG:
+        return False
+    try:
+        decoded = decode_uvarint(data, 1)
+    except FramingError:
+        return False
+    return decoded is not None and decoded[0] + decoded[1] == len(data)
+
+
 def publish_spans(data: bytes) -> list[tuple[int, int]] | None:
     """Where each ``RPC.publish`` entry (tag, length and message) lies in an encoded RPC, in
     order, so a received message can be forwarded as the bytes it came in (no re-encoding, and
@@ -240,6 +251,7 @@ __all__ = [
     "encode_publish",
     "encode_uvarint",
     "field_piece",
+    "is_single_publish",
     "parse_publish_head",
     "peer_kind",
     "publish_piece",

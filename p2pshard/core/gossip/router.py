@@ -24,6 +24,7 @@ from .protocol import (
     PeerKind,
     decode_rpc,
     encode_publish,
+    is_single_publish,
     peer_kind,
     publish_piece,
     publish_spans,
@@ -32,6 +33,9 @@ from .protocol import (
 from .signing import Signer, Verifier, sign_message, signing_bytes
 from .state import PeerState, PendingValidation, Validator
 from .stats import DropReason
+
+_SCAN_BATCH_FROM = 64 * 1024
+"""A message at least this large is cut out of a batched frame to be forwarded as received."""
 
 
 class GossipRouter(ControlHandlers, HeartbeatMixin, IDontWantMixin):
@@ -328,13 +332,21 @@ class GossipRouter(ControlHandlers, HeartbeatMixin, IDontWantMixin):
         if dups:
             self.stats.dropped[DropReason.MESSAGE_DUPLICATE] += dups
 
-    def _received_piece(self, index: int) -> bytes | None:
-        """The ``index``-th message of the RPC being handled as the ``publish`` entry it came in
-        (the whole frame, uncopied, when that is all the frame holds); None if it cannot be cut
-        out (the message is re-encoded instead)."""
+    def _received_piece(self, index: int, size: int) -> bytes | None:
+        """The ``index``-th message (``size`` bytes of data) of the RPC being handled as the
+        ``publish`` entry it came in: the whole frame, uncopied, when that is all the frame holds.
+        None (the message is re-encoded instead) if it cannot be cut out, or if it is small and
+        shares its frame: re-encoding a small message is cheaper than scanning a batch."""
         spans = self._rpc_spans
         if spans is None:
-            spans = self._rpc_spans = publish_spans(self._rpc_data) or []
+            data = self._rpc_data
+            if is_single_publish(data):
+                spans = [(0, len(data))]
+            elif size < _SCAN_BATCH_FROM:
+                return None
+            else:
+                spans = publish_spans(data) or []
+            self._rpc_spans = spans
         if index >= len(spans):
             return None
         start, stop = spans[index]
@@ -411,11 +423,12 @@ class GossipRouter(ControlHandlers, HeartbeatMixin, IDontWantMixin):
                 if scorer is not None:
                     scorer.ignore_message(mid)
                 return
-            piece = self._received_piece(index) if index >= 0 else None
+            piece = self._received_piece(index, len(data)) if index >= 0 else None
             self._pending[mid] = PendingValidation(msg, m, pid, self._now, piece)
             self._cmds.append(Validate(mid, msg, pid))
             return
-        self._conclude(mid, msg, m, pid, result, self._received_piece(index) if index >= 0 else None)
+        piece = self._received_piece(index, len(data)) if index >= 0 else None
+        self._conclude(mid, msg, m, pid, result, piece)
 
     def _check_signature(
         self, peer: PeerState, m: rpc_pb2.Message, topic: str, data: bytes | None = None
