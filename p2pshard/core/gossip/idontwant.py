@@ -18,16 +18,16 @@ from .state import RouterState
 class IDontWantMixin(RouterState):
     """Mixin of :class:`~p2pshard.core.gossip.router.GossipRouter`: the sending side of IDONTWANT."""
 
-    def _send_idontwant(self, topic: str, mid: bytes, source: bytes, author: bytes) -> None:
+    def _send_idontwant(self, topic: str, mid: bytes, source: bytes) -> None:
         """IDONTWANT ``mid`` to every v1.2 peer that might send it to us: the topic's subscribers
         (mesh peers forward it; others may have us in their mesh, or publish to us), not only
-        our mesh as go does -- a few dozen bytes each against a copy of a large message. Not to
-        ``source``, which sent it, nor to the ``author``: no implementation forwards a message to
-        its author, so the author would be sending it only now, busy with its own copies."""
+        our mesh as go does -- a few dozen bytes each against a copy of a large message. The
+        author too: a driver that checks IDONTWANT when a queued copy's turn comes (ours does)
+        can still skip its own publish to us if its queue is backed up."""
         peers = self._peers
         sent = False
         for pid in self._topics.get(topic, ()):
-            if pid != source and pid != author:
+            if pid != source:
                 peer = peers[pid]
                 if peer.kind >= PeerKind.GOSSIPSUB_V12:
                     self._control(peer).idontwant.add(messageIDs=[mid])
@@ -65,7 +65,7 @@ class IDontWantMixin(RouterState):
             return []
         if mid in self._seen or not self._announced.add(mid, self._now):
             return []
-        self._send_idontwant(topic, mid, peer_id, source)
+        self._send_idontwant(topic, mid, peer_id)
         self.stats.events["idontwant_early"] += 1
         return self._finish()
 

@@ -408,7 +408,7 @@ class GossipRouter(ControlHandlers, HeartbeatMixin, IDontWantMixin):
             self._promises.pop(mid, None)
         self.stats.events["message_first_seen"] += 1
         if cfg.idontwant_threshold and len(data) >= cfg.idontwant_threshold and mid not in self._announced:
-            self._send_idontwant(topic, mid, pid, msg.source)
+            self._send_idontwant(topic, mid, pid)
         result = ValidationResult.ACCEPT
         validator = self._validators.get(topic)
         if validator is not None:
