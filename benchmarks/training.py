@@ -11,10 +11,12 @@ It prints three tables:
     AdamW on a 4x larger batch for as many steps as one node takes, same learning rate) -- final
     held-out loss and the ratio; goal: within 5%. The preset's default outer step
     (``DiLoCoConfig.for_preset``); --quick also shows plain parameter averaging.
-(b) Bytes each node sends per round with the default compression, with rank-6 low-rank factors
-    (>= 100x on tiny) and, in --quick, the earlier top-k -- all with error feedback -- against dense
-    fp32, and the final loss of each; goal: >= 100x fewer bytes, loss within 2% of dense DiLoCo (same
-    outer settings).
+(b) Bytes each node sends per round (the real encoded payloads: values, scales, offsets, headers)
+    against fp32 (4 bytes x parameters), and the final loss of each against dense DiLoCo (the
+    preset's default outer step); goal: >= 100x fewer bytes with loss within 2%. Rows: the default
+    compression (low rank), rank-6 factors (low rank at ~100x), SparseLoCo (2-bit top-k of a decaying
+    residual, with its own outer step: lr ``SPARSE_OUTER``, no momentum -- the residual is the
+    momentum) and, in --quick, the earlier int8 top-k; all with error feedback.
 (c) 1 of 5 nodes attacking (sign-flipped, x100-scaled or NaN updates): final loss with a plain mean
     and with each robust rule, relative to the clean 4-node run; goal: robust rules within 5%.
     The attacker is omniscient: it transforms an honest node's update of the same round.
@@ -27,7 +29,7 @@ Independent runs go to ``--jobs`` worker processes (default 2, one thread each).
 Usage::
 
     python benchmarks/training.py --quick    # micro model, < 60 s on 2 idle CPU cores
-    python benchmarks/training.py            # tiny for (a) and (b), micro for (c); ~5 min idle
+    python benchmarks/training.py            # tiny for (a) and (b), micro for (c); ~8 min (load 5)
     python benchmarks/training.py --preset tiny --inner-steps 30 --rounds 20   # devnet-like (slow)
 """
 
@@ -47,8 +49,8 @@ import torch
 
 from p2pshard.core.wire.tensor import EncodeOptions, decode_tensors, encode_tensors
 from p2pshard.engine.aggregation import AggregationConfig
-from p2pshard.engine.compression import CompressionConfig
-from p2pshard.engine.diloco import DiLoCoConfig
+from p2pshard.engine.compression import SPARSELOCO, CompressionConfig
+from p2pshard.engine.diloco import SPARSE_OUTER, DiLoCoConfig
 from p2pshard.engine.engine import EngineConfig, TorchEngine
 from p2pshard.engine.genesis import Genesis, default_genesis
 from p2pshard.engine.model import PRESETS
@@ -73,11 +75,13 @@ class Setup:
     outer_lr: float | None = None  # None: the preset's default (DiLoCoConfig.for_preset)
     outer_momentum: float | None = None
     device: str = "cpu"
+    sparse: bool = False  # the outer step for SparseLoCo (DiLoCoConfig.for_preset(sparse=True))
 
     def diloco(self) -> DiLoCoConfig:
         over = {"outer_lr": self.outer_lr, "outer_momentum": self.outer_momentum}
         return DiLoCoConfig.for_preset(
             self.preset,
+            sparse=self.sparse,
             inner_steps=self.inner_steps,
             batch_size=self.batch,
             inner_lr=self.inner_lr,
@@ -94,15 +98,18 @@ ROBUST_FULL = QUICK  # (c) on micro in the full run: 13 more runs on tiny would 
 DENSE = CompressionConfig(kind="none")
 DEFAULT = CompressionConfig()
 LOWRANK = CompressionConfig(kind="lowrank", rank=6)  # >= 100x on tiny
-TOPK = CompressionConfig(kind="topk", chunk_size=2048, topk=16)
+TOPK = CompressionConfig(kind="topk", chunk_size=2048, topk=16, packed_indices=False)
+SPARSE = SPARSELOCO
 
 
 def label_of(c: CompressionConfig) -> str:
+    lz4 = " (lz4)" if c.lz4 else ""
     if c.kind == "lowrank":
-        return f"rank-{c.rank} int4 factors + EF (lz4)"
+        return f"rank-{c.rank} int{c.factor_bits} factors + EF{lz4}"
     if c.kind == "topk":
-        return f"top-{c.topk}/{c.chunk_size} int8 + EF (lz4)"
-    return f"{c.kind} dense + EF (lz4)"
+        ef = f"EF {c.error_feedback_decay:g}" if c.error_feedback_decay < 1 else "EF"
+        return f"top-{c.topk}/{c.chunk_size} int{c.value_bits} + {ef}{lz4}"
+    return f"{c.kind} dense + EF{lz4}"
 
 
 @dataclass(frozen=True)
@@ -195,11 +202,15 @@ def baseline(s: Setup, genesis: Genesis) -> Run:
     return Run(e.evaluate(), 0.0, tokens, time.perf_counter() - t0)
 
 
+def n_params(s: Setup, genesis: Genesis) -> int:
+    return TorchEngine(engine_config(s, DENSE, "mean", "x"), genesis).n_params
+
+
 def describe(s: Setup, genesis: Genesis) -> str:
-    n_params = TorchEngine(engine_config(s, DENSE, "mean", "x"), genesis).n_params
     d = s.diloco()
     return (
-        f"preset={s.preset} ({n_params:,} params)  nodes={s.nodes}  rounds={s.rounds}  H={s.inner_steps}  "
+        f"preset={s.preset} ({n_params(s, genesis):,} params)  nodes={s.nodes}  rounds={s.rounds}  "
+        f"H={s.inner_steps}  "
         f"batch={s.batch}x{PRESETS[s.preset].context}  inner lr={s.inner_lr:g}  "
         f"outer lr={d.outer_lr:g} momentum={d.outer_momentum:g}  device={s.device}"
     )
@@ -252,15 +263,18 @@ def table_a_b(s: Setup, genesis: Genesis, jobs: Jobs, quick: bool) -> None:
     print(describe(s, genesis) + "  (nodes simulated in-process)", flush=True)
     d = s.diloco()
     plain_needed = quick and not (d.outer_momentum == 0 and d.outer_lr == 1)
-    kinds = [("default: " + label_of(DEFAULT), DEFAULT)]
+    sparse = replace(s, sparse=True)
+    kinds = [("default: " + label_of(DEFAULT), DEFAULT, s)]
     if DEFAULT != LOWRANK:
-        kinds.append((label_of(LOWRANK), LOWRANK))
+        kinds.append((label_of(LOWRANK), LOWRANK, s))
+    lr, mu = SPARSE_OUTER
+    kinds.append((f"SparseLoCo {label_of(SPARSE)}, outer lr {lr:g} mom. {mu:g}", SPARSE, sparse))
     if quick:
-        kinds.append((label_of(TOPK), TOPK))
+        kinds.append((label_of(TOPK), TOPK, s))
     base_f = jobs.submit("baseline", s)
     dense_f = jobs.submit("simulate", s)
     plain_f = jobs.submit("simulate", replace(s, outer_lr=1.0, outer_momentum=0.0)) if plain_needed else None
-    comp_f = [(label, jobs.submit("simulate", s, compression=c)) for label, c in kinds]
+    comp_f = [(label, jobs.submit("simulate", setup, compression=c)) for label, c, setup in kinds]
     base = base_f()
     dense, _ = dense_f()
     print("\n(a) DiLoCo vs single-process baseline, same tokens         goal: ratio <= 1.05")
@@ -278,18 +292,22 @@ def table_a_b(s: Setup, genesis: Genesis, jobs: Jobs, quick: bool) -> None:
             flush=True,
         )
 
-    print("\n(b) bytes per node per round                 goal: >= 100x fewer, loss within 2%")
-    print(f"  {'compression':<40}{'bytes/round':>12}{'reduction':>11}{'final loss':>12}{'vs fp32':>9}")
+    fp32 = 4 * n_params(s, genesis)
     print(
-        f"  {'dense fp32 (lz4)':<40}{dense.bytes_per_round:>12,.0f}{1.0:>10.1f}x"
-        f"{dense.final_loss:>12.4f}{1.0:>9.3f}",
+        f"\n(b) bytes/node/round vs fp32 (4 x params = {fp32:,}), loss vs dense DiLoCo"
+        "     goal: >= 100x, loss within 2%"
+    )
+    print(f"  {'compression':<60}{'bytes/round':>12}{'reduction':>11}{'final loss':>12}{'vs dense':>9}")
+    print(
+        f"  {'dense DiLoCo: fp32 (lz4)':<60}{dense.bytes_per_round:>12,.0f}"
+        f"{fp32 / dense.bytes_per_round:>10.1f}x{dense.final_loss:>12.4f}{1.0:>9.3f}",
         flush=True,
     )
     for label, fut in comp_f:
         run, _ = fut()
         print(
-            f"  {label:<40}{run.bytes_per_round:>12,.0f}"
-            f"{dense.bytes_per_round / run.bytes_per_round:>10.1f}x"
+            f"  {label:<60}{run.bytes_per_round:>12,.0f}"
+            f"{fp32 / run.bytes_per_round:>10.1f}x"
             f"{run.final_loss:>12.4f}{run.final_loss / dense.final_loss:>9.3f}",
             flush=True,
         )
