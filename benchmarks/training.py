@@ -15,8 +15,9 @@ It prints three tables:
     against fp32 (4 bytes x parameters), and the final loss of each against dense DiLoCo (the
     preset's default outer step); goal: >= 100x fewer bytes with loss within 2%. Rows: the default
     compression (low rank), rank-6 factors (low rank at ~100x), SparseLoCo (2-bit top-k of a decaying
-    residual, with its own outer step: lr ``SPARSE_OUTER``, no momentum -- the residual is the
-    momentum) and, in --quick, the earlier int8 top-k; all with error feedback.
+    residual, with its own outer step: lr 1 on the *sum* of the contributions, no momentum -- the
+    residual is the momentum; ``DiLoCoConfig.for_preset(sparse=True)``) and, in --quick, the
+    earlier int8 top-k; all with error feedback.
 (c) 1 of 5 nodes attacking (sign-flipped, x100-scaled or NaN updates): final loss with a plain mean
     and with each robust rule, relative to the clean 4-node run; goal: robust rules within 5%.
     The attacker is omniscient: it transforms an honest node's update of the same round.
@@ -268,7 +269,7 @@ def table_a_b(s: Setup, genesis: Genesis, jobs: Jobs, quick: bool) -> None:
     if DEFAULT != LOWRANK:
         kinds.append((label_of(LOWRANK), LOWRANK, s))
     lr, mu = SPARSE_OUTER
-    kinds.append((f"SparseLoCo {label_of(SPARSE)}, outer lr {lr:g} mom. {mu:g}", SPARSE, sparse))
+    kinds.append((f"SparseLoCo {label_of(SPARSE)}; outer: sum x {lr:g}, mom. {mu:g}", SPARSE, sparse))
     if quick:
         kinds.append((label_of(TOPK), TOPK, s))
     base_f = jobs.submit("baseline", s)

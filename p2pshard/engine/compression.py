@@ -26,7 +26,7 @@ uses none -- and the largest coordinates of that sum are sent once they have gro
 value in 1.75 bytes with its packed 12-bit offset: 2.1% of the elements per round at 103x. On tiny
 (d=128) low rank cannot get there: 100x leaves rank 6 at 4 bits (30% of a round's energy lost every
 round, measured final loss +20%) or rank 13 at 2 bits (worse: 2-bit factors lose ~25% by themselves).
-The outer learning rate has to be about the number of contributors (see ``diloco.SPARSE_OUTER``).
+The outer step applies the sum of the contributions, not their mean (``diloco.SPARSE_OUTER``).
 """
 
 from __future__ import annotations

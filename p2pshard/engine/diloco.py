@@ -51,14 +51,14 @@ OUTER_DEFAULTS: dict[str, tuple[float, float]] = {
     "base": (0.7, 0.9),
 }
 
-# Outer step (lr, momentum) for sparse compression with a decaying residual (compression.SPARSELOCO).
-# No momentum: the residual already sums the past rounds' changes. The lr is about the number of
-# contributors, because the mean of n sparse updates divides a coordinate that only one node sent
-# by n. Measured on tiny, 4 nodes, 30 rounds (dense DiLoCo: final loss 0.441): top-64/4096 at lr 2
-# -> 0.536, 3 -> 0.460, 4 -> 0.455, 6 -> 0.548 (residual decay 0.9 at lr 4: 0.461, 1.0: 0.469);
-# top-88/4096 (compression.SPARSELOCO) at lr 3.5 -> 0.423, 4 -> 0.419. Tuned for the 4-node
-# devnet; other network sizes want lr ~ n.
-SPARSE_OUTER: tuple[float, float] = (4.0, 0.0)
+# Outer step (lr, momentum) for sparse compression with a decaying residual (compression.SPARSELOCO),
+# applied to the *sum* of the selected contributions (``DiLoCoConfig.outer_sum``). No momentum: the
+# residual already sums the past rounds' changes. The sum, not the mean: the mean of n sparse updates
+# divides a coordinate that only one node sent by n. Measured on tiny, 4 nodes, 30 rounds, as lr x
+# mean (dense DiLoCo: final loss 0.441): top-64/4096 at lr 2 -> 0.536, 3 -> 0.460, 4 (= the sum)
+# -> 0.455, 6 -> 0.548 (residual decay 0.9 at lr 4: 0.461, 1.0: 0.469); top-88/4096
+# (compression.SPARSELOCO) at lr 3.5 -> 0.423, 4 -> 0.419.
+SPARSE_OUTER: tuple[float, float] = (1.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,9 @@ class DiLoCoConfig:
     # Rescale the aggregated pseudo-gradient to the median norm of the contributions, at most by
     # sqrt(n) (see ``restore_norm``).
     norm_restore: bool = False
+    # Step on the aggregate times the number of contributions it selected (for a mean: their sum),
+    # so that a sparse coordinate one node sent moves by what it sent whatever the network's size.
+    outer_sum: bool = False
 
     def __post_init__(self) -> None:
         if self.inner_steps < 1 or self.batch_size < 1:
@@ -83,12 +86,12 @@ class DiLoCoConfig:
 
     @classmethod
     def for_preset(cls, preset: str, sparse: bool = False, **overrides: Any) -> DiLoCoConfig:
-        """This preset's outer step (:data:`OUTER_DEFAULTS`, or :data:`SPARSE_OUTER` for sparse
-        compression with a decaying residual), then ``overrides``."""
+        """This preset's outer step (:data:`OUTER_DEFAULTS`; for sparse compression with a decaying
+        residual :data:`SPARSE_OUTER` on the sum), then ``overrides``."""
         lr, momentum = OUTER_DEFAULTS.get(preset, (cls.outer_lr, cls.outer_momentum))
         if sparse:
             lr, momentum = SPARSE_OUTER
-        return cls(**{"outer_lr": lr, "outer_momentum": momentum, **overrides})
+        return cls(**{"outer_lr": lr, "outer_momentum": momentum, "outer_sum": sparse, **overrides})
 
 
 def model_hash(params: Mapping[str, F32]) -> bytes:

@@ -225,6 +225,8 @@ class TorchEngine:
             vector = result.vector
             if self.cfg.diloco.norm_restore:
                 vector, _ = restore_norm(vector, stacked[list(result.selected)])
+            if self.cfg.diloco.outer_sum:  # elementwise float32: the same bits on every node
+                vector = np.multiply(vector, np.float32(len(result.selected)), dtype=np.float32)
             norm = float(np.sqrt((vector.astype(np.float64) ** 2).sum()))
             self.outer.step(self.master, self._unflatten(vector))
             self._hash = model_hash(self.master)

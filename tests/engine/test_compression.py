@@ -88,9 +88,10 @@ def test_sparseloco_sends_over_100x_fewer_bytes_than_fp32() -> None:
 def test_sparse_outer_step_has_no_momentum_and_overrides_still_win() -> None:
     d = DiLoCoConfig.for_preset("tiny", sparse=True, inner_steps=7)
     assert (d.outer_lr, d.outer_momentum, d.inner_steps) == (*SPARSE_OUTER, 7)
-    assert SPARSE_OUTER[1] == 0.0
+    assert SPARSE_OUTER[1] == 0.0 and d.outer_sum
     assert DiLoCoConfig.for_preset("tiny", sparse=True, outer_lr=2.0).outer_lr == 2.0
     assert DiLoCoConfig.for_preset("tiny") == DiLoCoConfig()  # the dense default is unchanged
+    assert not DiLoCoConfig().outer_sum
 
 
 def test_bits_options_are_checked() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +233,17 @@ def test_sparseloco_engines_agree_send_a_hundredth_and_restore_their_residual(
     restored.load_checkpoint_bytes(a.checkpoint_bytes())
     np.testing.assert_array_equal(restored.compressor.residual["update"], a.compressor.residual["update"])
     assert run_round({"a": a}, genesis, 1) == run_round({"a": restored}, genesis, 1)
+
+
+def test_outer_sum_steps_on_n_times_the_aggregate(make_engine: EngineFactory, genesis: Genesis) -> None:
+    # Two contributors: lr 1 on the sum is lr 2 on the mean, bit for bit (x2 is exact in float32).
+    summed = DiLoCoConfig(inner_steps=4, batch_size=8, outer_lr=1.0, outer_momentum=0.0, outer_sum=True)
+    doubled = DiLoCoConfig(inner_steps=4, batch_size=8, outer_lr=2.0, outer_momentum=0.0)
+    hashes = []
+    for d in (summed, doubled):
+        engines = {p: make_engine(node_salt=p.encode(), diloco=d, compression=SPARSELOCO) for p in ("a", "b")}
+        hashes.append(run_round(engines, genesis, 0))
+    assert hashes[0] == hashes[1] and len(hashes[0]) == 1
+    mean = replace(doubled, outer_lr=1.0)  # the mean halves what one node alone sent
+    plain = {p: make_engine(node_salt=p.encode(), diloco=mean, compression=SPARSELOCO) for p in ("a", "b")}
+    assert run_round(plain, genesis, 0) != hashes[0]
