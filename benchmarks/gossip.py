@@ -396,6 +396,11 @@ def report(results: dict[str, dict[str, Any]], phases: list[Phase], args: argpar
         res = results.get(impl)
         return None if res is None else res["phases"].get(name)
 
+    def measured(impl: str, name: str) -> PhaseResult | None:
+        """The phase if it ran to its end (an aborted one measured nothing to compare)."""
+        r = get(impl, name)
+        return None if r is None or r.aborted else r
+
     rows: list[tuple[str, str, str, str, str]] = []
 
     def ratio(a: float | None, b: float | None, higher_better: bool) -> str:
@@ -405,7 +410,7 @@ def report(results: dict[str, dict[str, Any]], phases: list[Phase], args: argpar
 
     for phase in phases:
         if phase.name.startswith("rate"):
-            o, s = get("ours", phase.name), get("stock", phase.name)
+            o, s = measured("ours", phase.name), measured("stock", phase.name)
             ov = o.delivered if o else None
             sv = s.delivered if s else None
             goal = "100%" if phase.rate == 500 else ""
@@ -425,7 +430,7 @@ def report(results: dict[str, dict[str, Any]], phases: list[Phase], args: argpar
         ("lat_1k", "1 KiB", ""),
         ("lat_1m", "1 MiB", "p99 <= 100 ms (stock then 155/341 ms)"),
     ):
-        o, s = get("ours", name), get("stock", name)
+        o, s = measured("ours", name), measured("stock", name)
         for q in (0.5, 0.99):
             ov = quantile(o.lat_all, q) if o else None
             sv = quantile(s.lat_all, q) if s else None
@@ -445,7 +450,7 @@ def report(results: dict[str, dict[str, Any]], phases: list[Phase], args: argpar
         ("lat_1m", "1 MiB", "<= 2 (stock then 4.8)"),
         ("rss_1m", "1 MiB, RSS phase", ""),
     ):
-        o, s = get("ours", name), get("stock", name)
+        o, s = measured("ours", name), measured("stock", name)
         ov = o.receptions if o else None
         sv = s.receptions if s else None
         fo = "-" if ov is None else f"{ov:.2f} (max node {o.receptions_max_node:.2f})"  # type: ignore[union-attr]
