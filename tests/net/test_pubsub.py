@@ -13,7 +13,7 @@ from p2pshard import NodeConfig, open_node
 from p2pshard.core.gossip import MESHSUB_V11, GossipMessage
 from p2pshard.core.wire import topics_pb2
 from p2pshard.core.wire.framing import encode_frame, encode_uvarint
-from p2pshard.net.pubsub import _PeerQueue
+from p2pshard.net.pubsub_io import PeerQueue
 from p2pshard.node import Node
 from tests.util import eventually
 
@@ -122,7 +122,7 @@ async def test_malformed_and_oversized_rpcs_are_counted_and_node_keeps_serving(
 
 
 async def test_peer_queue_bounds_bytes() -> None:
-    queue = _PeerQueue(limit=100)
+    queue = PeerQueue(limit=100)
     assert queue.try_put(b"x" * 60)
     assert queue.try_put(b"y" * 40)
     assert not queue.try_put(b"z")  # full: a forward is refused (and counted by the caller)

@@ -10,7 +10,7 @@ from libp2p.network.stream.exceptions import StreamEOF, StreamReset
 
 from p2pshard.core.wire.framing import FrameTooLarge, TruncatedFrame, encode_uvarint
 from p2pshard.net.framed import StreamClosedEarly
-from p2pshard.net.pubsub import HEAD_BYTES, _FrameReader
+from p2pshard.net.pubsub_io import HEAD_BYTES, FrameReader
 
 
 class ChunkStream:
@@ -32,15 +32,15 @@ class ChunkStream:
         return chunk
 
 
-def reader(chunks: list[bytes], limit: int = 1 << 20, end: type[Exception] = StreamEOF) -> _FrameReader:
-    return _FrameReader(cast(INetStream, ChunkStream(chunks, end)), limit)
+def reader(chunks: list[bytes], limit: int = 1 << 20, end: type[Exception] = StreamEOF) -> FrameReader:
+    return FrameReader(cast(INetStream, ChunkStream(chunks, end)), limit)
 
 
 def framed(payload: bytes) -> bytes:
     return encode_uvarint(len(payload)) + payload
 
 
-async def read_all(r: _FrameReader, heads: list[bytes]) -> list[bytes]:
+async def read_all(r: FrameReader, heads: list[bytes]) -> list[bytes]:
     async def on_head(head: bytes) -> None:
         heads.append(head)
 

@@ -8,11 +8,11 @@ import trio
 
 from p2pshard.core.gossip.protocol import control_piece, is_single_publish, publish_piece
 from p2pshard.core.wire import rpc_pb2
-from p2pshard.net.pubsub import _BulkTurns, _PeerQueue
+from p2pshard.net.pubsub_io import BulkTurns, PeerQueue
 
 
 def test_control_frames_go_ahead_of_queued_messages() -> None:
-    queue = _PeerQueue(limit=1 << 20)
+    queue = PeerQueue(limit=1 << 20)
     assert queue.try_put(b"m" * 1000, tag=b"id1")
     assert queue.try_put(b"c" * 10, urgent=True)
     assert queue.take(1 << 20) == [b"c" * 10, b"m" * 1000]
@@ -20,7 +20,7 @@ def test_control_frames_go_ahead_of_queued_messages() -> None:
 
 
 def test_a_copy_the_peer_no_longer_wants_is_skipped_and_its_room_freed() -> None:
-    queue = _PeerQueue(limit=3000)
+    queue = PeerQueue(limit=3000)
     assert queue.try_put(b"a" * 1000, tag=b"wanted")
     assert queue.try_put(b"b" * 1000, tag=b"idontwant")
     assert queue.try_put(b"c" * 1000)  # untagged (several messages, or gossip): always sent
@@ -33,7 +33,7 @@ def test_a_copy_the_peer_no_longer_wants_is_skipped_and_its_room_freed() -> None
 
 
 def test_small_batches_stop_before_a_bulk_frame() -> None:
-    queue = _PeerQueue(limit=1 << 20)
+    queue = PeerQueue(limit=1 << 20)
     assert queue.try_put(b"s" * 100)
     assert queue.try_put(b"B" * 5000)
     assert queue.take(1 << 20, below=1000) == [b"s" * 100]
@@ -42,7 +42,7 @@ def test_small_batches_stop_before_a_bulk_frame() -> None:
 
 
 async def test_bulk_turns_one_at_a_time_and_handed_on() -> None:
-    turns = _BulkTurns(random.Random(1))
+    turns = BulkTurns(random.Random(1))
     order: list[str] = []
 
     async def writer(name: str) -> None:
@@ -61,7 +61,7 @@ async def test_bulk_turns_one_at_a_time_and_handed_on() -> None:
 
 
 async def test_a_waiter_cancelled_while_waiting_leaves_no_turn_behind() -> None:
-    turns = _BulkTurns(random.Random(1))
+    turns = BulkTurns(random.Random(1))
     await turns.acquire("holder")
     got = trio.Event()
 
@@ -103,7 +103,7 @@ def test_only_a_frame_holding_just_one_message_may_be_skipped() -> None:
 
 
 def test_own_publishes_never_wait_for_a_bulk_turn() -> None:
-    queue = _PeerQueue(limit=1 << 20)
+    queue = PeerQueue(limit=1 << 20)
     assert queue.try_put(b"P" * 5000, tag=b"mine", own=True)
     assert not queue.next_is_bulk(1000)  # written at once, interleaved with the other peers
     assert queue.try_put(b"F" * 5000, tag=b"forward")
