@@ -298,16 +298,16 @@ def table_a_b(s: Setup, genesis: Genesis, jobs: Jobs, quick: bool) -> None:
         f"\n(b) bytes/node/round vs fp32 (4 x params = {fp32:,}), loss vs dense DiLoCo"
         "     goal: >= 100x, loss within 2%"
     )
-    print(f"  {'compression':<60}{'bytes/round':>12}{'reduction':>11}{'final loss':>12}{'vs dense':>9}")
+    print(f"  {'compression':<64}{'bytes/round':>12}{'reduction':>11}{'final loss':>12}{'vs dense':>9}")
     print(
-        f"  {'dense DiLoCo: fp32 (lz4)':<60}{dense.bytes_per_round:>12,.0f}"
+        f"  {'dense DiLoCo: fp32 (lz4)':<64}{dense.bytes_per_round:>12,.0f}"
         f"{fp32 / dense.bytes_per_round:>10.1f}x{dense.final_loss:>12.4f}{1.0:>9.3f}",
         flush=True,
     )
     for label, fut in comp_f:
         run, _ = fut()
         print(
-            f"  {label:<60}{run.bytes_per_round:>12,.0f}"
+            f"  {label:<64}{run.bytes_per_round:>12,.0f}"
             f"{fp32 / run.bytes_per_round:>10.1f}x"
             f"{run.final_loss:>12.4f}{run.final_loss / dense.final_loss:>9.3f}",
             flush=True,
