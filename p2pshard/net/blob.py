@@ -159,14 +159,15 @@ class BlobService:
         return int(info.total_size)
 
     async def _fetch_first(
-        self, providers: Sequence[ID], digest: bytes, max_size: int, timeout_s: float
+        self, providers: Sequence[ID], digest: bytes, max_size: int, timeout_s: float, into: memoryview | None
     ) -> tuple[ID, _Assembly]:
         """The first range (the whole blob when there is one provider) from the first provider that
         has it; its response header gives the blob's size, so no separate size request is made."""
         errors = []
         for peer in providers:
             try:
-                return peer, await self._first_from(peer, digest, max_size, timeout_s, len(providers) == 1)
+                whole = len(providers) == 1
+                return peer, await self._first_from(peer, digest, max_size, timeout_s, whole, into)
             except (RpcError, BlobError, DecodeError) as exc:
                 if isinstance(exc, RpcError) and exc.code == Code.RESOURCE_EXHAUSTED:
                     raise BlobError(str(exc)) from exc  # the blob is too big, whoever serves it
@@ -174,7 +175,7 @@ class BlobService:
         raise BlobError("no provider has the blob: " + "; ".join(errors))
 
     async def _first_from(
-        self, peer: ID, digest: bytes, max_size: int, timeout_s: float, whole: bool
+        self, peer: ID, digest: bytes, max_size: int, timeout_s: float, whole: bool, into: memoryview | None
     ) -> _Assembly:
         made: list[_Assembly] = []
 
@@ -184,7 +185,10 @@ class BlobService:
             if info.total_size > max_size:
                 too_big = f"blob is {info.total_size} bytes, more than the {max_size} allowed"
                 raise RpcError(Code.RESOURCE_EXHAUSTED, too_big)
-            made[:] = [_Assembly(info.total_size)]  # a retried attempt starts afresh
+            if into is not None and info.total_size != len(into):
+                wrong = f"blob is {info.total_size} bytes, not the {len(into)} expected"
+                raise RpcError(Code.RESOURCE_EXHAUSTED, wrong)
+            made[:] = [_Assembly(info.total_size, buf=into)]  # a retried attempt starts afresh
 
         def sink(pos: int, data: bytes) -> None:
             made[0].write(pos, data)
@@ -215,19 +219,35 @@ class BlobService:
         local = self.store.get(digest)
         if local is not None:
             return local
+        assembly = await self._fetch_verified(digest, providers, max_size, timeout_s, None)
+        assert isinstance(assembly.buf, bytearray)
+        self.store.put_verified(digest, assembly.buf)
+        return assembly.buf
+
+    async def fetch_into(
+        self, digest: bytes, providers: Sequence[ID], into: memoryview, *, timeout_s: float = 120.0
+    ) -> None:
+        """Fetch the blob named ``digest`` straight into ``into`` (a writable byte view of exactly the
+        blob's size), verified; it is not stored. On failure ``into`` holds unverified bytes."""
+        if into.readonly or into.format != "B" or not into.contiguous:
+            raise ValueError("into must be a writable, contiguous byte view")
+        await self._fetch_verified(digest, providers, len(into), timeout_s, into)
+
+    async def _fetch_verified(
+        self, digest: bytes, providers: Sequence[ID], max_size: int, timeout_s: float, into: memoryview | None
+    ) -> _Assembly:
         if not providers:
             raise BlobError("no providers to fetch from")
         with trio.fail_after(timeout_s):
-            first, assembly = await self._fetch_first(providers, digest, max_size, timeout_s)
+            first, assembly = await self._fetch_first(providers, digest, max_size, timeout_s, into)
             size = assembly.size
             alive = [first, *[p for p in providers if p != first]]
             await self._fetch_parallel(digest, alive, assembly, timeout_s, skip_first=True)
             if assembly.digest() != digest:
                 self.counters.incr("blob.rejected.hash_mismatch")
-                assembly = await self._fetch_whole_from_honest(digest, alive, size, timeout_s)
-        self.store.put_verified(digest, assembly.buf)
+                assembly = await self._fetch_whole_from_honest(digest, alive, size, timeout_s, into)
         self.counters.incr("blob.fetched_bytes", size)
-        return assembly.buf
+        return assembly
 
     async def _fetch_parallel(
         self, digest: bytes, providers: list[ID], into: _Assembly, timeout_s: float, skip_first: bool = False
@@ -260,10 +280,10 @@ class BlobService:
                 raise BlobError(f"range at {off} could not be fetched from any provider")
 
     async def _fetch_whole_from_honest(
-        self, digest: bytes, providers: list[ID], size: int, timeout_s: float
+        self, digest: bytes, providers: list[ID], size: int, timeout_s: float, into: memoryview | None
     ) -> _Assembly:
         for peer in providers:
-            assembly = _Assembly(size)
+            assembly = _Assembly(size, buf=into)
             try:
                 await self._fetch_range(peer, digest, 0, 0, assembly, timeout_s)
             except (RpcError, BlobError, DecodeError):
@@ -278,10 +298,10 @@ class _Assembly:
     """A blob arriving in ranges: one buffer, written in place, whose contiguous filled prefix is
     hashed as it grows, so verification costs no extra pass and no copy."""
 
-    def __init__(self, size: int, range_size: int = RANGE_SIZE) -> None:
+    def __init__(self, size: int, range_size: int = RANGE_SIZE, buf: memoryview | None = None) -> None:
         self.size = size
         self.range_size = range_size
-        self.buf = bytearray(size)
+        self.buf: bytearray | memoryview = bytearray(size) if buf is None else buf
         self._view = memoryview(self.buf)
         self._filled = [0] * max(1, -(-size // range_size))
         self._hasher = hashlib.sha256()

@@ -91,8 +91,9 @@ class FramedStream:
             got += len(data)
 
     async def write_raw(self, data: bytes | memoryview, chunk_size: int) -> None:
-        for start in range(0, len(data), chunk_size):
-            await self.stream.write(bytes(data[start : start + chunk_size]))
+        view = memoryview(data)  # slices of a view are not copies; the muxer copies each frame once
+        for start in range(0, len(view), chunk_size):
+            await self.stream.write(view[start : start + chunk_size])  # type: ignore[arg-type]
         self.bytes_written += len(data)
 
     async def write_frame(self, payload: bytes | memoryview) -> None:

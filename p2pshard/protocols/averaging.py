@@ -123,11 +123,21 @@ async def _fetch_all(
     max_size: int,
     timeout_s: float,
     stats: AveragingStats,
+    place: Callable[[int], memoryview] | None = None,
 ) -> dict[int, Buffer]:
-    """Fetch every ``(key, provider, digest)`` concurrently; returns key -> payload (not copied)."""
+    """Fetch every ``(key, provider, digest)`` concurrently; returns key -> payload (not copied).
+
+    With ``place``, each payload is fetched straight into ``place(key)`` (exactly its size) and
+    nothing is returned for it.
+    """
     out: dict[int, Buffer] = {}
 
     async def one(key: int, peer: ID, digest: bytes) -> None:
+        if place is not None:
+            target = place(key)
+            await blobs.fetch_into(digest, [peer], target, timeout_s=timeout_s)
+            stats.bytes_in += len(target)
+            return
         data = await blobs.fetch(digest, [peer], max_size=max_size, timeout_s=timeout_s)
         out[key] = data
         stats.bytes_in += len(data)
@@ -211,6 +221,14 @@ async def reduce_scatter_average(
     n = len(members)
     idx = members.index(me)
     bounds = slice_bounds(vector.size, n)
+    # Bare float32 parts land straight in the result: no assembly buffer, no copy out of one.
+    raw = encode is encode_raw_f32 and decode is decode_raw_f32
+    out: F32 = np.empty(vector.size, dtype="<f4")
+    out_bytes = out.data.cast("B")
+
+    def place(j: int) -> memoryview:
+        lo, hi = bounds[j]
+        return out_bytes[4 * lo : 4 * hi]
 
     def encode_slices() -> list[bytes]:
         return [encode(vector[a:b]) for a, b in bounds]
@@ -239,7 +257,7 @@ async def reduce_scatter_average(
         try:
             table = await exchange("gather", [reduced_digest])
             wanted = [(j, p, _digests(table, p, 1)[0]) for j, p in enumerate(members) if p != me]
-            slices = await _fetch_all(blobs, wanted, max_size, timeout_s, st)
+            slices = await _fetch_all(blobs, wanted, max_size, timeout_s, st, place if raw else None)
             await exchange("done", [])  # everyone has fetched what it needs from me
         finally:
             blobs.store.remove(reduced_digest)
@@ -250,10 +268,10 @@ async def reduce_scatter_average(
     slices[idx] = own_reduced
 
     def assemble() -> F32:
-        out = np.empty(vector.size, dtype=np.float32)
         for j, (lo, hi) in enumerate(bounds):
-            out[lo:hi] = _checked(decode(slices[j]), hi - lo)
-        return out
+            if j in slices:
+                out[lo:hi] = _checked(decode(slices[j]), hi - lo)
+        return out.astype(np.float32, copy=False)
 
     result = await _in_thread(assemble, st, "decode_reduce_s")
     assert isinstance(result, np.ndarray)

@@ -67,3 +67,16 @@ def test_store_evicts_unpinned_first() -> None:
     newer = store.put(b"n" * 30)
     assert pinned in store and newer in store and loose not in store
     assert store.size == 90
+
+
+@pytest.mark.parametrize("muxer", ["yamux", "mplex"])
+async def test_fetch_over_each_muxer(muxer: str) -> None:
+    """The payload goes to the muxer as views of the stored blob; both muxers carry it intact."""
+    data = os.urandom(5 << 20)
+    async with AsyncExitStack() as stack:
+        server = await stack.enter_async_context(open_node(NodeConfig(muxers=[muxer])))
+        client = await stack.enter_async_context(
+            open_node(NodeConfig(muxers=[muxer], bootstrap=[server.addrs[0]]))
+        )
+        digest = server.blobs.store.put(data, pin=True)
+        assert await client.blobs.fetch(digest, [server.peer_id], max_size=8 << 20) == data
