@@ -51,6 +51,7 @@ MAX_FACTOR_RANK = 1024
 _MAX_SCALE_SPAN = 24  # rank * 127**2 * 2**24 < 2**53: low-rank products are exact in float64
 
 F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
 
 
 class TensorDecodeError(ValueError):
@@ -76,6 +77,8 @@ class Encoding(Enum):
 _VALUE_BYTES = {Encoding.FLOAT32: 4, Encoding.FLOAT16: 2, Encoding.BFLOAT16: 2, Encoding.INT8: 1}
 # Largest integer magnitude per integer encoding. INT2's four levels are -3, -1, 1, 3 (no zero).
 _INT_LEVELS = {Encoding.INT8: 127, Encoding.INT4: 7, Encoding.INT2: 3}
+# How the float encodings' values lie in the payload (bfloat16: the upper half of float32's bits).
+_WIRE_FLOATS = {Encoding.FLOAT32: "<f4", Encoding.FLOAT16: "<f2", Encoding.BFLOAT16: "<u2"}
 
 
 def _values_len(encoding: Encoding, count: int) -> int:
@@ -149,11 +152,17 @@ def encode_tensors(
     tensors: Mapping[str, npt.NDArray[np.floating] | LowRankFactors],
     opts: EncodeOptions,
     overrides: Mapping[str, EncodeOptions] | None = None,
+    *,
+    sparse_out: dict[str, tuple[I64, F32]] | None = None,
 ) -> bytes:
     """Encode ``tensors`` (any float dtype; written in name order) into one payload.
 
     ``overrides`` gives some tensors their own options. A :class:`LowRankFactors` entry is written
     as a low-rank record with its options' encoding (INT8, INT4 or INT2).
+
+    ``sparse_out``, if given, receives for every top-k tensor its kept elements as (ascending
+    positions in the flattened tensor, the float32 values :func:`decode_tensors` will produce there,
+    bit for bit), so that a sender can update its error feedback without decoding its own payload.
     """
     bundle = pb.TensorBundle()
     for name in sorted(tensors):
@@ -168,24 +177,25 @@ def encode_tensors(
         rec.shape.extend(int(d) for d in arr.shape)
         rec.encoding = o.encoding.value
         rec.chunk_size = o.chunk_size
-        opts_here = o
         flat = arr.reshape(-1)
-        if opts_here.topk is None:
+        kept = _kept_per_chunk(flat.size, o.chunk_size, o.topk)
+        if o.topk is None:
             rec.layout = pb.LAYOUT_DENSE
             values = flat
         else:
             rec.layout = pb.LAYOUT_CHUNKED_TOPK
-            rec.k = opts_here.topk
-            offsets, values = _select_topk(flat, opts_here.chunk_size, opts_here.topk)
-            rec.index_bits = opts_here.index_bits
-            if rec.index_bits:
-                rec.indices = _pack_bits(offsets, rec.index_bits)
-            else:
-                rec.indices = offsets.astype("<u2").tobytes()
-        kept_per_chunk = _kept_per_chunk(flat.size, opts_here.chunk_size, opts_here.topk)
-        rec.values, scales = _encode_values(values, opts_here.encoding, kept_per_chunk)
+            rec.k = o.topk
+            offsets, positions, values = _select_topk(flat, o.chunk_size, o.topk)
+            rec.index_bits = o.index_bits
+            rec.indices = (
+                _pack_bits(offsets, o.index_bits) if o.index_bits else offsets.astype("<u2").tobytes()
+            )
+        wire, scales = _quantize(values, o.encoding, kept)
+        rec.values = _value_bytes(wire, o.encoding)
         if scales is not None:
             rec.scales = scales.astype("<f4").tobytes()
+        if sparse_out is not None and o.topk is not None:
+            sparse_out[name] = (positions, _dequantize(wire, o.encoding, scales, kept))
     body = bundle.SerializeToString()
     if opts.lz4:
         packed: bytes = lz4.block.compress(body, store_size=False)
@@ -281,82 +291,198 @@ def _kept_per_chunk(n: int, chunk: int, k: int | None) -> npt.NDArray[np.int64]:
     return lengths if k is None else np.minimum(lengths, k)
 
 
-def _select_topk(flat: F32, chunk: int, k: int) -> tuple[npt.NDArray[np.int64], F32]:
-    """Largest-magnitude ``k`` per chunk: (in-chunk offsets ascending per chunk, their values)."""
+# Top-k selection runs over blocks of chunks that fit a core's L2 cache (512K floats = 2 MiB).
+_TOPK_BLOCK = 1 << 19
+# A chunk whose lower bound leaves more than this many candidates per kept element (ties, or data
+# whose large values share one stride class) is selected by a full argpartition instead.
+_MAX_CANDIDATES_PER_K = 4
+# INT2 scales are fitted over blocks of whole chunks of about this many values (cache-sized).
+_INT2_BLOCK = 1 << 16
+
+
+def _select_topk(flat: F32, chunk: int, k: int) -> tuple[I64, I64, F32]:
+    """Largest-magnitude ``k`` per chunk: (in-chunk offsets, flat positions, values), each in
+    ascending position order within a chunk."""
     n_full = flat.size // chunk
-    offsets: list[npt.NDArray[np.int64]] = []
-    if n_full:
-        full = flat[: n_full * chunk].reshape(n_full, chunk)
-        part = np.argpartition(-np.abs(full), k - 1, axis=1)[:, :k] if k < chunk else None
-        idx = np.sort(part, axis=1) if part is not None else np.tile(np.arange(chunk), (n_full, 1))
-        offsets.append(idx.reshape(-1).astype(np.int64))
+    offsets, values = _topk_rows(flat[: n_full * chunk].reshape(n_full, chunk), k)
     tail = flat[n_full * chunk :]
     if tail.size:
-        kt = min(k, tail.size)
-        idx_t = np.sort(np.argpartition(-np.abs(tail), kt - 1)[:kt]) if kt < tail.size else None
-        offsets.append(np.arange(tail.size) if idx_t is None else idx_t.astype(np.int64))
-    offs = np.concatenate(offsets) if offsets else np.zeros(0, dtype=np.int64)
+        tail_offsets, tail_values = _topk_rows(tail.reshape(1, -1), min(k, tail.size))
+        offsets = np.concatenate([offsets, tail_offsets])
+        values = np.concatenate([values, tail_values])
     kept = _kept_per_chunk(flat.size, chunk, k)
-    base = np.repeat(np.arange(kept.size, dtype=np.int64) * chunk, kept)
-    return offs, flat[base + offs]
+    return offsets, np.repeat(np.arange(kept.size, dtype=np.int64) * chunk, kept) + offsets, values
 
 
-def _encode_values(
-    values: F32, encoding: Encoding, kept_per_chunk: npt.NDArray[np.int64]
-) -> tuple[bytes, F32 | None]:
-    if encoding is Encoding.FLOAT32:
-        return values.astype("<f4").tobytes(), None
-    if encoding is Encoding.FLOAT16:
-        return values.astype("<f2").tobytes(), None
+def _topk_rows(rows: F32, k: int) -> tuple[I64, F32]:
+    """Per row, the offsets of its ``k`` largest magnitudes (ascending) and their values, both
+    flattened. Rows go in cache-sized blocks; values are gathered while their block is cached."""
+    n, chunk = rows.shape
+    if k == chunk:
+        return np.tile(np.arange(chunk, dtype=np.int64), n), rows.reshape(-1)
+    offsets = np.empty((n, k), dtype=np.int64)
+    values = np.empty((n, k), dtype=np.float32)
+    groups = _bound_groups(chunk, k)
+    step = max(1, _TOPK_BLOCK // chunk)
+    for r0 in range(0, n, step):
+        block = rows[r0 : r0 + step]
+        offs = _topk_bounded(block, k, groups) if groups else _topk_plain(block, k)
+        offsets[r0 : r0 + step] = offs
+        values[r0 : r0 + step] = block.reshape(-1)[offs + chunk * np.arange(len(offs))[:, None]]
+    return offsets.reshape(-1), values.reshape(-1)
+
+
+def _topk_plain(rows: F32, k: int) -> I64:
+    """The reference selection: a full argpartition per row (NaN counts as the smallest)."""
+    part = np.argpartition(-np.abs(rows), k - 1, axis=1)[:, :k]
+    return np.sort(part, axis=1).astype(np.int64, copy=False)
+
+
+def _bound_groups(chunk: int, k: int) -> int:
+    """How many groups :func:`_topk_bounded` splits a chunk into, or 0 where it would not pay.
+
+    About 3k groups: the k-th largest group maximum then leaves ~1.2k candidates per chunk for
+    i.i.d. data of any distribution (only ranks matter). Four or more elements per group, or the
+    bound prunes too little to beat a plain argpartition.
+    """
+    groups = max(64, 1 << (2 * k - 1).bit_length())
+    return groups if chunk >= 4 * groups else 0
+
+
+def _topk_bounded(rows: F32, k: int, groups: int) -> I64:
+    """:func:`_topk_plain`'s result (the same set unless magnitudes tie), ~5x faster.
+
+    The group maxima of a row are elements of the row, so the k-th largest of them is a lower
+    bound on the row's k-th largest magnitude: every kept element is among the candidates at or
+    above it. Groups are strided (column mod ``groups``) so their maxima are elementwise maxima of
+    contiguous vectors. The exact k-th largest is then found among the few candidates; rows where
+    that is not exactly k elements (ties at the threshold, NaN, too many candidates) fall back.
+    """
+    r, chunk = rows.shape
+    mag = np.abs(rows)
+    used = chunk // groups * groups
+    maxima = mag[:, :used].reshape(r, -1, groups).max(axis=1)
+    bound = np.partition(maxima, groups - k, axis=1)[:, groups - k]
+    cand = np.flatnonzero(mag >= bound[:, None])  # row-major: ascending offsets within a row
+    row = cand // chunk
+    vals = mag.reshape(-1)[cand]
+    keep = vals >= _kth_largest(vals, row, r, k)[row]
+    cand, row = cand[keep], row[keep]
+    exact = np.bincount(row, minlength=r) == k
+    if exact.all():
+        picked: I64 = (cand - row * chunk).reshape(r, k)
+        return picked
+    out = np.empty((r, k), dtype=np.int64)
+    keep = exact[row]
+    out[exact] = (cand[keep] - row[keep] * chunk).reshape(-1, k)
+    out[~exact] = _topk_plain(rows[~exact], k)
+    return out
+
+
+def _kth_largest(vals: F32, row: I64, r: int, k: int) -> F32:
+    """Per row, the k-th largest of its candidate ``vals`` (NaN for a row with fewer than k or
+    too many), by padding the candidates into a small (rows x most candidates) matrix."""
+    count = np.bincount(row, minlength=r)
+    usable = (count >= k) & (count <= _MAX_CANDIDATES_PER_K * k)
+    if not usable.any():
+        return np.full(r, np.nan, dtype=np.float32)
+    if not usable.all():
+        sel = usable[row]
+        vals, row = vals[sel], row[sel]
+        count = np.where(usable, count, 0)
+    width = int(count.max())
+    start = np.cumsum(count) - count
+    pad = np.full(r * width, -1.0, dtype=np.float32)  # below every magnitude
+    pad[np.arange(vals.size) + (np.arange(r) * width - start)[row]] = vals
+    kth = np.partition(pad.reshape(r, width), width - k, axis=1)[:, width - k]
+    return np.where(usable, kth, np.float32(np.nan))
+
+
+def _quantize(values: F32, encoding: Encoding, kept: I64) -> tuple[npt.NDArray[np.generic], F32 | None]:
+    """The values as the wire holds them (float32, float16 or bfloat16 bits, or integer levels
+    and one scale per chunk): the payload's bytes and ``sparse_out`` both come from this array."""
     if encoding is Encoding.BFLOAT16:
-        return _to_bf16(values).astype("<u2").tobytes(), None
-    # INT8/INT4: one scale per chunk, symmetric, so that the chunk's largest magnitude maps to the
-    # largest level (127 or 7).
-    levels = _INT_LEVELS[encoding]
-    chunk_of = np.repeat(np.arange(kept_per_chunk.size), kept_per_chunk)
-    absmax = np.zeros(kept_per_chunk.size, dtype=np.float32)
-    starts = np.zeros(kept_per_chunk.size, dtype=np.int64)
-    nonempty = kept_per_chunk > 0
-    if values.size:
-        np.cumsum(kept_per_chunk[:-1], out=starts[1:])
-        absmax[nonempty] = np.maximum.reduceat(np.abs(values), starts[nonempty])
-    scales = (absmax / np.float32(levels)).astype(np.float32)
+        return _to_bf16(values).astype("<u2"), None
+    if encoding in _WIRE_FLOATS:
+        return values.astype(_WIRE_FLOATS[encoding]), None
     if encoding is Encoding.INT2:
-        return _encode_int2(values, scales, chunk_of, starts, nonempty)
+        return _quantize_int2(values, kept)
+    levels = _INT_LEVELS[encoding]
+    scales = _absmax_scales(values, kept, levels)
     safe = np.where(scales > 0, scales, 1.0).astype(np.float32)
-    q = np.clip(np.rint(values / safe[chunk_of]), -levels, levels).astype(np.int8)
-    return _pack_ints(q, encoding), scales
+    return np.clip(np.rint(values / np.repeat(safe, kept)), -levels, levels).astype(np.int8), scales
 
 
-def _encode_int2(
-    values: F32,
-    scales: F32,
-    chunk_of: npt.NDArray[np.int64],
-    starts: npt.NDArray[np.int64],
-    nonempty: npt.NDArray[np.bool_],
-) -> tuple[bytes, F32]:
-    """INT2 with a least-squares scale per chunk (two Lloyd steps from absmax / 3).
+def _absmax_scales(values: F32, kept: I64, levels: int) -> F32:
+    """One symmetric scale per chunk that maps the chunk's largest magnitude to ``levels``."""
+    if not values.size:
+        return np.zeros(kept.size, dtype=np.float32)
+    absmax = np.maximum.reduceat(np.abs(values), np.cumsum(kept) - kept)
+    return (absmax / np.float32(levels)).astype(np.float32)
+
+
+def _quantize_int2(values: F32, kept: I64) -> tuple[npt.NDArray[np.int8], F32]:
+    """:func:`_fit_int2` over blocks of whole chunks, so that its float64 temporaries stay in cache."""
+    q = np.empty(values.size, dtype=np.int8)
+    scales = np.empty(kept.size, dtype=np.float32)
+    per_block = max(1, _INT2_BLOCK // int(kept.max(initial=1)))
+    ends = np.cumsum(kept)
+    for c0 in range(0, kept.size, per_block):
+        c1 = min(c0 + per_block, kept.size)
+        lo, hi = int(ends[c0] - kept[c0]), int(ends[c1 - 1])
+        q[lo:hi], scales[c0:c1] = _fit_int2(values[lo:hi], kept[c0:c1])
+    return q, scales
+
+
+def _fit_int2(values: F32, kept: I64) -> tuple[npt.NDArray[np.int8], F32]:
+    """INT2 levels with a least-squares scale per chunk (two Lloyd steps from absmax / 3).
 
     With only four levels the scale matters: a chunk of similar magnitudes (what top-k keeps) is
     best sent as +-1 times about its mean magnitude, a bell-shaped one with +-3 for its tail. For
     fixed levels q the error-minimising scale is sum(q v) / sum(q q); two rounds of re-assigning q
-    and re-fitting reach it closely. Decoders do not care how the scale was chosen.
+    and re-fitting reach it closely. Decoders do not care how the scale was chosen, but the steps
+    stay float64 sums by ``reduceat`` so that the bytes stay those of earlier versions.
     """
     v = values.astype(np.float64)
-    s = scales.astype(np.float64)
+    s = _absmax_scales(values, kept, _INT_LEVELS[Encoding.INT2]).astype(np.float64)
+    starts = np.cumsum(kept) - kept
     for _ in range(2):
-        safe = np.where(s > 0, s, 1.0)
-        q = _round_int2(v / safe[chunk_of]).astype(np.float64)
-        num = np.zeros(s.size)
-        den = np.zeros(s.size)
-        if v.size:
-            num[nonempty] = np.add.reduceat(q * v, starts[nonempty])
-            den[nonempty] = np.add.reduceat(q * q, starts[nonempty])
+        q = _int2_levels(v / np.repeat(np.where(s > 0, s, 1.0), kept))
+        num = np.add.reduceat(q * v, starts)
+        den = np.add.reduceat(q * q, starts)
         s = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
     out = s.astype(np.float32)
-    safe32 = np.where(out > 0, out, 1.0).astype(np.float32)
-    q8 = _round_int2(values.astype(np.float64) / safe32[chunk_of].astype(np.float64)).astype(np.int8)
-    return _pack_ints(q8, Encoding.INT2), out
+    safe = np.where(out > 0, out, 1.0).astype(np.float32).astype(np.float64)
+    return _int2_levels(v / np.repeat(safe, kept)).astype(np.int8), out
+
+
+def _int2_levels(y: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """:func:`_round_int2` as float64 by three comparisons: fewer passes over the data, and NaN
+    (which no receiver accepts anyway) becomes -3 without an invalid-cast warning."""
+    q = np.greater_equal(y, -2.0).astype(np.float64)
+    q += y >= 0.0
+    q += y >= 2.0
+    q *= 2.0
+    q -= 3.0
+    return q
+
+
+def _value_bytes(wire: npt.NDArray[np.generic], encoding: Encoding) -> bytes:
+    """The ``values`` field: :func:`_quantize`'s array as bytes (integer levels packed)."""
+    if encoding in (Encoding.INT4, Encoding.INT2):
+        return _pack_ints(wire.astype(np.int8, copy=False), encoding)
+    return wire.tobytes()
+
+
+def _dequantize(wire: npt.NDArray[np.generic], encoding: Encoding, scales: F32 | None, kept: I64) -> F32:
+    """Float32 values from what the wire holds: the decoder's arithmetic, which the encoder's
+    ``sparse_out`` shares so that both give the same bits."""
+    if encoding is Encoding.BFLOAT16:
+        return (wire.astype(np.uint32) << 16).view(np.float32)
+    if scales is None:
+        return wire.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # absurd scales decode to inf/nan,
+        return wire.astype(np.float32) * np.repeat(scales, kept)  # which screening rejects
 
 
 def _pack_ints(q: npt.NDArray[np.int8] | npt.NDArray[np.int64], encoding: Encoding) -> bytes:
@@ -392,9 +518,22 @@ def _unpack_int4(data: bytes, count: int) -> npt.NDArray[np.int8] | None:
 
 
 def _pack_bits(values: npt.NDArray[np.int64], width: int) -> bytes:
-    """Unsigned ``width``-bit values as a little-endian bit stream (lowest bit first)."""
-    bits = ((values[:, None] >> np.arange(width, dtype=np.int64)) & 1).astype(np.uint8)
-    return np.packbits(bits.reshape(-1), bitorder="little").tobytes()
+    """Unsigned ``width``-bit values as a little-endian bit stream (lowest bit first).
+
+    Eight values fill exactly ``width`` bytes, so each eight are or-ed into two 64-bit words (bits
+    0-63 and 64-127; width <= 16) at fixed shifts and the words' first ``width`` bytes are kept.
+    """
+    padded = np.zeros(-(-values.size // 8) * 8, dtype=np.uint64)
+    padded[: values.size] = values
+    v = padded.reshape(-1, 8)
+    words = np.zeros((2, v.shape[0]), dtype=np.uint64)
+    for j in range(8):
+        word, shift = divmod(j * width, 64)
+        words[word] |= v[:, j] << np.uint64(shift)
+        if word == 0 and shift + width > 64:  # straddles the two words
+            words[1] |= v[:, j] >> np.uint64(64 - shift)
+    stream = np.ascontiguousarray(words.T, dtype="<u8").view(np.uint8)[:, :width]
+    return stream.tobytes()[: (values.size * width + 7) // 8]
 
 
 def _unpack_bits(data: bytes, count: int, width: int) -> npt.NDArray[np.int64] | None:
@@ -622,16 +761,9 @@ def _decode_ints(rec: pb.TensorRecord, encoding: Encoding, count: int) -> npt.ND
 
 
 def _decode_values(rec: pb.TensorRecord, encoding: Encoding, kept: npt.NDArray[np.int64], count: int) -> F32:
-    if encoding is Encoding.FLOAT32:
-        return np.frombuffer(rec.values, dtype="<f4").astype(np.float32)
-    if encoding is Encoding.FLOAT16:
-        return np.frombuffer(rec.values, dtype="<f2").astype(np.float32)
-    if encoding is Encoding.BFLOAT16:
-        bits = np.frombuffer(rec.values, dtype="<u2").astype(np.uint32) << 16
-        return bits.view(np.float32)
+    if encoding in _WIRE_FLOATS:
+        return _dequantize(np.frombuffer(rec.values, dtype=_WIRE_FLOATS[encoding]), encoding, None, kept)
     if len(rec.scales) != 4 * kept.size:
         raise TensorDecodeError("scales-length-mismatch", rec.name)
     scales = np.frombuffer(rec.scales, dtype="<f4").astype(np.float32)
-    q = _decode_ints(rec, encoding, count)
-    with np.errstate(over="ignore", invalid="ignore"):  # absurd scales decode to inf/nan,
-        return q.astype(np.float32) * np.repeat(scales, kept)  # which screening rejects
+    return _dequantize(_decode_ints(rec, encoding, count), encoding, scales, kept)
