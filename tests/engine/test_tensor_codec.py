@@ -15,7 +15,9 @@ from p2pshard.core.wire.tensor import (
     EncodeOptions,
     Encoding,
     LowRankFactors,
+    SparseTensor,
     TensorDecodeError,
+    decode_sparse,
     decode_tensors,
     encode_tensors,
 )
@@ -499,3 +501,36 @@ def test_random_bytes_in_int2_packed_payloads_never_escape_as_other_errors() -> 
         except TensorDecodeError:
             continue
         assert all(a.dtype == np.float32 for a in out.values())
+
+
+def test_sparse_decoding_judges_exactly_like_dense_decoding() -> None:
+    """decode_sparse: the same accepted payloads, the same rejection reasons, the same elements."""
+    rng = np.random.default_rng(4)
+    x = {
+        "x": RNG.standard_normal((50, 100)).astype(np.float32),
+        "b": RNG.standard_normal(7).astype(np.float32),
+    }
+    good = encode_tensors(x, EncodeOptions(Encoding.INT2, 1024, 20, lz4=False, packed_indices=True))
+    sparse = decode_sparse(good)
+    top = sparse["x"]
+    assert isinstance(top, SparseTensor) and top.index.size == 5 * 20  # 5000 elements, 5 chunks
+    assert np.all(np.diff(top.index) > 0)
+    lim = DecodeLimits(max_elements=1 << 16)
+    for trial in range(300):
+        mutated = bytearray(good)
+        if trial:
+            for pos in rng.integers(9, len(good), size=3):
+                mutated[pos] = int(rng.integers(0, 256))
+        try:
+            dense = decode_tensors(bytes(mutated), lim)
+        except TensorDecodeError as exc:
+            with pytest.raises(TensorDecodeError) as info:
+                decode_sparse(bytes(mutated), lim)
+            assert info.value.reason == exc.reason
+            continue
+        got = decode_sparse(bytes(mutated), lim)
+        assert got.keys() == dense.keys()
+        for name, arr in dense.items():
+            item = got[name]
+            as_dense = item.dense() if isinstance(item, SparseTensor) else item
+            np.testing.assert_array_equal(as_dense, arr)

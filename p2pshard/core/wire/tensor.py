@@ -9,9 +9,12 @@ the bytes come from peers we do not trust: every claimed size, shape, chunk size
 checked against :class:`DecodeLimits` *before* memory is allocated for it, and every failure is a
 :class:`TensorDecodeError` whose ``reason`` is a short stable string a caller can count.
 
-Decoding always yields dense float32 arrays: a top-k record is scattered into zeros. That is the
-stated rule for sparse updates everywhere downstream (aggregation treats an element a peer did not
-send as an explicit zero). A low-rank record (factors P, Q with integer values and a power-of-two
+:func:`decode_tensors` yields dense float32 arrays: a top-k record is scattered into zeros. That is
+the stated rule for sparse updates everywhere downstream (aggregation treats an element a peer did
+not send as an explicit zero). :func:`decode_sparse` keeps a top-k record as its kept positions and
+values, after exactly the same checks, for reducers that sum a few kept values of many peers.
+
+A low-rank record (factors P, Q with integer values and a power-of-two
 scale per factor column) is multiplied out exactly in float64 whatever order a BLAS sums in, then
 rounded once to float32, so every machine decodes the same bits (model hashes depend on it). Its
 decoding work (rows x columns x rank) is bounded by ``DecodeLimits.max_decode_work``.
@@ -20,7 +23,7 @@ decoding work (rows x columns x rank) is bounded by ``DecodeLimits.max_decode_wo
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -37,7 +40,9 @@ __all__ = [
     "EncodeOptions",
     "Encoding",
     "LowRankFactors",
+    "SparseTensor",
     "TensorDecodeError",
+    "decode_sparse",
     "decode_tensors",
     "encode_tensors",
 ]
@@ -576,12 +581,53 @@ def _to_bf16(values: F32) -> npt.NDArray[np.uint16]:
 # --------------------------------------------------------------------------------------- decode
 
 
+@dataclass(frozen=True)
+class SparseTensor:
+    """A top-k record as sent: ``values[i]`` is the element at flat position ``index[i]`` of a
+    tensor of ``shape``; positions ascend and are unique; every other element is zero."""
+
+    shape: tuple[int, ...]
+    index: I64
+    values: F32
+
+    def dense(self) -> F32:
+        out = np.zeros(int(np.prod(self.shape)), dtype=np.float32)
+        out[self.index] = self.values
+        return out.reshape(self.shape)
+
+
 def decode_tensors(data: bytes, limits: DecodeLimits | None = None) -> dict[str, F32]:
     """Decode a payload into dense float32 arrays, or raise :class:`TensorDecodeError`.
 
     Values are not judged here (NaN decodes as NaN); whether a tensor is *acceptable* is the
     receiver's policy (see ``p2pshard.engine.aggregation.screen_update``).
     """
+    out: dict[str, F32] = {}
+    for rec, n, lim, work in _records(data, limits):
+        if rec.layout == pb.LAYOUT_CHUNKED_TOPK:
+            out[rec.name] = _decode_topk(rec, n).dense()
+        else:
+            out[rec.name] = _decode_record(rec, n, lim, work).reshape(tuple(rec.shape))
+    return out
+
+
+def decode_sparse(data: bytes, limits: DecodeLimits | None = None) -> dict[str, SparseTensor | F32]:
+    """Like :func:`decode_tensors` (the same checks, the same errors), but a top-k record stays a
+    :class:`SparseTensor`: no dense array of the tensor's full size is made for it."""
+    out: dict[str, SparseTensor | F32] = {}
+    for rec, n, lim, work in _records(data, limits):
+        if rec.layout == pb.LAYOUT_CHUNKED_TOPK:
+            out[rec.name] = _decode_topk(rec, n)
+        else:
+            out[rec.name] = _decode_record(rec, n, lim, work).reshape(tuple(rec.shape))
+    return out
+
+
+def _records(
+    data: bytes, limits: DecodeLimits | None
+) -> Iterator[tuple[pb.TensorRecord, int, DecodeLimits, list[int]]]:
+    """The bundle's records with their checked element counts, after the envelope, bundle and
+    per-record size checks; also the limits and the running low-rank work counter."""
     lim = limits or DecodeLimits()
     body = _open_envelope(data, lim)
     bundle = pb.TensorBundle()
@@ -591,20 +637,20 @@ def decode_tensors(data: bytes, limits: DecodeLimits | None = None) -> dict[str,
         raise TensorDecodeError("malformed-protobuf", str(exc)) from exc
     if len(bundle.tensors) > lim.max_tensors:
         raise TensorDecodeError("too-many-tensors", str(len(bundle.tensors)))
-    out: dict[str, F32] = {}
+    seen: set[str] = set()
     total = 0
     work = [0]  # low-rank decoding work so far
     for rec in bundle.tensors:
         if not rec.name or len(rec.name) > lim.max_name_len:
             raise TensorDecodeError("bad-name", rec.name[:64])
-        if rec.name in out:
+        if rec.name in seen:
             raise TensorDecodeError("duplicate-name", rec.name)
+        seen.add(rec.name)
         n = _checked_size(rec, lim)
         total += n
         if total > lim.max_elements:
             raise TensorDecodeError("too-many-elements", str(total))
-        out[rec.name] = _decode_record(rec, n, lim, work).reshape(tuple(rec.shape))
-    return out
+        yield rec, n, lim, work
 
 
 def _open_envelope(data: bytes, lim: DecodeLimits) -> bytes:
@@ -646,33 +692,45 @@ def _checked_size(rec: pb.TensorRecord, lim: DecodeLimits) -> int:
     return n
 
 
-def _decode_record(rec: pb.TensorRecord, n: int, lim: DecodeLimits, work: list[int]) -> F32:
+def _encoding(rec: pb.TensorRecord) -> Encoding:
     try:
-        encoding = Encoding(rec.encoding)
+        return Encoding(rec.encoding)
     except ValueError:
         raise TensorDecodeError("unknown-encoding", str(rec.encoding)) from None
-    chunk = int(rec.chunk_size)
+
+
+def _decode_record(rec: pb.TensorRecord, n: int, lim: DecodeLimits, work: list[int]) -> F32:
+    """A dense or low-rank record (top-k records go to :func:`_decode_topk`)."""
+    encoding = _encoding(rec)
     if rec.layout == pb.LAYOUT_LOW_RANK:
         return _decode_low_rank(rec, n, encoding, lim, work)
     if rec.rank:
         raise TensorDecodeError("unexpected-rank", rec.name)
-    if rec.layout == pb.LAYOUT_DENSE:
-        k: int | None = None
-    elif rec.layout == pb.LAYOUT_CHUNKED_TOPK:
-        if not 1 <= rec.k <= chunk:
-            raise TensorDecodeError("bad-k", str(rec.k))
-        k = int(rec.k)
-    else:
+    if rec.layout != pb.LAYOUT_DENSE:
         raise TensorDecodeError("unknown-layout", str(rec.layout))
-    kept = _kept_per_chunk(n, chunk, k)
+    kept = _kept_per_chunk(n, int(rec.chunk_size), None)
     count = int(kept.sum())
     if len(rec.values) != _values_len(encoding, count):
         raise TensorDecodeError("values-length-mismatch", rec.name)
     values = _decode_values(rec, encoding, kept, count)
-    if k is None:
-        if rec.indices or rec.index_bits:
-            raise TensorDecodeError("unexpected-indices", rec.name)
-        return values
+    if rec.indices or rec.index_bits:
+        raise TensorDecodeError("unexpected-indices", rec.name)
+    return values
+
+
+def _decode_topk(rec: pb.TensorRecord, n: int) -> SparseTensor:
+    """A chunked top-k record: values, then offsets checked in range and rising per chunk."""
+    encoding = _encoding(rec)
+    chunk = int(rec.chunk_size)
+    if rec.rank:
+        raise TensorDecodeError("unexpected-rank", rec.name)
+    if not 1 <= rec.k <= chunk:
+        raise TensorDecodeError("bad-k", str(rec.k))
+    kept = _kept_per_chunk(n, chunk, int(rec.k))
+    count = int(kept.sum())
+    if len(rec.values) != _values_len(encoding, count):
+        raise TensorDecodeError("values-length-mismatch", rec.name)
+    values = _decode_values(rec, encoding, kept, count)
     width = int(rec.index_bits)
     if width > 16 or (width and chunk > 1 << width):
         raise TensorDecodeError("bad-index-bits", f"{width} bits for chunks of {chunk}")
@@ -697,10 +755,8 @@ def _decode_record(rec: pb.TensorRecord, n: int, lim: DecodeLimits, work: list[i
         rising[starts[1:] - 1] = True  # across a chunk boundary offsets start again
         if not rising.all():
             raise TensorDecodeError("indices-not-increasing", rec.name)
-    dense = np.zeros(n, dtype=np.float32)
     base = np.repeat(np.arange(kept.size, dtype=np.int64) * chunk, kept)
-    dense[base + offsets] = values
-    return dense
+    return SparseTensor(tuple(int(d) for d in rec.shape), base + offsets, values)
 
 
 def _decode_low_rank(
