@@ -19,7 +19,7 @@ from p2pshard.net.host import AddressError, parse_peer_addr
 from p2pshard.node import JoinError, Node, open_node
 from p2pshard.protocols.training import RoundReport
 
-COMPRESSIONS = ("none", "fp16", "bf16", "int8", "int4", "topk", "lowrank")
+COMPRESSIONS = ("none", "fp16", "bf16", "int8", "int4", "topk", "sparseloco", "lowrank")
 """Pseudo-gradient compressions (p2pshard.engine.compression.KINDS; a test keeps the two equal)."""
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -114,7 +114,8 @@ def _node_options(fn: Any) -> Any:
         click.option(
             "--compression",
             type=click.Choice(list(COMPRESSIONS)),
-            help="How pseudo-gradients are compressed on the wire.",
+            help="How pseudo-gradients are compressed on the wire (all nodes of a network must agree; "
+            "it is part of the network id). Default: sparseloco, ~100x fewer bytes than fp32.",
         ),
         click.option(
             "--aggregation",
@@ -181,7 +182,8 @@ async def _serve_until_signal(config: NodeConfig, as_json: bool) -> None:
             _emit(
                 "listening",
                 as_json,
-                f"p2pshard node {pid} listening on:\n  " + "\n  ".join(node.addrs),
+                f"p2pshard node {pid} (network {node.config.network_id}) listening on:\n  "
+                + "\n  ".join(node.addrs),
                 peer_id=pid,
                 addrs=node.addrs,
                 network_id=node.config.network_id,
@@ -381,7 +383,7 @@ def devnet(
 
 @main.group()
 def genesis() -> None:
-    """Datasets a network trains on: a content-addressed manifest whose digest is the network id."""
+    """Datasets a network trains on: a content-addressed manifest (its digest is part of the network id)."""
 
 
 @genesis.command("build")
@@ -411,8 +413,9 @@ def genesis_build(paths: tuple[Path, ...], out: Path, name: str, shard_size: int
     built.save(out)
     m = built.manifest
     click.echo(
-        f"network id {m.network_id}  ({len(m.train_shards)} training + {len(m.eval_shards)} "
-        f"held-out shards, manifest {m.digest})\nwritten to {out}"
+        f"manifest {m.digest}  ({len(m.train_shards)} training + {len(m.eval_shards)} held-out shards)"
+        f"\nwritten to {out}\n(the network id also covers the preset, compression and aggregation; a "
+        "training node logs it at start)"
     )
 
 

@@ -244,16 +244,16 @@ def make_engine(config: NodeConfig, peer_id: str) -> Engine:
     """The torch engine ``config`` asks for (blocking: imports torch and builds the model)."""
     from p2pshard.engine import Genesis, TorchEngine, default_genesis
     from p2pshard.engine.aggregation import AggregationConfig
-    from p2pshard.engine.compression import CompressionConfig
-    from p2pshard.engine.diloco import DiLoCoConfig
+    from p2pshard.engine.compression import DEFAULT, named
+    from p2pshard.engine.engine import diloco_for
 
     genesis = Genesis.load(config.genesis) if config.genesis else default_genesis()
+    compression = named(config.compression) if config.compression else DEFAULT
     overrides: dict[str, Any] = {
-        "diloco": DiLoCoConfig.for_preset(config.preset, inner_steps=config.inner_steps),
+        "compression": compression,
+        "diloco": diloco_for(config.preset, compression, inner_steps=config.inner_steps),
         "node_salt": peer_id.encode(),
     }
-    if config.compression:
-        overrides["compression"] = CompressionConfig(kind=config.compression)
     if config.aggregation:
         overrides["aggregation"] = AggregationConfig(rule=config.aggregation)
     engine = TorchEngine.create(config.preset, genesis=genesis, **overrides)

@@ -7,11 +7,12 @@ aggressive compression still converges (Seide et al. 2014; Karimireddy et al. 20
 
 Kinds: ``none`` (fp32), ``fp16``, ``bf16``, ``int8`` / ``int4`` (one scale per chunk), ``topk``
 (the ``k`` largest-magnitude elements of every ``chunk_size`` chunk, 8-, 4- or 2-bit values, offsets
-packed in log2(chunk) bits) and ``lowrank``
-(the default): every weight matrix as a rank-``rank`` product P Q^T found by ``power_iterations``
-steps of subspace iteration warm-started from the previous round (PowerSGD, Vogels et al. 2019),
-factors in 4-bit integers with a power-of-two scale per factor column (which makes decoding exact,
-see the codec); vectors (biases, norms) in 4-bit integers with a scale per 256 values.
+packed in log2(chunk) bits), ``sparseloco`` (the default, :data:`SPARSELOCO`: top-k with a decaying
+residual, tuned for >= 100x) and ``lowrank``: every weight matrix as a rank-``rank`` product P Q^T
+found by ``power_iterations`` steps of subspace iteration warm-started from the previous round
+(PowerSGD, Vogels et al. 2019), factors in 4-bit integers with a power-of-two scale per factor column
+(which makes decoding exact, see the codec); vectors (biases, norms) in 4-bit integers with a scale
+per 256 values. :func:`named` turns a kind's name (the CLI's ``--compression``) into its settings.
 
 Why low rank: DiLoCo's pseudo-gradients come from AdamW, whose per-coordinate normalisation spreads
 the change over every element (top-k of 0.8% keeps ~4% of the energy of a tiny-model round), while
@@ -33,7 +34,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -47,11 +49,11 @@ from p2pshard.core.wire.tensor import (
 )
 from p2pshard.core.wire.tensor import encode_tensors as _encode
 
-__all__ = ["KINDS", "SPARSELOCO", "CompressionConfig", "Compressor", "EncodedUpdate"]
+__all__ = ["DEFAULT", "KINDS", "SPARSELOCO", "CompressionConfig", "Compressor", "EncodedUpdate", "named"]
 
 F32 = npt.NDArray[np.float32]
 
-KINDS = ("none", "fp16", "bf16", "int8", "int4", "topk", "lowrank")
+KINDS = ("none", "fp16", "bf16", "int8", "int4", "topk", "sparseloco", "lowrank")
 _ENCODING = {
     "none": Encoding.FLOAT32,
     "fp16": Encoding.FLOAT16,
@@ -59,6 +61,7 @@ _ENCODING = {
     "int8": Encoding.INT8,
     "int4": Encoding.INT4,
     "topk": Encoding.INT8,
+    "sparseloco": Encoding.INT2,
     "lowrank": Encoding.INT4,
 }
 
@@ -69,7 +72,7 @@ _BITS = {2: Encoding.INT2, 4: Encoding.INT4, 8: Encoding.INT8}
 class CompressionConfig:
     """``kind`` is one of :data:`KINDS`; the rest applies to the kinds that use it."""
 
-    kind: str = "lowrank"
+    kind: str
     chunk_size: int = 2048
     topk: int = 16  # kept per chunk: 16/2048 = 0.8% of the elements
     rank: int = 32  # lowrank: factor rank per weight matrix (tiny: 23x; 1024x1024 matrices: 128x)
@@ -95,11 +98,16 @@ class CompressionConfig:
             raise ValueError(f"factor_bits and value_bits must be one of {sorted(_BITS)}")
 
     def encode_options(self) -> EncodeOptions:
-        if self.kind == "topk":
+        if self.sparse:
             return EncodeOptions(
                 _BITS[self.value_bits], self.chunk_size, self.topk, self.lz4, self.packed_indices
             )
         return EncodeOptions(_ENCODING[self.kind], chunk_size=self.chunk_size, lz4=self.lz4)
+
+    @property
+    def sparse(self) -> bool:
+        """Whether updates are chunked top-k (each node sends a different few coordinates)."""
+        return self.kind in ("topk", "sparseloco")
 
     @property
     def per_tensor(self) -> bool:
@@ -109,9 +117,10 @@ class CompressionConfig:
 
 # SparseLoCo: per chunk of 4096 the 88 largest of the decaying residual (2.1%), 2-bit values with
 # a least-squares scale per chunk, 12-bit offsets; lz4 is off (it cannot shrink packed bits).
-# 103x fewer bytes than fp32. Pair it with ``DiLoCoConfig.for_preset(..., sparse=True)``.
+# 103x fewer bytes than fp32. Its outer step is ``DiLoCoConfig.for_preset(..., sparse=True)``, which
+# ``TorchEngine.create`` picks for it.
 SPARSELOCO = CompressionConfig(
-    kind="topk",
+    kind="sparseloco",
     chunk_size=4096,
     topk=88,
     value_bits=2,
@@ -119,13 +128,25 @@ SPARSELOCO = CompressionConfig(
     error_feedback_decay=0.95,
     lz4=False,
 )
+DEFAULT = SPARSELOCO
+
+
+def named(kind: str) -> CompressionConfig:
+    """The settings a kind's name stands for: :data:`SPARSELOCO` for ``sparseloco``, else the
+    field defaults (``topk``: 16 of every 2048 in 8 bits; ``lowrank``: rank 32)."""
+    return SPARSELOCO if kind == "sparseloco" else CompressionConfig(kind=kind)
 
 
 @dataclass(frozen=True)
 class EncodedUpdate:
     payload: bytes
-    decoded: dict[str, F32]  # exactly what every receiver will reconstruct
     dense_bytes: int  # fp32 size of the same tensors
+    limits: DecodeLimits | None = field(default=None, repr=False)
+
+    @cached_property
+    def decoded(self) -> dict[str, F32]:
+        """Exactly what every receiver will reconstruct (decoded on first use)."""
+        return decode_tensors(self.payload, self.limits)
 
 
 class Compressor:
@@ -141,28 +162,46 @@ class Compressor:
         self.subspace: dict[str, F32] = {}
 
     def encode(self, update: Mapping[str, F32], limits: DecodeLimits | None = None) -> EncodedUpdate:
-        if self.cfg.error_feedback:
-            decay = np.float32(self.cfg.error_feedback_decay)
-            target = {
-                n: np.add(v, np.multiply(decay, self.residual[n]), dtype=np.float32)
-                if n in self.residual
-                else v
-                for n, v in update.items()
-            }
-        else:
-            target = dict(update)
-        if self.cfg.kind == "lowrank":
-            payload = self._encode_low_rank(target)
-        else:
-            payload = _encode(target, self.cfg.encode_options())
-        decoded = decode_tensors(payload, limits)
-        if self.cfg.error_feedback:
-            self.residual = {
-                n: np.subtract(target[n], decoded[n], dtype=np.float32).reshape(target[n].shape)
-                for n in target
-            }
         dense = sum(4 * v.size for v in update.values())
-        return EncodedUpdate(payload, decoded, dense)
+        if not self.cfg.error_feedback:
+            return EncodedUpdate(self._encode(update), dense, limits)
+        target = self._with_residual(update)
+        if self.cfg.sparse:
+            # Only the kept elements change: the residual is the target with them taken out.
+            kept: dict[str, tuple[npt.NDArray[np.int64], F32]] = {}
+            payload = _encode(target, self.cfg.encode_options(), sparse_out=kept)
+            for name, (index, values) in kept.items():
+                flat = target[name].reshape(-1)
+                flat[index] -= values
+            self.residual = target
+            return EncodedUpdate(payload, dense, limits)
+        payload = self._encode(target)
+        out = EncodedUpdate(payload, dense, limits)
+        self.residual = {
+            n: np.subtract(target[n], out.decoded[n], dtype=np.float32).reshape(target[n].shape)
+            for n in target
+        }
+        return out
+
+    def _with_residual(self, update: Mapping[str, F32]) -> dict[str, F32]:
+        """``update + decay * residual`` per tensor, computed in the residual's own buffer (it is
+        replaced after encoding anyway): no 2x-size temporaries for a large model."""
+        decay = np.float32(self.cfg.error_feedback_decay)
+        target: dict[str, F32] = {}
+        for name, value in update.items():
+            old = self.residual.get(name)
+            if old is None or old.shape != value.shape:
+                target[name] = np.array(value, dtype=np.float32, copy=True)
+                continue
+            np.multiply(old, decay, out=old)
+            np.add(old, value, out=old)
+            target[name] = old
+        return target
+
+    def _encode(self, target: Mapping[str, F32]) -> bytes:
+        if self.cfg.kind == "lowrank":
+            return self._encode_low_rank(target)
+        return _encode(target, self.cfg.encode_options())
 
     def _encode_low_rank(self, target: Mapping[str, F32]) -> bytes:
         r = self.cfg.rank

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +26,18 @@ import torch
 from p2pshard.core.wire.tensor import DecodeLimits, TensorDecodeError, decode_tensors
 from p2pshard.engine.aggregation import AggregationConfig, aggregate, screen_update
 from p2pshard.engine.checkpoint import CheckpointError, CheckpointState, atomic_write
+from p2pshard.engine.compression import DEFAULT as DEFAULT_COMPRESSION
 from p2pshard.engine.compression import CompressionConfig, Compressor
 from p2pshard.engine.diloco import DiLoCoConfig, OuterNesterov, inner_train, model_hash, restore_norm
-from p2pshard.engine.genesis import Genesis, assign_shard, load_shard, sha256_hex
+from p2pshard.engine.genesis import Genesis, Manifest, assign_shard, canonical_json, load_shard, sha256_hex
 from p2pshard.engine.model import PRESETS, ModelConfig, Stage, build_model
 from p2pshard.protocols.engine_api import EngineStats, LocalUpdate, RoundOutcome, UpdateRejected
 
-__all__ = ["EngineConfig", "TorchEngine", "default_device"]
+__all__ = ["EngineConfig", "TorchEngine", "default_device", "diloco_for", "network_id"]
 
 F32 = npt.NDArray[np.float32]
 _SAMPLER_TAG = b"p2pshard/batch-sampler/v1\x00"
+_NETWORK_TAG = b"p2pshard/network-id/v1\x00"
 # On the wire a pseudo-gradient is one flat float32 tensor: every parameter, by sorted name,
 # concatenated. Chunks then span small tensors (biases, norms) too, so top-k compresses evenly.
 # Low-rank compression needs the matrices, so it sends one tensor per parameter instead; a receiver
@@ -47,15 +49,22 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def diloco_for(preset: str, compression: CompressionConfig, **overrides: Any) -> DiLoCoConfig:
+    """The preset's DiLoCo settings with the outer step ``compression`` needs: SparseLoCo steps on
+    the sum with no momentum (``diloco.SPARSE_OUTER``), every other kind on the preset's own."""
+    return DiLoCoConfig.for_preset(preset, sparse=compression.kind == "sparseloco", **overrides)
+
+
 @dataclass(frozen=True)
 class EngineConfig:
-    """Everything that shapes training. ``model``, ``seed``, ``diloco`` outer settings and
-    ``aggregation`` must match across the network; the rest is a node's own choice."""
+    """Everything that shapes training. ``model``, ``seed``, ``diloco``, ``compression``,
+    ``aggregation`` and ``norm_bound_factor`` are the network's rules (:func:`network_id`); the
+    rest is a node's own choice. The defaults are the devnet's: tiny, SparseLoCo and its outer step."""
 
     model: ModelConfig = field(default_factory=lambda: PRESETS["tiny"])
     seed: int = 0
-    diloco: DiLoCoConfig = field(default_factory=DiLoCoConfig)
-    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    diloco: DiLoCoConfig = field(default_factory=lambda: diloco_for("tiny", DEFAULT_COMPRESSION))
+    compression: CompressionConfig = DEFAULT_COMPRESSION
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     # Largest acceptable pseudo-gradient norm, as a multiple of the most that AdamW can move the
     # weights in one round (about lr per coordinate per step); inf disables the check.
@@ -63,6 +72,26 @@ class EngineConfig:
     device: str = field(default_factory=default_device)
     node_salt: bytes = b""  # decorrelates batch sampling between nodes on the same shard
     eval_batches: int = 8
+
+
+def network_id(manifest: Manifest, cfg: EngineConfig) -> str:
+    """16 hex digits of SHA-256 over the manifest digest and the network's rules.
+
+    Why the rules too: nodes that train the same data with a different model, outer step,
+    compression, aggregation or screening bound would compute different models from the same
+    contributions and fork silently. With the rules in the id they are different networks (their
+    topics differ), and a node that dials one says so by name.
+    """
+    rules = {
+        "manifest": manifest.digest,
+        "model": cfg.model.to_json(),
+        "seed": cfg.seed,
+        "diloco": asdict(cfg.diloco),
+        "compression": asdict(cfg.compression),
+        "aggregation": asdict(cfg.aggregation),
+        "norm_bound_factor": cfg.norm_bound_factor,
+    }
+    return hashlib.sha256(_NETWORK_TAG + canonical_json(rules)).hexdigest()[:16]
 
 
 class TorchEngine:
@@ -99,6 +128,7 @@ class TorchEngine:
         self.max_update_norm = (
             cfg.norm_bound_factor * d.inner_steps * d.inner_lr * float(np.sqrt(self.n_params))
         )
+        self._network_id = network_id(genesis.manifest, cfg)
         self._round = 0
         self._hash = model_hash(self.master)
         self._tokens = 0
@@ -113,6 +143,9 @@ class TorchEngine:
         """An engine for a named model preset; ``overrides`` are :class:`EngineConfig` fields."""
         from p2pshard.engine.genesis import default_genesis
 
+        if "diloco" not in overrides:
+            compression = overrides.get("compression", DEFAULT_COMPRESSION)
+            overrides["diloco"] = diloco_for(preset, compression)
         cfg = EngineConfig(model=PRESETS[preset], seed=seed, **overrides)
         return cls(cfg, genesis or default_genesis())
 
@@ -131,7 +164,7 @@ class TorchEngine:
 
     @property
     def network_id(self) -> str:
-        return self.genesis.manifest.network_id
+        return self._network_id
 
     @property
     def round(self) -> int:

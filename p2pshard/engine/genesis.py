@@ -98,7 +98,9 @@ class Manifest:
         return sha256_hex(self.to_bytes())
 
     @property
-    def network_id(self) -> str:
+    def short_id(self) -> str:
+        """The digest's first 16 hex digits. The network id also covers the training rules
+        (:func:`p2pshard.engine.engine.network_id`)."""
         return self.digest[:16]
 
     @property

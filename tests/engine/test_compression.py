@@ -30,7 +30,7 @@ def test_error_feedback_decay_zero_forgets_the_residual() -> None:
     again = c.encode({"w": np.zeros_like(x["w"])}).decoded["w"]
     assert not again.any()
     with pytest.raises(ValueError):
-        CompressionConfig(error_feedback_decay=1.5)
+        CompressionConfig(kind="topk", error_feedback_decay=1.5)
 
 
 def test_low_rank_recovers_a_low_rank_update_and_passes_vectors_through() -> None:
@@ -98,4 +98,4 @@ def test_bits_options_are_checked() -> None:
     assert CompressionConfig(kind="lowrank", factor_bits=2).factor_bits == 2
     for bad in ({"factor_bits": 3}, {"value_bits": 1}):
         with pytest.raises(ValueError):
-            CompressionConfig(**bad)  # type: ignore[arg-type]
+            CompressionConfig(kind="lowrank", **bad)  # type: ignore[arg-type]

@@ -247,3 +247,39 @@ def test_outer_sum_steps_on_n_times_the_aggregate(make_engine: EngineFactory, ge
     mean = replace(doubled, outer_lr=1.0)  # the mean halves what one node alone sent
     plain = {p: make_engine(node_salt=p.encode(), diloco=mean, compression=SPARSELOCO) for p in ("a", "b")}
     assert run_round(plain, genesis, 0) != hashes[0]
+
+
+def test_network_id_covers_the_manifest_and_every_training_rule(genesis: Genesis, tmp_path: Path) -> None:
+    from p2pshard.engine.engine import EngineConfig, network_id
+    from p2pshard.engine.genesis import build_genesis
+
+    base = EngineConfig()
+    assert network_id(genesis.manifest, base) == network_id(genesis.manifest, EngineConfig())
+    # Rules that change the model every node computes give a different network ...
+    changed = [
+        replace(base, compression=CompressionConfig(kind="int8")),
+        replace(base, aggregation=AggregationConfig(rule="median")),
+        replace(base, diloco=replace(base.diloco, outer_lr=0.5)),
+        replace(base, seed=1),
+        replace(base, norm_bound_factor=4.0),
+    ]
+    ids = {network_id(genesis.manifest, c) for c in changed}
+    assert len(ids) == len(changed) and network_id(genesis.manifest, base) not in ids
+    # ... node-local choices do not.
+    local = replace(base, device="meta", node_salt=b"other", eval_batches=1)
+    assert network_id(genesis.manifest, local) == network_id(genesis.manifest, base)
+    (tmp_path / "corpus.txt").write_text("other words " * 2000)
+    other = build_genesis([tmp_path / "corpus.txt"], name="other", shard_size=1024).manifest
+    assert network_id(other, base) != network_id(genesis.manifest, base)
+
+
+def test_default_engine_is_sparseloco_with_its_outer_step() -> None:
+    from p2pshard.engine.diloco import SPARSE_OUTER
+
+    e = TorchEngine.create("micro", device="cpu")
+    assert e.cfg.compression == SPARSELOCO
+    d = e.cfg.diloco
+    assert (d.outer_lr, d.outer_momentum, d.outer_sum) == (*SPARSE_OUTER, True)
+    # Another kind keeps the preset's own outer step.
+    dense = TorchEngine.create("micro", device="cpu", compression=CompressionConfig(kind="none"))
+    assert not dense.cfg.diloco.outer_sum and dense.network_id != e.network_id

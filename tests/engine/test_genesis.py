@@ -18,13 +18,13 @@ from p2pshard.engine.genesis import (
     load_shard,
 )
 
-# The default corpus is the same on every machine; its network id is therefore a constant.
-DEFAULT_NETWORK_ID = "68f0e661d21452c8"
+# The default corpus is the same on every machine; its manifest id is therefore a constant.
+DEFAULT_MANIFEST_ID = "68f0e661d21452c8"
 
 
 def test_default_genesis_is_a_fixed_point(genesis: Genesis) -> None:
     m = genesis.manifest
-    assert m.network_id == DEFAULT_NETWORK_ID
+    assert m.short_id == DEFAULT_MANIFEST_ID
     assert len(m.train_shards) == 22 and len(m.eval_shards) == 2
     assert default_corpus_shards(1, 2, 4096) == default_corpus_shards(1, 2, 4096)
     text = genesis.shard_bytes(m.train_shards[0]).decode("ascii")
