@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from p2pshard.core.wire import tensor as codec
+from p2pshard.core.wire import quant, topk
 from p2pshard.core.wire import tensor_pb2 as pb
 from p2pshard.core.wire.tensor import (
     MAGIC,
@@ -236,13 +236,13 @@ def test_chunks_the_bound_cannot_prune_fall_back_to_the_same_bytes(monkeypatch: 
     ]
     x = np.concatenate(chunks)
     fallback_chunks: list[int] = []
-    plain = codec._topk_plain
+    plain = topk._topk_plain
 
     def counting(rows: F32, k: int) -> I64:
         fallback_chunks.append(rows.shape[0])
         return plain(rows, k)
 
-    monkeypatch.setattr(codec, "_topk_plain", counting)
+    monkeypatch.setattr(topk, "_topk_plain", counting)
     for encoding in (Encoding.INT2, Encoding.FLOAT32):
         opts = EncodeOptions(encoding, 4096, 88, False, True)
         assert encode_tensors({"x": x}, opts) == _reference_encode({"x": x}, opts)
@@ -256,7 +256,7 @@ def test_gaussian_chunks_never_need_the_fallback(monkeypatch: pytest.MonkeyPatch
     def forbidden(rows: F32, k: int) -> I64:
         raise AssertionError(f"fallback taken for {rows.shape[0]} chunks")
 
-    monkeypatch.setattr(codec, "_topk_plain", forbidden)
+    monkeypatch.setattr(topk, "_topk_plain", forbidden)
     tensors = _inputs(13, 64 * 4096)
     del tensors["short"], tensors["matrix"]  # the tail chunk of 'matrix' is shorter than 4 * 256
     encode_tensors(tensors, EncodeOptions(Encoding.INT2, 4096, 88, False, True))
@@ -349,4 +349,4 @@ def test_packed_offsets_match_the_bit_matrix_packing(width: int) -> None:
     rng = np.random.default_rng(width)
     for n in (0, 1, 7, 8, 9, 63, 1001):
         values = rng.integers(0, 1 << width, n).astype(np.int64)
-        assert codec._pack_bits(values, width) == _ref_pack_bits(values, width)
+        assert quant.pack_bits(values, width) == _ref_pack_bits(values, width)
