@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +52,7 @@ Encode = Callable[[F32], bytes]
 Buffer = bytes | bytearray
 Decode = Callable[[Buffer], F32]
 Reduce = Callable[[Sequence[F32]], F32]
+Row = TypeVar("Row")
 Exchange = Callable[[str, Sequence[bytes]], Awaitable[Mapping[ID, Sequence[bytes]]]]
 """``exchange(phase, my_digests)`` -> every member's digests for ``phase`` (this member's included).
 
@@ -151,9 +153,7 @@ async def _fetch_all(
     return out
 
 
-async def _in_thread(
-    fn: Callable[[], F32 | bytes | list[bytes]], stats: AveragingStats, field: str
-) -> object:
+async def _in_thread(fn: Callable[[], object], stats: AveragingStats, field: str) -> object:
     t0 = trio.current_time()
     result = await trio.to_thread.run_sync(fn)
     setattr(stats, field, getattr(stats, field) + trio.current_time() - t0)
@@ -167,14 +167,19 @@ async def gather_average(
     vector: F32,
     *,
     encode: Encode,
-    decode: Decode,
-    reduce: Reduce,
+    decode: Callable[[Buffer], Row],
+    reduce: Callable[[Sequence[Row]], F32],
     exchange: Exchange,
     max_size: int,
     timeout_s: float = 120.0,
     stats: AveragingStats | None = None,
 ) -> F32:
-    """Everyone's whole vector to everyone; reduce the rows in sorted member order."""
+    """Everyone's whole vector to everyone; reduce the rows in sorted member order.
+
+    A row is whatever ``decode`` makes of a payload: a dense vector (checked to have the vector's
+    size here) or, for sparse encodings, the decoder's own form (e.g. indices and values, which the
+    decoder bounds), so that a reducer can sum a few kept values instead of whole dense rows.
+    """
     st = stats if stats is not None else AveragingStats()
     members = _members(me, peers)
     payload = await _in_thread(lambda: encode(vector), st, "encode_s")
@@ -190,8 +195,11 @@ async def gather_average(
     fetched[members.index(me)] = payload
 
     def work() -> F32:
-        rows = [_checked(decode(fetched[i]), vector.size) for i in range(len(members))]
-        return reduce(rows)
+        rows = [decode(fetched[i]) for i in range(len(members))]
+        for row in rows:
+            if isinstance(row, np.ndarray):
+                _checked(row, vector.size)
+        return _checked(reduce(rows), vector.size)
 
     result = await _in_thread(work, st, "decode_reduce_s")
     assert isinstance(result, np.ndarray)
