@@ -534,3 +534,17 @@ def test_sparse_decoding_judges_exactly_like_dense_decoding() -> None:
             item = got[name]
             as_dense = item.dense() if isinstance(item, SparseTensor) else item
             np.testing.assert_array_equal(as_dense, arr)
+
+
+def test_bit_packing_round_trips_every_width_and_length() -> None:
+    from p2pshard.core.wire import quant
+
+    rng = np.random.default_rng(5)
+    for width in range(1, 17):
+        for n in (0, 1, 7, 8, 9, 17, 1001):
+            v = rng.integers(0, 1 << width, size=n).astype(np.int64)
+            packed = quant.pack_bits(v, width)
+            assert len(packed) == (n * width + 7) // 8
+            out = quant.unpack_bits(packed, n, width)
+            assert out is not None and out.dtype == np.int64
+            np.testing.assert_array_equal(out, v)

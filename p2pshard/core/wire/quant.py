@@ -251,18 +251,33 @@ def pack_bits(values: npt.NDArray[np.int64], width: int) -> bytes:
 def unpack_bits(data: bytes, count: int, width: int) -> npt.NDArray[np.int64] | None:
     """``count`` values of ``width`` bits, or None if an unused bit of the last byte is set.
 
-    Each value spans at most 3 bytes (width <= 16); they are gathered as a 24-bit word.
+    The inverse of :func:`pack_bits`: every eight values fill exactly ``width`` bytes, which are
+    read as two little-endian 64-bit words (``width`` <= 16), and the eight values are cut out of
+    them at fixed shifts.
     """
     raw = np.frombuffer(data, dtype=np.uint8)
     total = count * width
     if total % 8 and int(raw[-1]) >> (total % 8):
         return None
-    padded = np.concatenate([raw, np.zeros(2, dtype=np.uint8)]).astype(np.int64)
-    start = np.arange(count, dtype=np.int64) * width
-    byte, shift = start >> 3, start & 7
-    word = padded[byte] | (padded[byte + 1] << 8) | (padded[byte + 2] << 16)
-    out: npt.NDArray[np.int64] = (word >> shift) & ((1 << width) - 1)
-    return out
+    groups = -(-count // 8)
+    padded = np.zeros(groups * width, dtype=np.uint8)
+    padded[: raw.size] = raw
+    block = np.zeros((groups, 16), dtype=np.uint8)
+    block[:, :width] = padded.reshape(groups, width)
+    words = block.view("<u8")
+    lo, hi = words[:, 0], words[:, 1]
+    mask = np.uint64((1 << width) - 1)
+    out = np.empty((groups, 8), dtype=np.uint64)
+    for j in range(8):
+        word, shift = divmod(j * width, 64)
+        if word:
+            out[:, j] = (hi >> np.uint64(shift)) & mask
+        elif shift + width > 64:  # straddles the two words
+            out[:, j] = ((lo >> np.uint64(shift)) | (hi << np.uint64(64 - shift))) & mask
+        else:
+            out[:, j] = (lo >> np.uint64(shift)) & mask
+    result: npt.NDArray[np.int64] = out.reshape(-1)[:count].view(np.int64)
+    return result
 
 
 def unpack_int2(data: bytes, count: int) -> npt.NDArray[np.int8] | None:

@@ -409,20 +409,31 @@ def _decode_topk(rec: pb.TensorRecord, n: int) -> SparseTensor:
         offsets = unpacked
     else:
         offsets = np.frombuffer(rec.indices, dtype="<u2").astype(np.int64)
-    chunk_len = kept_per_chunk(n, chunk, None)
-    limit = np.repeat(chunk_len, kept)
-    if np.any(offsets >= limit):
-        raise TensorDecodeError("index-out-of-range", rec.name)
-    # Strictly increasing within each chunk: no duplicates, one canonical encoding per update.
-    starts = np.zeros(kept.size, dtype=np.int64)
-    np.cumsum(kept[:-1], out=starts[1:])
-    rising = np.diff(offsets) > 0
-    if count > 1:
-        rising[starts[1:] - 1] = True  # across a chunk boundary offsets start again
-        if not rising.all():
-            raise TensorDecodeError("indices-not-increasing", rec.name)
-    base = np.repeat(np.arange(kept.size, dtype=np.int64) * chunk, kept)
-    return SparseTensor(tuple(int(d) for d in rec.shape), base + offsets, values)
+    positions = _topk_positions(offsets, n, chunk, int(rec.k), rec.name)
+    return SparseTensor(tuple(int(d) for d in rec.shape), positions, values)
+
+
+def _topk_positions(offsets: I64, n: int, chunk: int, k: int, name: str) -> I64:
+    """Flat positions of a top-k record's in-chunk offsets, after checking that every offset lies
+    inside its chunk and that they rise strictly within each chunk (no duplicates: one canonical
+    encoding per update). Full chunks are handled as one (chunks, k) matrix."""
+    full, tail = divmod(n, chunk)
+    head = offsets[: full * k].reshape(full, k)
+    rest = offsets[full * k :]  # min(k, tail) offsets of the short last chunk
+    if (head.size and int(head.max()) >= chunk) or (rest.size and int(rest.max()) >= tail):
+        raise TensorDecodeError("index-out-of-range", name)
+    if (k > 1 and head.size and not (np.diff(head, axis=1) > 0).all()) or (
+        rest.size > 1 and not (np.diff(rest) > 0).all()
+    ):
+        raise TensorDecodeError("indices-not-increasing", name)
+    out = np.empty(offsets.size, dtype=np.int64)
+    np.add(
+        head,
+        np.arange(0, full * chunk, chunk, dtype=np.int64)[:, None],
+        out=out[: head.size].reshape(full, k),
+    )
+    np.add(rest, full * chunk, out=out[head.size :])
+    return out
 
 
 def _decode_low_rank(
