@@ -125,6 +125,7 @@ async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
         encode_raw_f32,
         gather_average,
         reduce_scatter_average,
+        sum_sparse,
     )
 
     stdin = trio.wrap_file(sys.stdin)
@@ -183,10 +184,7 @@ async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
                 def reduce_rows(rows: Any, d: int = vector.size) -> np.ndarray:
                     # SparseLoCo's outer step applies the sum (diloco.SPARSE_OUTER); float32, in
                     # member order. The engine takes a float64 mean times n: the same up to rounding.
-                    out = np.zeros(d, dtype=np.float32)
-                    for row in rows:
-                        out[row.index] += row.values  # positions are unique within a row
-                    return out
+                    return sum_sparse(rows, d)
             elif not comp.per_tensor:
                 # Elementwise encodings: the flat vector (or a slice of it), stateless codec.
                 opts = replace(comp.encode_options(), lz4=comp.kind != "none")

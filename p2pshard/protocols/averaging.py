@@ -33,6 +33,7 @@ import numpy.typing as npt
 import trio
 from libp2p.peer.id import ID
 
+from p2pshard.core.wire.tensor import SparseTensor
 from p2pshard.net.blob import BlobService
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "gather_average",
     "reduce_scatter_average",
     "slice_bounds",
+    "sum_sparse",
 ]
 
 F32 = npt.NDArray[np.float32]
@@ -88,6 +90,31 @@ def decode_raw_f32(data: Buffer) -> F32:
     if len(data) % 4:
         raise AveragingError(f"{len(data)} bytes is not a whole number of float32")
     out: F32 = np.frombuffer(data, dtype="<f4")
+    return out
+
+
+# Sparse rows are summed one cache-sized block of the result at a time (256K float32 = 1 MiB).
+_SUM_BLOCK = 1 << 18
+
+
+def sum_sparse(rows: Sequence[SparseTensor], size: int) -> F32:
+    """The dense float32 sum of sparse rows of ``size`` elements, added in row order.
+
+    Each row's positions ascend, so a block's share of every row is one contiguous run; zeroing a
+    block and adding all rows into it while it is in cache is about twice as fast as adding each
+    row across the whole vector in turn (which touches a third of its cache lines per row).
+    """
+    for row in rows:
+        if row.index.size and (int(row.index[0]) < 0 or int(row.index[-1]) >= size):
+            raise AveragingError(f"a sparse row reaches outside {size} elements")
+    out: F32 = np.empty(size, dtype=np.float32)
+    edges = [*range(0, size, _SUM_BLOCK), size]
+    cuts = [np.searchsorted(row.index, edges) for row in rows]
+    for b in range(len(edges) - 1):
+        out[edges[b] : edges[b + 1]] = 0.0
+        for row, cut in zip(rows, cuts, strict=True):
+            lo, hi = cut[b], cut[b + 1]
+            out[row.index[lo:hi]] += row.values[lo:hi]  # positions are unique within a row
     return out
 
 

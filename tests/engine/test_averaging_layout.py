@@ -1,4 +1,4 @@
-"""The averaging layouts' pure parts: slice bounds and the bare float32 encoding."""
+"""The averaging layouts' pure parts: slice bounds, the bare float32 encoding, sparse sums."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ import itertools
 import numpy as np
 import pytest
 
-from p2pshard.protocols.averaging import AveragingError, decode_raw_f32, encode_raw_f32, slice_bounds
+from p2pshard.core.wire.tensor import EncodeOptions, Encoding, SparseTensor, decode_sparse, encode_tensors
+from p2pshard.protocols.averaging import (
+    AveragingError,
+    decode_raw_f32,
+    encode_raw_f32,
+    slice_bounds,
+    sum_sparse,
+)
 
 
 @pytest.mark.parametrize(("d", "n"), [(10, 4), (4, 4), (3, 4), (0, 2), (50_000_000, 4)])
@@ -30,3 +37,26 @@ def test_raw_f32_round_trip_and_strictness() -> None:
     assert out.dtype == np.float32 and np.array_equal(out, v, equal_nan=True)
     with pytest.raises(AveragingError):
         decode_raw_f32(b"\x00" * 5)
+
+
+@pytest.mark.parametrize("size", [1, 5000, (1 << 18) * 3 + 77])
+def test_sum_sparse_equals_the_sum_of_the_dense_rows(size: int) -> None:
+    rng = np.random.default_rng(size)
+    opts = EncodeOptions(Encoding.INT2, chunk_size=4096, topk=88, lz4=False, packed_indices=True)
+    rows = []
+    for _ in range(4):
+        payload = encode_tensors({"v": rng.standard_normal(size).astype(np.float32)}, opts)
+        row = decode_sparse(payload)["v"]
+        assert isinstance(row, SparseTensor)
+        rows.append(row)
+    dense = [r.dense() for r in rows]
+    expected = ((dense[0] + dense[1]) + dense[2]) + dense[3]  # float32, row order
+    got = sum_sparse(rows, size)
+    assert got.dtype == np.float32 and np.array_equal(got, expected)
+
+
+def test_sum_sparse_rejects_a_row_longer_than_the_vector() -> None:
+    row = SparseTensor((10,), np.array([2, 9]), np.array([1.0, 2.0], dtype=np.float32))
+    assert np.array_equal(sum_sparse([row], 10)[[2, 9]], [1.0, 2.0])
+    with pytest.raises(AveragingError):
+        sum_sparse([row], 9)
