@@ -136,6 +136,7 @@ async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
         vector = np.zeros(0, dtype=np.float32)
         peers: list[ID] = []
         compressors: dict[str, Compressor] = {}  # error feedback carries over between rounds
+        buffers: dict[str, np.ndarray] = {}
         while True:
             msg = json.loads(await stdin.readline())
             if msg["cmd"] == "exit":
@@ -181,10 +182,14 @@ async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
                 def decode(b: bytes, limits: DecodeLimits = limits) -> Any:
                     return decode_sparse(b, limits)["update"]
 
-                def reduce_rows(rows: Any, d: int = vector.size) -> np.ndarray:
+                # The result goes into a buffer kept across rounds, as hivemind averages into its
+                # own tensors in place.
+                result_buffer = buffers.setdefault(mode, np.empty(vector.size, dtype=np.float32))
+
+                def reduce_rows(rows: Any, d: int = vector.size, out: Any = result_buffer) -> np.ndarray:
                     # SparseLoCo's outer step applies the sum (diloco.SPARSE_OUTER); float32, in
                     # member order. The engine takes a float64 mean times n: the same up to rounding.
-                    return sum_sparse(rows, d)
+                    return sum_sparse(rows, d, out)
             elif not comp.per_tensor:
                 # Elementwise encodings: the flat vector (or a slice of it), stateless codec.
                 opts = replace(comp.encode_options(), lz4=comp.kind != "none")
@@ -397,7 +402,7 @@ class HivemindGroup:
         self.step_s: list[float] = []
         self.head: list[float] = []
 
-    def round(self) -> None:
+    def round(self, record: bool = True) -> None:
         for w in self.workers:
             w.send({"cmd": "step"})
         times: list[float] = []
@@ -409,10 +414,12 @@ class HivemindGroup:
                 if "step_done" in msg:
                     if not msg["ok"]:
                         raise RuntimeError("a hivemind step failed")
-                    self.step_s.append(msg["step_done"])
+                    if record:
+                        self.step_s.append(msg["step_done"])
                     self.head = msg["head"]
                     break
-        self.allreduce_s.append(max(times))
+        if record:
+            self.allreduce_s.append(max(times))
 
     def close(self) -> None:
         for w in self.workers:
@@ -442,8 +449,8 @@ class P2pshardGroup:
             raise
         self.results: dict[str, dict[str, Any]] = {}
 
-    def round(self, mode: str, layout: str) -> None:
-        res = self.results.setdefault(f"{mode}/{layout}", {"s": [], "peers": []})
+    def round(self, mode: str, layout: str, record: bool = True) -> None:
+        res = self.results.setdefault(f"{mode}/{layout}", {"s": [], "announced_s": [], "peers": []})
         for w in self.workers:
             w.send({"cmd": "average", "mode": mode, "layout": layout})
         while True:
@@ -452,7 +459,12 @@ class P2pshardGroup:
                 # Each peer's own clock from "go" to holding the result, slowest peer (as for
                 # hivemind, whose time is also taken inside each peer); the coordinator's round
                 # trip also holds the result hashing that follows.
-                res["s"].append(max(m["done"] for m in msgs))
+                if record:
+                    res["s"].append(max(m["done"] for m in msgs))
+                    # From the moment the last peer announced its encoded payload (the engine encodes
+                    # when it finishes training, before it announces) to the slowest peer's result.
+                    announced = max(m["marks"][0][1] for m in msgs)
+                    res["announced_s"].append(max(m["done"] for m in msgs) - announced)
                 if len({m["sha256"] for m in msgs}) != 1:
                     raise RuntimeError(f"{mode}/{layout}: the peers ended on different results")
                 res["peers"] = msgs
@@ -471,6 +483,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="d = 2M parameters, under 60 s")
     parser.add_argument("--params", type=int, default=None, help="parameters (default 50M; 2M with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per case (3; 2 quick)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds per case first (1)")
     parser.add_argument("--skip-hivemind", action="store_true")
     parser.add_argument("--no-gather", action="store_true", help="skip the plain dense gather")
     parser.add_argument("--dense-only", action="store_true", help="only the dense reduce-scatter case")
@@ -492,7 +505,8 @@ def main() -> None:
     logdir.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0]
     print(
-        f"{PEERS} peers average {d:,} fp32 parameters ({4 * d / 1e6:.0f} MB each); {repeats} repeats; "
+        f"{PEERS} peers average {d:,} fp32 parameters ({4 * d / 1e6:.0f} MB each); {repeats} timed "
+        f"repeats after {args.warmup} warm-up; "
         f"load {load:.2f} on {os.cpu_count()} cores; logs in {logdir}",
         flush=True,
     )
@@ -513,11 +527,11 @@ def main() -> None:
     hm: HivemindGroup | None = None
     try:
         hm = None if args.skip_hivemind else HivemindGroup(d, logdir)
-        for _ in range(repeats):
+        for i in range(args.warmup + repeats):
             if hm is not None:
-                hm.round()
+                hm.round(record=i >= args.warmup)
             for mode, layout in cases:
-                ours_group.round(mode, layout)
+                ours_group.round(mode, layout, record=i >= args.warmup)
     finally:
         ours_group.close()
         if hm is not None:
@@ -543,6 +557,11 @@ def main() -> None:
         ratio = f"{med / ref:>12.2f}x" if ref else ""
         print(f"  {label:<44}{med:>10.3f}{' '.join(f'{t:.2f}' for t in res['s']):>26}{ratio}")
         p = max(res["peers"], key=lambda m: m["done"])
+        if mode != "dense":
+            after = statistics.median(res["announced_s"])
+            ratio = f"{after / ref:>12.2f}x" if ref else ""
+            runs = " ".join(f"{t:.2f}" for t in res["announced_s"])
+            print(f"  {'  after the last payload was announced':<44}{after:>10.3f}{runs:>26}{ratio}")
         print(
             f"  {'':<6}slowest peer: encode {p['encode_s']:.2f}s fetch {p['fetch_s']:.2f}s "
             f"decode+reduce {p['decode_reduce_s']:.2f}s, {p['bytes_in'] / 1e6:.1f} MB in; "
@@ -557,17 +576,21 @@ def main() -> None:
             assert np.allclose(head, expected, atol=1e-6), (head, expected)
     if hm:
         assert np.allclose(np.array(hm.head), expected, atol=1e-5)
-        compressed = [statistics.median(r["s"]) for k, r in ours.items() if not k.startswith("dense")]
+        default_key = next((k for k in ours if k.startswith("default/")), None)
         goals = []
         if "dense/reduce_scatter" in ours:
             dense = statistics.median(ours["dense/reduce_scatter"]["s"])
             dense_ok = "met" if dense <= ref else "NOT met"
             goals.append(f"dense <= 1.0x hivemind: {dense / ref:.2f}x ({dense_ok})")
-        if compressed:
-            comp = min(compressed)
-            comp_ok = "met" if ref / comp >= 10 else "NOT met"
-            goals.append(f"compressed (fastest) >= 10x faster: {ref / comp:.1f}x ({comp_ok})")
-        print("\n  goals: " + "; ".join(goals))
+        if default_key is not None:
+            whole = ref / statistics.median(ours[default_key]["s"])
+            after = ref / statistics.median(ours[default_key]["announced_s"])
+            goals.append(
+                f"default compression >= 10x faster: whole round (encoding included) {whole:.1f}x "
+                f"({'met' if whole >= 10 else 'NOT met'}), after the payloads were announced "
+                f"{after:.1f}x ({'met' if after >= 10 else 'NOT met'})"
+            )
+        print("\n  goals: " + ";\n         ".join(goals))
     print(f"  load after: {os.getloadavg()[0]:.2f}")
 
 

@@ -53,6 +53,8 @@ def test_sum_sparse_equals_the_sum_of_the_dense_rows(size: int) -> None:
     expected = ((dense[0] + dense[1]) + dense[2]) + dense[3]  # float32, row order
     got = sum_sparse(rows, size)
     assert got.dtype == np.float32 and np.array_equal(got, expected)
+    reused = np.full(size, np.nan, dtype=np.float32)  # last round's leftovers must not leak in
+    assert sum_sparse(rows, size, reused) is reused and np.array_equal(reused, expected)
 
 
 def test_sum_sparse_rejects_a_row_longer_than_the_vector() -> None:
