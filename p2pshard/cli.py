@@ -120,7 +120,10 @@ def _node_options(fn: Any) -> Any:
         click.option(
             "--aggregation",
             type=click.Choice(["mean", "trimmed_mean", "median", "krum", "multi_krum", "centered_clip"]),
-            help="Robust aggregation rule.",
+            help="Robust aggregation rule (part of the network id). Default: mean. With sparse "
+            "compression (the default) prefer centered_clip or multi_krum: krum applies one node's few "
+            "coordinates per round and median/trimmed_mean count unsent ones as zeros "
+            "(benchmarks/training.py, table c).",
         ),
         click.option(
             "--snapshot-dir",
