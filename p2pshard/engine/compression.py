@@ -60,10 +60,8 @@ _ENCODING = {
     "bf16": Encoding.BFLOAT16,
     "int8": Encoding.INT8,
     "int4": Encoding.INT4,
-    "topk": Encoding.INT8,
-    "sparseloco": Encoding.INT2,
     "lowrank": Encoding.INT4,
-}
+}  # (top-k kinds: ``value_bits``)
 
 _BITS = {2: Encoding.INT2, 4: Encoding.INT4, 8: Encoding.INT8}
 
