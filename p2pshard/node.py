@@ -256,6 +256,13 @@ def make_engine(config: NodeConfig, peer_id: str) -> Engine:
     }
     if config.aggregation:
         overrides["aggregation"] = AggregationConfig(rule=config.aggregation)
+        if compression.sparse and config.aggregation in ("krum", "median", "trimmed_mean"):
+            log.warning(
+                "%s with sparse %s updates trains slowly: unsent coordinates count as zeros "
+                "(krum applies one node's few per round); mean, multi_krum or centered_clip suit it",
+                config.aggregation,
+                compression.kind,
+            )
     engine = TorchEngine.create(config.preset, genesis=genesis, **overrides)
     if config.snapshot_dir is not None:
         from p2pshard.engine.checkpoint import HotSnapshots
