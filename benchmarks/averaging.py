@@ -19,12 +19,13 @@ allocator settings (``ALLOCATOR_ENV``).
   plain gather for comparison. Compressed: the engine's default pseudo-gradient compression,
   SparseLoCo, through the engine's ``Compressor`` (error feedback included; top 88 of every 4096
   in 2 bits, ~100x fewer bytes), gathered: every peer fetches the others' payloads, decodes them
-  sparse (``decode_sparse``) and sums the kept values (SparseLoCo's outer step applies the sum);
-  and rank-6 low-rank factors (~100x) gathered. The time is each peer's own from receiving the
-  coordinator's "go" to holding the averaged vector, slowest peer, median over the repeats (every
-  peer's result is then hashed, off the clock, and all must agree): it includes encoding, the
-  digest exchange through the coordinator (a stand-in for the gossip announcement), fetching,
-  decoding, reducing and assembling.
+  sparse (``decode_sparse``) and sums them in float32 (``sum_rows``: what the engine does, as
+  SparseLoCo's outer step applies the sum); and rank-6 low-rank factors (~100x) gathered.
+  The time is each peer's own from receiving the coordinator's "go" to holding the averaged
+  vector, slowest peer, median over the repeats after one warm-up round (every peer's result is
+  then hashed, off the clock, and all must agree): it includes encoding, the digest exchange
+  through the coordinator (a stand-in for the gossip announcement), fetching, decoding, reducing
+  and assembling. Compressed cases also show the time from the last peer's announcement on.
 
 Usage::
 
@@ -116,6 +117,7 @@ async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
         decode_sparse,
         decode_tensors,
         encode_tensors,
+        sum_rows,
     )
     from p2pshard.engine.aggregation import AggregationConfig, aggregate
     from p2pshard.engine.compression import CompressionConfig, Compressor
@@ -125,7 +127,6 @@ async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
         encode_raw_f32,
         gather_average,
         reduce_scatter_average,
-        sum_sparse,
     )
 
     stdin = trio.wrap_file(sys.stdin)
@@ -187,9 +188,9 @@ async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
                 result_buffer = buffers.setdefault(mode, np.empty(vector.size, dtype=np.float32))
 
                 def reduce_rows(rows: Any, d: int = vector.size, out: Any = result_buffer) -> np.ndarray:
-                    # SparseLoCo's outer step applies the sum (diloco.SPARSE_OUTER); float32, in
-                    # member order. The engine takes a float64 mean times n: the same up to rounding.
-                    return sum_sparse(rows, d, out)
+                    # SparseLoCo's outer step applies the sum (diloco.SPARSE_OUTER): float32, in
+                    # member order, the engine's arithmetic for it (TorchEngine.apply_round).
+                    return sum_rows(rows, d, out)
             elif not comp.per_tensor:
                 # Elementwise encodings: the flat vector (or a slice of it), stateless codec.
                 opts = replace(comp.encode_options(), lz4=comp.kind != "none")

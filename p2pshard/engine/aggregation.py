@@ -14,26 +14,35 @@ did not send is a vote for "no change" at that coordinate, which makes them cons
 sparse inputs; Krum and centered clipping see the zeros as part of the vector geometry.
 
 Determinism: sums are taken in float64 in row order and rounded to float32 once, so every node
-that aggregates the same rows gets the same bits.
+that aggregates the same rows gets the same bits. (With SparseLoCo's outer step on the sum and the
+mean rule, the engine does not call :func:`aggregate`: it adds the rows in float32 from +0.0 in
+contributor order, ``tensor.sum_rows``, touching only the kept elements of sparse rows.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from p2pshard.core.wire.tensor import SparseTensor
 from p2pshard.protocols.engine_api import UpdateRejected
 
-__all__ = ["RULES", "AggregationConfig", "AggregationResult", "aggregate", "screen_update"]
+__all__ = ["RULES", "AggregationConfig", "AggregationResult", "aggregate", "dense_rows", "screen_update"]
 
 F32 = npt.NDArray[np.float32]
 
 
-def screen_update(tensors: Mapping[str, F32], shapes: Mapping[str, tuple[int, ...]], max_norm: float) -> F32:
-    """Check one decoded update and return it flattened (in sorted-name order)."""
+def screen_update(
+    tensors: Mapping[str, F32 | SparseTensor], shapes: Mapping[str, tuple[int, ...]], max_norm: float
+) -> F32 | SparseTensor:
+    """Check one decoded update and return it flattened (in sorted-name order).
+
+    An update that is one sparse tensor (a top-k payload of the flat wire form) stays sparse: its
+    kept values are judged (an unsent element is a zero, finite and adding nothing to the norm).
+    """
     missing = sorted(set(shapes) - set(tensors))
     if missing:
         raise UpdateRejected("missing-tensor", missing[0])
@@ -43,13 +52,24 @@ def screen_update(tensors: Mapping[str, F32], shapes: Mapping[str, tuple[int, ..
     for name in sorted(shapes):
         if tuple(tensors[name].shape) != tuple(shapes[name]):
             raise UpdateRejected("wrong-shape", f"{name}: {tensors[name].shape} != {shapes[name]}")
-    flat = np.concatenate([tensors[n].reshape(-1) for n in sorted(shapes)]).astype(np.float32)
-    if not np.isfinite(flat).all():
+    only = next(iter(tensors.values())) if len(tensors) == 1 else None
+    flat: F32 | SparseTensor
+    if isinstance(only, SparseTensor):
+        flat = SparseTensor((int(np.prod(only.shape)),), only.index, only.values)
+        values = only.values
+    else:
+        flat = np.concatenate([_dense(tensors[n]).reshape(-1) for n in sorted(shapes)]).astype(np.float32)
+        values = flat
+    if not np.isfinite(values).all():
         raise UpdateRejected("non-finite")
-    norm = float(np.sqrt(_sq_norm(flat.astype(np.float64))))
+    norm = float(np.sqrt(_sq_norm(values.astype(np.float64))))
     if norm > max_norm:
         raise UpdateRejected("norm-too-large", f"{norm:.4g} > {max_norm:.4g}")
     return flat
+
+
+def _dense(t: F32 | SparseTensor) -> F32:
+    return t.dense() if isinstance(t, SparseTensor) else t
 
 
 @dataclass(frozen=True)
@@ -72,6 +92,11 @@ class AggregationConfig:
 class AggregationResult:
     vector: F32
     selected: tuple[int, ...]  # row indices that entered the result
+
+
+def dense_rows(rows: Sequence[F32 | SparseTensor]) -> F32:
+    """Screened rows (flat, of one size) stacked as the ``(n, d)`` matrix :func:`aggregate` takes."""
+    return np.stack([_dense(r) for r in rows])
 
 
 def aggregate(rows: F32, cfg: AggregationConfig) -> AggregationResult:

@@ -14,7 +14,7 @@ Construction::
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from p2pshard.core.wire.tensor import DecodeLimits, TensorDecodeError, decode_tensors
-from p2pshard.engine.aggregation import AggregationConfig, aggregate, screen_update
+from p2pshard.core.wire.tensor import DecodeLimits, SparseTensor, TensorDecodeError, decode_sparse, sum_rows
+from p2pshard.engine.aggregation import AggregationConfig, aggregate, dense_rows, screen_update
 from p2pshard.engine.checkpoint import CheckpointError, CheckpointState, atomic_write
 from p2pshard.engine.compression import DEFAULT as DEFAULT_COMPRESSION
 from p2pshard.engine.compression import CompressionConfig, Compressor
@@ -226,9 +226,9 @@ class TorchEngine:
 
     # ------------------------------------------------------------------------------ aggregation
 
-    def _screen(self, payload: bytes) -> F32:
+    def _screen(self, payload: bytes) -> F32 | SparseTensor:
         try:
-            tensors = decode_tensors(payload, self.limits)
+            tensors = decode_sparse(payload, self.limits)
         except TensorDecodeError as exc:
             raise UpdateRejected(f"decode:{exc.reason}", exc.detail) from exc
         shapes = self.wire_shapes if UPDATE_TENSOR in tensors else self.shapes
@@ -240,7 +240,7 @@ class TorchEngine:
     def apply_round(self, round_index: int, payloads: Mapping[str, bytes]) -> RoundOutcome:
         if round_index < self._round:
             raise ValueError(f"round {round_index} is already applied (next is {self._round})")
-        rows: list[F32] = []
+        rows: list[F32 | SparseTensor] = []
         accepted: list[str] = []
         rejected: dict[str, str] = {}
         for contributor in sorted(payloads):  # the order every node uses
@@ -252,20 +252,30 @@ class TorchEngine:
         selected: tuple[str, ...] = ()
         norm = 0.0
         if rows:
-            stacked = np.stack(rows)
-            result = aggregate(stacked, self.cfg.aggregation)
-            selected = tuple(accepted[i] for i in result.selected)
-            vector = result.vector
-            if self.cfg.diloco.norm_restore:
-                vector, _ = restore_norm(vector, stacked[list(result.selected)])
-            if self.cfg.diloco.outer_sum:  # elementwise float32: the same bits on every node
-                vector = np.multiply(vector, np.float32(len(result.selected)), dtype=np.float32)
+            vector, chosen = self._aggregate(rows)
+            selected = tuple(accepted[i] for i in chosen)
             norm = float(np.sqrt((vector.astype(np.float64) ** 2).sum()))
             self.outer.step(self.master, self._unflatten(vector))
             self._hash = model_hash(self.master)
         self._load_master_into_model()
         self._round = round_index + 1
         return RoundOutcome(round_index, self._hash, tuple(accepted), rejected, selected, norm)
+
+    def _aggregate(self, rows: list[F32 | SparseTensor]) -> tuple[F32, Sequence[int]]:
+        """The vector the outer step applies, and which rows it took."""
+        d = self.cfg.diloco
+        if d.outer_sum and self.cfg.aggregation.rule == "mean" and not d.norm_restore:
+            # The sum of the contributions (SparseLoCo): float32 from +0.0 in contributor order,
+            # touching only the kept elements of sparse rows.
+            return sum_rows(rows, self.n_params), range(len(rows))
+        stacked = dense_rows(rows)
+        result = aggregate(stacked, self.cfg.aggregation)
+        vector = result.vector
+        if d.norm_restore:
+            vector, _ = restore_norm(vector, stacked[list(result.selected)])
+        if d.outer_sum:  # elementwise float32: the same bits on every node
+            vector = np.multiply(vector, np.float32(len(result.selected)), dtype=np.float32)
+        return vector, result.selected
 
     def _unflatten(self, flat: F32) -> dict[str, F32]:
         out: dict[str, F32] = {}

@@ -33,7 +33,6 @@ import numpy.typing as npt
 import trio
 from libp2p.peer.id import ID
 
-from p2pshard.core.wire.tensor import SparseTensor
 from p2pshard.net.blob import BlobService
 
 __all__ = [
@@ -45,7 +44,6 @@ __all__ = [
     "gather_average",
     "reduce_scatter_average",
     "slice_bounds",
-    "sum_sparse",
 ]
 
 F32 = npt.NDArray[np.float32]
@@ -90,36 +88,6 @@ def decode_raw_f32(data: Buffer) -> F32:
     if len(data) % 4:
         raise AveragingError(f"{len(data)} bytes is not a whole number of float32")
     out: F32 = np.frombuffer(data, dtype="<f4")
-    return out
-
-
-# Sparse rows are summed one cache-sized block of the result at a time (256K float32 = 1 MiB).
-_SUM_BLOCK = 1 << 18
-
-
-def sum_sparse(rows: Sequence[SparseTensor], size: int, out: F32 | None = None) -> F32:
-    """The dense float32 sum of sparse rows of ``size`` elements, added in row order, written into
-    ``out`` when given (a buffer kept from round to round: a fresh 200 MB one costs ~0.2 s of page
-    faults on some machines).
-
-    Each row's positions ascend, so a block's share of every row is one contiguous run; zeroing a
-    block and adding all rows into it while it is in cache is about twice as fast as adding each
-    row across the whole vector in turn (which touches a third of its cache lines per row).
-    """
-    for row in rows:
-        if row.index.size and (int(row.index[0]) < 0 or int(row.index[-1]) >= size):
-            raise AveragingError(f"a sparse row reaches outside {size} elements")
-    if out is None:
-        out = np.empty(size, dtype=np.float32)
-    elif out.shape != (size,) or out.dtype != np.float32:
-        raise ValueError(f"out must be a float32 vector of {size} elements")
-    edges = [*range(0, size, _SUM_BLOCK), size]
-    cuts = [np.searchsorted(row.index, edges) for row in rows]
-    for b in range(len(edges) - 1):
-        out[edges[b] : edges[b + 1]] = 0.0
-        for row, cut in zip(rows, cuts, strict=True):
-            lo, hi = cut[b], cut[b + 1]
-            out[row.index[lo:hi]] += row.values[lo:hi]  # positions are unique within a row
     return out
 
 
@@ -209,8 +177,9 @@ async def gather_average(
     """Everyone's whole vector to everyone; reduce the rows in sorted member order.
 
     A row is whatever ``decode`` makes of a payload: a dense vector (checked to have the vector's
-    size here) or, for sparse encodings, the decoder's own form (e.g. indices and values, which the
-    decoder bounds), so that a reducer can sum a few kept values instead of whole dense rows.
+    size here) or, for sparse encodings, the decoder's own form (e.g. a ``SparseTensor``, which the
+    decoder bounds, summed by ``p2pshard.core.wire.tensor.sum_rows``), so that a reducer adds a few
+    kept values instead of whole dense rows.
     """
     st = stats if stats is not None else AveragingStats()
     members = _members(me, peers)

@@ -1,4 +1,4 @@
-"""The averaging layouts' pure parts: slice bounds, the bare float32 encoding, sparse sums."""
+"""The averaging layouts' pure parts: slice bounds, the bare float32 encoding, row sums."""
 
 from __future__ import annotations
 
@@ -7,13 +7,19 @@ import itertools
 import numpy as np
 import pytest
 
-from p2pshard.core.wire.tensor import EncodeOptions, Encoding, SparseTensor, decode_sparse, encode_tensors
+from p2pshard.core.wire.tensor import (
+    EncodeOptions,
+    Encoding,
+    SparseTensor,
+    decode_sparse,
+    encode_tensors,
+    sum_rows,
+)
 from p2pshard.protocols.averaging import (
     AveragingError,
     decode_raw_f32,
     encode_raw_f32,
     slice_bounds,
-    sum_sparse,
 )
 
 
@@ -40,7 +46,7 @@ def test_raw_f32_round_trip_and_strictness() -> None:
 
 
 @pytest.mark.parametrize("size", [1, 5000, (1 << 18) * 3 + 77])
-def test_sum_sparse_equals_the_sum_of_the_dense_rows(size: int) -> None:
+def test_sum_rows_equals_the_float32_sum_of_the_dense_rows(size: int) -> None:
     rng = np.random.default_rng(size)
     opts = EncodeOptions(Encoding.INT2, chunk_size=4096, topk=88, lz4=False, packed_indices=True)
     rows = []
@@ -51,14 +57,18 @@ def test_sum_sparse_equals_the_sum_of_the_dense_rows(size: int) -> None:
         rows.append(row)
     dense = [r.dense() for r in rows]
     expected = ((dense[0] + dense[1]) + dense[2]) + dense[3]  # float32, row order
-    got = sum_sparse(rows, size)
+    got = sum_rows(rows, size)
     assert got.dtype == np.float32 and np.array_equal(got, expected)
     reused = np.full(size, np.nan, dtype=np.float32)  # last round's leftovers must not leak in
-    assert sum_sparse(rows, size, reused) is reused and np.array_equal(reused, expected)
+    assert sum_rows(rows, size, reused) is reused and np.array_equal(reused, expected)
+    mixed = sum_rows([rows[0], dense[1], rows[2], dense[3]], size)  # a dense row adds the same
+    assert np.array_equal(mixed, expected)
 
 
-def test_sum_sparse_rejects_a_row_longer_than_the_vector() -> None:
+def test_sum_rows_rejects_rows_of_another_size() -> None:
     row = SparseTensor((10,), np.array([2, 9]), np.array([1.0, 2.0], dtype=np.float32))
-    assert np.array_equal(sum_sparse([row], 10)[[2, 9]], [1.0, 2.0])
-    with pytest.raises(AveragingError):
-        sum_sparse([row], 9)
+    assert np.array_equal(sum_rows([row], 10)[[2, 9]], [1.0, 2.0])
+    dense = np.zeros(10, dtype=np.float32)
+    for bad in ([row], [dense]):
+        with pytest.raises(ValueError):
+            sum_rows(bad, 9)

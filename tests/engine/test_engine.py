@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from p2pshard.core.wire.tensor import EncodeOptions, encode_tensors
+from p2pshard.core.wire.tensor import EncodeOptions, Encoding, decode_tensors, encode_tensors
 from p2pshard.engine.aggregation import AggregationConfig
 from p2pshard.engine.checkpoint import CheckpointError, CheckpointState, HotSnapshots
 from p2pshard.engine.compression import SPARSELOCO, CompressionConfig
@@ -84,6 +84,49 @@ def test_bad_updates_are_rejected_and_the_round_goes_on(make_engine: EngineFacto
     assert outcome.accepted == ("me",)
     assert outcome.rejected == reasons
     assert outcome.model_hash != good.base_model_hash
+
+
+def test_sparse_updates_are_screened_on_their_kept_values_and_summed(
+    make_engine: EngineFactory, genesis: Genesis
+) -> None:
+    sparse = {
+        "compression": SPARSELOCO,
+        "diloco": DiLoCoConfig.for_preset("micro", sparse=True, inner_steps=4, batch_size=8),
+    }
+    e = make_engine(**sparse)
+    n = e.n_params
+    opts = SPARSELOCO.encode_options()
+    rng = np.random.default_rng(1)
+    noise = rng.standard_normal(n).astype(np.float32) * np.float32(1e-3)
+    inf = noise.copy()
+    inf[7] = np.inf  # the largest magnitude: kept, and sent as it is in float32 values
+    bad = {
+        "inf": encode_tensors({"update": inf}, replace(opts, encoding=Encoding.FLOAT32)),
+        "huge": encode_tensors({"update": noise * np.float32(1e6)}, opts),
+        "wrong": encode_tensors({"update": noise[:-1]}, opts),
+    }
+    reasons = {}
+    for who, payload in bad.items():
+        with pytest.raises(UpdateRejected) as info:
+            e.check_update(payload)
+        reasons[who] = info.value.reason
+    assert reasons == {"inf": "non-finite", "huge": "norm-too-large", "wrong": "wrong-shape"}
+    # The sum of two sparse contributions and a dense one, as a float32 sum from zero in contributor
+    # order: what the outer step (lr 1, no momentum) subtracts from the weights.
+    payloads = {
+        "a": encode_tensors({"update": noise}, opts),
+        "b": encode_tensors({"update": -2 * noise}, opts),
+        "c": encode_tensors({"update": noise / 4}, EncodeOptions()),
+    }
+    rows = [decode_tensors(payloads[p])["update"] for p in sorted(payloads)]
+    expected = np.zeros(n, np.float32)
+    for row in rows:
+        expected += row
+    before = np.concatenate([e.master[k].reshape(-1) for k in e.names])
+    outcome = e.apply_round(0, {**payloads, **bad})
+    assert outcome.accepted == ("a", "b", "c") and outcome.rejected == reasons
+    after = np.concatenate([e.master[k].reshape(-1) for k in e.names])
+    np.testing.assert_array_equal(after, before - expected)
 
 
 def test_train_round_refuses_foreign_shards_and_old_rounds(

@@ -28,7 +28,7 @@ here); which elements a top-k record keeps is chosen in :mod:`p2pshard.core.wire
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import lz4.block
@@ -65,6 +65,7 @@ __all__ = [
     "decode_sparse",
     "decode_tensors",
     "encode_tensors",
+    "sum_rows",
 ]
 
 MAGIC = b"P2T1"
@@ -260,6 +261,46 @@ class SparseTensor:
         out = np.zeros(int(np.prod(self.shape)), dtype=np.float32)
         out[self.index] = self.values
         return out.reshape(self.shape)
+
+
+# Rows are summed one cache-sized block of the result at a time (256K float32 = 1 MiB).
+_SUM_BLOCK = 1 << 18
+
+
+def sum_rows(rows: Sequence[SparseTensor | F32], size: int, out: F32 | None = None) -> F32:
+    """The float32 sum of ``size``-element rows (sparse or dense), from +0.0, in row order.
+
+    Written into ``out`` when given: a buffer kept from round to round (a fresh 200 MB one costs
+    ~0.2 s of page faults on some machines). Elementwise float32 additions in a fixed order give the
+    same bits on every machine. A sparse row's positions ascend, so a block's share of it is one
+    contiguous run; zeroing a block and adding every row into it while it is in cache is about twice
+    as fast as adding each row across the whole vector in turn.
+    """
+    cuts: list[I64 | None] = []
+    edges = [*range(0, size, _SUM_BLOCK), size]
+    for row in rows:
+        if isinstance(row, SparseTensor):
+            if row.index.size and (int(row.index[0]) < 0 or int(row.index[-1]) >= size):
+                raise ValueError(f"a sparse row reaches outside {size} elements")
+            cuts.append(np.searchsorted(row.index, edges))
+        elif row.size != size:
+            raise ValueError(f"a dense row of {row.size} elements, not {size}")
+        else:
+            cuts.append(None)
+    if out is None:
+        out = np.empty(size, dtype=np.float32)
+    elif out.shape != (size,) or out.dtype != np.float32:
+        raise ValueError(f"out must be a float32 vector of {size} elements")
+    for b in range(len(edges) - 1):
+        lo, hi = edges[b], edges[b + 1]
+        out[lo:hi] = 0.0
+        for row, cut in zip(rows, cuts, strict=True):
+            if isinstance(row, SparseTensor) and cut is not None:
+                run = slice(cut[b], cut[b + 1])
+                out[row.index[run]] += row.values[run]  # positions are unique within a row
+            else:
+                out[lo:hi] += np.asarray(row, dtype=np.float32).reshape(-1)[lo:hi]
+    return out
 
 
 def decode_tensors(data: bytes, limits: DecodeLimits | None = None) -> dict[str, F32]:
