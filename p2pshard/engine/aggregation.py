@@ -14,7 +14,7 @@ did not send is a vote for "no change" at that coordinate, which makes them cons
 sparse inputs; Krum and centered clipping see the zeros as part of the vector geometry.
 With SparseLoCo most coordinates have a single sender, so no per-coordinate statistic can be
 robust there: only row-level rules keep their strength. Measured (benchmarks/training.py, table
-c, micro, 1 attacker of 5): multi_krum and centered_clip stay within 3% of the clean mean, median
+c, micro, 1 attacker of 5): multi_krum and centered_clip stay within 5% of the clean mean, median
 and trimmed mean move only where most nodes agree (1.05-1.10), and Krum, which applies one row,
 ends 1.47x higher.
 
