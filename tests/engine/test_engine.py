@@ -19,6 +19,12 @@ from p2pshard.protocols.engine_api import Engine, UpdateRejected
 
 from .conftest import EngineFactory
 
+# SparseLoCo with its outer step, on the micro model with the fixture's short rounds.
+SPARSE_MICRO = {
+    "compression": SPARSELOCO,
+    "diloco": DiLoCoConfig.for_preset("micro", sparse=True, inner_steps=4, batch_size=8),
+}
+
 
 def run_round(engines: dict[str, TorchEngine], genesis: Genesis, r: int) -> set[bytes]:
     updates = {
@@ -89,11 +95,7 @@ def test_bad_updates_are_rejected_and_the_round_goes_on(make_engine: EngineFacto
 def test_sparse_updates_are_screened_on_their_kept_values_and_summed(
     make_engine: EngineFactory, genesis: Genesis
 ) -> None:
-    sparse = {
-        "compression": SPARSELOCO,
-        "diloco": DiLoCoConfig.for_preset("micro", sparse=True, inner_steps=4, batch_size=8),
-    }
-    e = make_engine(**sparse)
+    e = make_engine(**SPARSE_MICRO)
     n = e.n_params
     opts = SPARSELOCO.encode_options()
     rng = np.random.default_rng(1)
@@ -262,17 +264,13 @@ def test_restore_norm_lengthens_cancelling_averages_within_sqrt_n() -> None:
 def test_sparseloco_engines_agree_send_a_hundredth_and_restore_their_residual(
     make_engine: EngineFactory, genesis: Genesis
 ) -> None:
-    sparse = {
-        "compression": SPARSELOCO,
-        "diloco": DiLoCoConfig.for_preset("micro", sparse=True, inner_steps=4, batch_size=8),
-    }
-    engines = {p: make_engine(node_salt=p.encode(), **sparse) for p in ("a", "b")}
+    engines = {p: make_engine(node_salt=p.encode(), **SPARSE_MICRO) for p in ("a", "b")}
     assert len(run_round(engines, genesis, 0)) == 1
     a = engines["a"]
     stats = a.stats()
     assert stats.dense_bytes_equivalent == 4 * a.n_params
     assert stats.dense_bytes_equivalent / stats.bytes_sent > 90  # micro: the short last chunk keeps 88 of 832
-    restored = make_engine(node_salt=b"a", **sparse)
+    restored = make_engine(node_salt=b"a", **SPARSE_MICRO)
     restored.load_checkpoint_bytes(a.checkpoint_bytes())
     np.testing.assert_array_equal(restored.compressor.residual["update"], a.compressor.residual["update"])
     assert run_round({"a": a}, genesis, 1) == run_round({"a": restored}, genesis, 1)
