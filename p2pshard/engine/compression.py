@@ -46,8 +46,8 @@ from p2pshard.core.wire.tensor import (
     Encoding,
     LowRankFactors,
     decode_tensors,
+    encode_tensors,
 )
-from p2pshard.core.wire.tensor import encode_tensors as _encode
 
 __all__ = ["DEFAULT", "KINDS", "SPARSELOCO", "CompressionConfig", "Compressor", "EncodedUpdate", "named"]
 
@@ -162,18 +162,18 @@ class Compressor:
     def encode(self, update: Mapping[str, F32], limits: DecodeLimits | None = None) -> EncodedUpdate:
         dense = sum(4 * v.size for v in update.values())
         if not self.cfg.error_feedback:
-            return EncodedUpdate(self._encode(update), dense, limits)
+            return EncodedUpdate(self._payload(update), dense, limits)
         target = self._with_residual(update)
         if self.cfg.sparse:
             # Only the kept elements change: the residual is the target with them taken out.
             kept: dict[str, tuple[npt.NDArray[np.int64], F32]] = {}
-            payload = _encode(target, self.cfg.encode_options(), sparse_out=kept)
+            payload = encode_tensors(target, self.cfg.encode_options(), sparse_out=kept)
             for name, (index, values) in kept.items():
                 flat = target[name].reshape(-1)
                 flat[index] -= values
             self.residual = target
             return EncodedUpdate(payload, dense, limits)
-        payload = self._encode(target)
+        payload = self._payload(target)
         out = EncodedUpdate(payload, dense, limits)
         self.residual = {
             n: np.subtract(target[n], out.decoded[n], dtype=np.float32).reshape(target[n].shape)
@@ -196,10 +196,10 @@ class Compressor:
             target[name] = old
         return target
 
-    def _encode(self, target: Mapping[str, F32]) -> bytes:
+    def _payload(self, target: Mapping[str, F32]) -> bytes:
         if self.cfg.kind == "lowrank":
             return self._encode_low_rank(target)
-        return _encode(target, self.cfg.encode_options())
+        return encode_tensors(target, self.cfg.encode_options())
 
     def _encode_low_rank(self, target: Mapping[str, F32]) -> bytes:
         r = self.cfg.rank
@@ -217,7 +217,7 @@ class Compressor:
                 continue
             items[name] = self._factor(name, arr.reshape(rows, cols), arr.shape, r)
         factors = _BITS[self.cfg.factor_bits]
-        return _encode(items, EncodeOptions(factors, chunk_size=r, lz4=self.cfg.lz4), overrides)
+        return encode_tensors(items, EncodeOptions(factors, chunk_size=r, lz4=self.cfg.lz4), overrides)
 
     def _factor(self, name: str, m: F32, shape: tuple[int, ...], r: int) -> LowRankFactors:
         q = self.subspace.get(name)
