@@ -174,7 +174,9 @@ async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
             elif comp.sparse:
                 # Top-k (SparseLoCo): the engine's Compressor with its error feedback; a row stays
                 # sparse (kept indices and values) and the reducer sums the kept values.
-                sparse_c = compressors.setdefault(mode, Compressor(comp))
+                if mode not in compressors:
+                    compressors[mode] = Compressor(comp)
+                sparse_c = compressors[mode]
 
                 def encode(v: np.ndarray, c: Any = sparse_c, limits: DecodeLimits = limits) -> bytes:
                     payload: bytes = c.encode({"update": v}, limits).payload
@@ -185,7 +187,9 @@ async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
 
                 # The result goes into a buffer kept across rounds, as hivemind averages into its
                 # own tensors in place.
-                result_buffer = buffers.setdefault(mode, np.empty(vector.size, dtype=np.float32))
+                if mode not in buffers:
+                    buffers[mode] = np.empty(vector.size, dtype=np.float32)
+                result_buffer = buffers[mode]
 
                 def reduce_rows(rows: Any, d: int = vector.size, out: Any = result_buffer) -> np.ndarray:
                     # SparseLoCo's outer step applies the sum (diloco.SPARSE_OUTER): float32, in
@@ -203,7 +207,9 @@ async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
             else:
                 # Low rank needs the matrices; the engine's Compressor (error feedback included).
                 shapes = model_shapes(vector.size)
-                compressor = compressors.setdefault(mode, Compressor(comp))
+                if mode not in compressors:
+                    compressors[mode] = Compressor(comp)
+                compressor = compressors[mode]
 
                 def encode(
                     v: np.ndarray, shapes: Any = shapes, c: Any = compressor, limits: DecodeLimits = limits
