@@ -309,17 +309,14 @@ def decode_tensors(data: bytes, limits: DecodeLimits | None = None) -> dict[str,
     Values are not judged here (NaN decodes as NaN); whether a tensor is *acceptable* is the
     receiver's policy (see ``p2pshard.engine.aggregation.screen_update``).
     """
-    out: dict[str, F32] = {}
-    for rec, n, lim, work in _records(data, limits):
-        if rec.layout == pb.LAYOUT_CHUNKED_TOPK:
-            out[rec.name] = _decode_topk(rec, n).dense()
-        else:
-            out[rec.name] = _decode_record(rec, n, lim, work).reshape(tuple(rec.shape))
-    return out
+    return {
+        name: t.dense() if isinstance(t, SparseTensor) else t
+        for name, t in decode_sparse(data, limits).items()
+    }
 
 
 def decode_sparse(data: bytes, limits: DecodeLimits | None = None) -> dict[str, SparseTensor | F32]:
-    """Like :func:`decode_tensors` (the same checks, the same errors), but a top-k record stays a
+    """Like :func:`decode_tensors` (which densifies what this returns), but a top-k record stays a
     :class:`SparseTensor`: no dense array of the tensor's full size is made for it."""
     out: dict[str, SparseTensor | F32] = {}
     for rec, n, lim, work in _records(data, limits):
