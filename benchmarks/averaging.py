@@ -242,6 +242,8 @@ async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
                 reduce = reduce_rows
             stats = AveragingStats()
             cpu0 = time.process_time()
+            sys0 = os.times().system
+            thr0 = time.thread_time()
             t0 = go  # (setting up the codec closures above takes microseconds)
             result = await fn(
                 node.blobs,
@@ -259,6 +261,8 @@ async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
                 {
                     "done": time.perf_counter() - t0,
                     "cpu_s": time.process_time() - cpu0,
+                    "sys_s": os.times().system - sys0,
+                    "main_s": time.thread_time() - thr0,
                     "head": [float(x) for x in result[:4]],
                     # (after the clock stopped) every peer must hold the same bits
                     "sha256": hashlib.sha256(np.ascontiguousarray(result).data).hexdigest(),
@@ -564,6 +568,10 @@ def main() -> None:
         ratio = f"{med / ref:>12.2f}x" if ref else ""
         print(f"  {label:<44}{med:>10.3f}{' '.join(f'{t:.2f}' for t in res['s']):>26}{ratio}")
         p = max(res["peers"], key=lambda m: m["done"])
+
+        def total(field: str, peers: list[dict[str, Any]] = res["peers"]) -> float:
+            return float(sum(m[field] for m in peers))
+
         if mode != "dense":
             after = statistics.median(res["announced_s"])
             ratio = f"{after / ref:>12.2f}x" if ref else ""
@@ -572,7 +580,8 @@ def main() -> None:
         print(
             f"  {'':<6}slowest peer: encode {p['encode_s']:.2f}s fetch {p['fetch_s']:.2f}s "
             f"decode+reduce {p['decode_reduce_s']:.2f}s, {p['bytes_in'] / 1e6:.1f} MB in; "
-            f"CPU of all peers {sum(m['cpu_s'] for m in res['peers']):.1f}s"
+            f"CPU of all peers {total('cpu_s'):.2f}s ({total('sys_s'):.2f}s in the kernel, "
+            f"{total('main_s'):.2f}s in the trio event loops)"
         )
         if args.timeline:
             for m in res["peers"]:

@@ -44,6 +44,7 @@ from p2pshard.core.wire.tensor import (
     DecodeLimits,
     EncodeOptions,
     Encoding,
+    ErrorFeedback,
     LowRankFactors,
     decode_tensors,
     encode_tensors,
@@ -163,16 +164,9 @@ class Compressor:
         dense = sum(4 * v.size for v in update.values())
         if not self.cfg.error_feedback:
             return EncodedUpdate(self._payload(update), dense, limits)
-        target = self._with_residual(update)
         if self.cfg.sparse:
-            # Only the kept elements change: the residual is the target with them taken out.
-            kept: dict[str, tuple[npt.NDArray[np.int64], F32]] = {}
-            payload = encode_tensors(target, self.cfg.encode_options(), sparse_out=kept)
-            for name, (index, values) in kept.items():
-                flat = target[name].reshape(-1)
-                flat[index] -= values
-            self.residual = target
-            return EncodedUpdate(payload, dense, limits)
+            return EncodedUpdate(self._encode_sparse(update), dense, limits)
+        target = self._with_residual(update)
         payload = self._payload(target)
         out = EncodedUpdate(payload, dense, limits)
         self.residual = {
@@ -180,6 +174,19 @@ class Compressor:
             for n in target
         }
         return out
+
+    def _encode_sparse(self, update: Mapping[str, F32]) -> bytes:
+        """Top-k from the residual buffers, which the codec updates in place as it goes
+        (:class:`ErrorFeedback`): decay, add the update, choose, subtract what was sent."""
+        residual: dict[str, F32] = {}
+        for name, value in update.items():
+            old = self.residual.get(name)
+            if old is None or old.shape != value.shape:
+                old = np.zeros(value.shape, dtype=np.float32)
+            residual[name] = old
+        self.residual = residual
+        feedback = ErrorFeedback(update, self.cfg.error_feedback_decay)
+        return encode_tensors(residual, self.cfg.encode_options(), feedback=feedback)
 
     def _with_residual(self, update: Mapping[str, F32]) -> dict[str, F32]:
         """``update + decay * residual`` per tensor, computed in the residual's own buffer (it is

@@ -22,6 +22,7 @@ from p2pshard.core.wire.tensor import (
     MAGIC,
     EncodeOptions,
     Encoding,
+    ErrorFeedback,
     LowRankFactors,
     decode_tensors,
     encode_tensors,
@@ -350,3 +351,46 @@ def test_packed_offsets_match_the_bit_matrix_packing(width: int) -> None:
     for n in (0, 1, 7, 8, 9, 63, 1001):
         values = rng.integers(0, 1 << width, n).astype(np.int64)
         assert quant.pack_bits(values, width) == _ref_pack_bits(values, width)
+
+
+# ------------------------------------------------------------------- runs and error feedback
+
+
+def test_runs_of_a_few_chunks_give_the_bytes_of_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record is encoded one cache-sized run of chunks at a time; with runs of three chunks
+    (and a run ending in the short last chunk) the bytes are still the reference's."""
+    monkeypatch.setattr(topk, "_TOPK_BLOCK", 3 * 4096)
+    tensors = _inputs(31, 10 * 4096 + 555)
+    for encoding in ALL_ENCODINGS:
+        opts = EncodeOptions(encoding, 4096, 88, False, True)
+        assert encode_tensors(tensors, opts) == _reference_encode(tensors, opts), encoding
+
+
+@pytest.mark.parametrize("encoding", ALL_ENCODINGS)
+def test_error_feedback_sends_the_decayed_sum_and_keeps_what_was_not_sent(
+    encoding: Encoding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(topk, "_TOPK_BLOCK", 3 * 4096)
+    rng = np.random.default_rng(37)
+    residual = {n: v * np.float32(0.5) for n, v in _inputs(37, 7 * 4096 + 99).items()}
+    update = {n: rng.standard_normal(v.shape, dtype=np.float32) for n, v in residual.items()}
+    decay = np.float32(0.9)
+    target = {n: np.add(np.multiply(residual[n], decay), update[n]) for n in residual}
+    opts = EncodeOptions(encoding, 4096, 88, False, True)
+    sparse: dict[str, tuple[I64, F32]] = {}
+    payload = encode_tensors(residual, opts, sparse_out=sparse, feedback=ErrorFeedback(update, 0.9))
+    assert payload == _reference_encode(target, opts)
+    decoded = decode_tensors(payload)
+    for name, left in residual.items():
+        expected = np.subtract(target[name], decoded[name], dtype=np.float32)
+        assert np.array_equal(left.view(np.uint32), expected.view(np.uint32)), name
+        positions, values = sparse[name]
+        assert np.array_equal(decoded[name].reshape(-1)[positions], values)
+
+
+def test_error_feedback_needs_float32_residuals_it_can_update() -> None:
+    residual = {"x": np.zeros(5000, dtype=np.float64)}
+    feedback = ErrorFeedback({"x": np.ones(5000, dtype=np.float32)}, 0.9)
+    with pytest.raises(ValueError, match="C-ordered float32"):
+        encode_tensors(residual, EncodeOptions(Encoding.INT8, 1024, 16), feedback=feedback)
+    assert not residual["x"].any()

@@ -52,13 +52,14 @@ from p2pshard.core.wire.quant import (
     value_bytes,
     values_len,
 )
-from p2pshard.core.wire.topk import kept_per_chunk, select_topk
+from p2pshard.core.wire.topk import block_ranges, kept_per_chunk, select_topk
 
 __all__ = [
     "MAGIC",
     "DecodeLimits",
     "EncodeOptions",
     "Encoding",
+    "ErrorFeedback",
     "LowRankFactors",
     "SparseTensor",
     "TensorDecodeError",
@@ -148,12 +149,25 @@ class DecodeLimits:
 # --------------------------------------------------------------------------------------- encode
 
 
+@dataclass(frozen=True)
+class ErrorFeedback:
+    """Top-k records encoded from a residual kept in place (see :func:`encode_tensors`).
+
+    ``updates`` holds each tensor's new update; ``decay`` is what the residual is multiplied by
+    before the update is added.
+    """
+
+    updates: Mapping[str, F32]
+    decay: float
+
+
 def encode_tensors(
     tensors: Mapping[str, npt.NDArray[np.floating] | LowRankFactors],
     opts: EncodeOptions,
     overrides: Mapping[str, EncodeOptions] | None = None,
     *,
     sparse_out: dict[str, tuple[I64, F32]] | None = None,
+    feedback: ErrorFeedback | None = None,
 ) -> bytes:
     """Encode ``tensors`` (any float dtype; written in name order) into one payload.
 
@@ -163,6 +177,12 @@ def encode_tensors(
     ``sparse_out``, if given, receives for every top-k tensor its kept elements as (ascending
     positions in the flattened tensor, the float32 values :func:`decode_tensors` will produce there,
     bit for bit), so that a sender can update its error feedback without decoding its own payload.
+
+    ``feedback`` makes every top-k tensor of ``tensors`` a residual buffer (float32, C-ordered)
+    that is updated in place: it becomes ``decay * residual + update`` before its elements are
+    chosen, and what is sent of it (the decoded kept values) is then subtracted, leaving exactly
+    what receivers will not see. Both happen one cache-sized run of chunks at a time, while the run
+    is selected and quantised: one pass over memory instead of four for a large tensor.
     """
     bundle = pb.TensorBundle()
     for name in sorted(tensors):
@@ -178,29 +198,63 @@ def encode_tensors(
         rec.encoding = o.encoding.value
         rec.chunk_size = o.chunk_size
         flat = arr.reshape(-1)
-        kept = kept_per_chunk(flat.size, o.chunk_size, o.topk)
         if o.topk is None:
             rec.layout = pb.LAYOUT_DENSE
-            values = flat
+            wire, scales = quantize(flat, o.encoding, kept_per_chunk(flat.size, o.chunk_size, None))
         else:
             rec.layout = pb.LAYOUT_CHUNKED_TOPK
             rec.k = o.topk
-            offsets, positions, values = select_topk(flat, o.chunk_size, o.topk)
             rec.index_bits = o.index_bits
+            update, decay = None, 1.0
+            if feedback is not None:
+                if arr is not item or not arr.flags.c_contiguous:
+                    raise ValueError(f"{name}: a residual must be a C-ordered float32 array")
+                update = np.asarray(feedback.updates[name], dtype=np.float32).reshape(-1)
+                decay = feedback.decay
+            offsets, positions, wire, scales, decoded = _encode_topk(flat, o, update, decay)
             rec.indices = (
                 pack_bits(offsets, o.index_bits) if o.index_bits else offsets.astype("<u2").tobytes()
             )
-        wire, scales = quantize(values, o.encoding, kept)
+            if sparse_out is not None:
+                sparse_out[name] = (positions, decoded)
         rec.values = value_bytes(wire, o.encoding)
         if scales is not None:
             rec.scales = scales.astype("<f4").tobytes()
-        if sparse_out is not None and o.topk is not None:
-            sparse_out[name] = (positions, dequantize(wire, o.encoding, scales, kept))
     body = bundle.SerializeToString()
     if opts.lz4:
         packed: bytes = lz4.block.compress(body, store_size=False)
         return _HEADER.pack(MAGIC, _COMPRESSION_LZ4, len(body)) + packed
     return _HEADER.pack(MAGIC, _COMPRESSION_NONE, len(body)) + body
+
+
+def _encode_topk(
+    flat: F32, o: EncodeOptions, update: F32 | None, decay: float
+) -> tuple[I64, I64, npt.NDArray[np.generic], F32 | None, F32]:
+    """A top-k record's offsets, positions, wire values, scales and decoded values, chosen,
+    quantised (and, given an ``update``, accumulated into and subtracted from ``flat``) one run of
+    whole chunks at a time. Chunks are independent, so the bytes are those of one pass."""
+    chunk, k = o.chunk_size, int(o.topk or 0)
+    parts: list[tuple[I64, I64, npt.NDArray[np.generic], F32 | None, F32]] = []
+    for lo, hi in list(block_ranges(flat.size, chunk)) or [(0, 0)]:
+        run = flat[lo:hi]
+        if update is not None:
+            np.multiply(run, np.float32(decay), out=run)
+            np.add(run, update[lo:hi], out=run)
+        offsets, positions, values = select_topk(run, chunk, k)
+        kept = kept_per_chunk(run.size, chunk, k)
+        wire, scales = quantize(values, o.encoding, kept)
+        decoded = dequantize(wire, o.encoding, scales, kept)
+        if update is not None:
+            run[positions] -= decoded  # the residual keeps what receivers will not see
+        parts.append((offsets, positions + lo, wire, scales, decoded))
+    offsets, positions, wires, scales, decoded = zip(*parts, strict=True)
+    return (
+        np.concatenate(offsets),
+        np.concatenate(positions),
+        np.concatenate(wires),
+        None if scales[0] is None else np.concatenate(scales),
+        np.concatenate(decoded),
+    )
 
 
 def _encode_low_rank(rec: pb.TensorRecord, name: str, f: LowRankFactors, encoding: Encoding) -> None:

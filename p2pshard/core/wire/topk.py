@@ -15,10 +15,12 @@ k-th largest magnitude from below, leaving ~1.2k candidates in which the exact t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["kept_per_chunk", "select_topk"]
+__all__ = ["block_ranges", "kept_per_chunk", "select_topk"]
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -38,6 +40,15 @@ _TOPK_BLOCK = 1 << 19
 # A chunk whose lower bound leaves more than this many candidates per kept element (ties, or data
 # whose large values share one stride class) is selected by a full argpartition instead.
 _MAX_CANDIDATES_PER_K = 4
+
+
+def block_ranges(size: int, chunk: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of cache-sized runs of whole chunks covering ``size`` elements (the last
+    run may end in a short chunk): an encoder that selects, quantises and updates its error
+    feedback one run at a time reads each element from memory once."""
+    step = max(1, _TOPK_BLOCK // chunk) * chunk
+    for start in range(0, size, step):
+        yield start, min(start + step, size)
 
 
 def select_topk(flat: F32, chunk: int, k: int) -> tuple[I64, I64, F32]:
