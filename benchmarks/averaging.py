@@ -169,6 +169,7 @@ async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
             )
             comp = CompressionConfig(kind="none") if mode == "dense" else compression_for(mode)
             reduce_rows: Any = None
+            own_row: Any = None
             if mode == "dense":
                 encode, decode = encode_raw_f32, decode_raw_f32  # bare float32, zero-copy decode
             elif comp.sparse:
@@ -178,9 +179,18 @@ async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
                     compressors[mode] = Compressor(comp)
                 sparse_c = compressors[mode]
 
-                def encode(v: np.ndarray, c: Any = sparse_c, limits: DecodeLimits = limits) -> bytes:
-                    payload: bytes = c.encode({"update": v}, limits).payload
+                mine: dict[str, Any] = {}
+
+                def encode(
+                    v: np.ndarray, c: Any = sparse_c, limits: DecodeLimits = limits, mine: Any = mine
+                ) -> bytes:
+                    encoded = c.encode({"update": v}, limits)
+                    mine["row"] = encoded.sparse["update"]  # what the others decode of it
+                    payload: bytes = encoded.payload
                     return payload
+
+                def own_row(mine: Any = mine) -> Any:
+                    return mine["row"]
 
                 def decode(b: bytes, limits: DecodeLimits = limits) -> Any:
                     return decode_sparse(b, limits)["update"]
@@ -237,7 +247,11 @@ async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
                 acc /= len(rows)
                 return acc.astype(np.float32)
 
-            fn = reduce_scatter_average if layout == "reduce_scatter" else gather_average
+            fn: Any = reduce_scatter_average
+            extra: dict[str, Any] = {}
+            if layout == "gather":
+                fn = gather_average
+                extra = {"own_row": own_row}
             if reduce_rows is not None:
                 reduce = reduce_rows
             stats = AveragingStats()
@@ -256,6 +270,7 @@ async def _p2pshard_worker(index: int, bootstrap: list[str]) -> None:
                 exchange=exchange,
                 max_size=8 * vector.size + (1 << 20),
                 stats=stats,
+                **extra,
             )
             emit(
                 {
@@ -566,7 +581,7 @@ def main() -> None:
         what = "dense fp32" if mode == "dense" else f"{mode} ({kind})"
         label = f"p2pshard {what}, {layout.replace('_', '-')}"
         ratio = f"{med / ref:>12.2f}x" if ref else ""
-        print(f"  {label:<44}{med:>10.3f}{' '.join(f'{t:.2f}' for t in res['s']):>26}{ratio}")
+        print(f"  {label:<44}{med:>10.3f}  {' '.join(f'{t:.2f}' for t in res['s']):>24}{ratio}")
         p = max(res["peers"], key=lambda m: m["done"])
 
         def total(field: str, peers: list[dict[str, Any]] = res["peers"]) -> float:
@@ -576,7 +591,7 @@ def main() -> None:
             after = statistics.median(res["announced_s"])
             ratio = f"{after / ref:>12.2f}x" if ref else ""
             runs = " ".join(f"{t:.2f}" for t in res["announced_s"])
-            print(f"  {'  after the last payload was announced':<44}{after:>10.3f}{runs:>26}{ratio}")
+            print(f"  {'  after the last payload was announced':<44}{after:>10.3f}  {runs:>24}{ratio}")
         print(
             f"  {'':<6}slowest peer: encode {p['encode_s']:.2f}s fetch {p['fetch_s']:.2f}s "
             f"decode+reduce {p['decode_reduce_s']:.2f}s, {p['bytes_in'] / 1e6:.1f} MB in; "

@@ -46,6 +46,7 @@ from p2pshard.core.wire.tensor import (
     Encoding,
     ErrorFeedback,
     LowRankFactors,
+    SparseTensor,
     decode_tensors,
     encode_tensors,
 )
@@ -141,6 +142,9 @@ class EncodedUpdate:
     payload: bytes
     dense_bytes: int  # fp32 size of the same tensors
     limits: DecodeLimits | None = field(default=None, repr=False)
+    # Top-k kinds: what ``decode_sparse`` makes of the payload, bit for bit, known without
+    # decoding it (the encoder's kept elements).
+    sparse: dict[str, SparseTensor] | None = field(default=None, repr=False)
 
     @cached_property
     def decoded(self) -> dict[str, F32]:
@@ -165,7 +169,8 @@ class Compressor:
         if not self.cfg.error_feedback:
             return EncodedUpdate(self._payload(update), dense, limits)
         if self.cfg.sparse:
-            return EncodedUpdate(self._encode_sparse(update), dense, limits)
+            payload, sparse = self._encode_sparse(update)
+            return EncodedUpdate(payload, dense, limits, sparse)
         target = self._with_residual(update)
         payload = self._payload(target)
         out = EncodedUpdate(payload, dense, limits)
@@ -175,7 +180,7 @@ class Compressor:
         }
         return out
 
-    def _encode_sparse(self, update: Mapping[str, F32]) -> bytes:
+    def _encode_sparse(self, update: Mapping[str, F32]) -> tuple[bytes, dict[str, SparseTensor]]:
         """Top-k from the residual buffers, which the codec updates in place as it goes
         (:class:`ErrorFeedback`): decay, add the update, choose, subtract what was sent."""
         residual: dict[str, F32] = {}
@@ -186,7 +191,10 @@ class Compressor:
             residual[name] = old
         self.residual = residual
         feedback = ErrorFeedback(update, self.cfg.error_feedback_decay)
-        return encode_tensors(residual, self.cfg.encode_options(), feedback=feedback)
+        kept: dict[str, tuple[npt.NDArray[np.int64], F32]] = {}
+        payload = encode_tensors(residual, self.cfg.encode_options(), sparse_out=kept, feedback=feedback)
+        sparse = {n: SparseTensor(update[n].shape, index, values) for n, (index, values) in kept.items()}
+        return payload, sparse
 
     def _with_residual(self, update: Mapping[str, F32]) -> dict[str, F32]:
         """``update + decay * residual`` per tensor, computed in the residual's own buffer (it is

@@ -173,13 +173,16 @@ async def gather_average(
     max_size: int,
     timeout_s: float = 120.0,
     stats: AveragingStats | None = None,
+    own_row: Callable[[], Row] | None = None,
 ) -> F32:
     """Everyone's whole vector to everyone; reduce the rows in sorted member order.
 
     A row is whatever ``decode`` makes of a payload: a dense vector (checked to have the vector's
     size here) or, for sparse encodings, the decoder's own form (e.g. a ``SparseTensor``, which the
     decoder bounds, summed by ``p2pshard.core.wire.tensor.sum_rows``), so that a reducer adds a few
-    kept values instead of whole dense rows.
+    kept values instead of whole dense rows. ``own_row``, if given, returns this member's row as
+    ``decode`` would make it of its own payload (called after ``encode``; a top-k encoder knows what
+    it kept), so that it is not decoded.
     """
     st = stats if stats is not None else AveragingStats()
     members = _members(me, peers)
@@ -196,7 +199,10 @@ async def gather_average(
     fetched[members.index(me)] = payload
 
     def work() -> F32:
-        rows = [decode(fetched[i]) for i in range(len(members))]
+        rows = [
+            own_row() if p == me and own_row is not None else decode(fetched[i])
+            for i, p in enumerate(members)
+        ]
         for row in rows:
             if isinstance(row, np.ndarray):
                 _checked(row, vector.size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from p2pshard.core.wire.tensor import SparseTensor, decode_sparse
 from p2pshard.engine.compression import SPARSELOCO, CompressionConfig, Compressor
 from p2pshard.engine.diloco import OUTER_DEFAULTS, SPARSE_OUTER, DiLoCoConfig
 
@@ -68,6 +69,14 @@ def test_sparseloco_residual_keeps_exactly_what_was_not_sent_and_decays() -> Non
     np.testing.assert_array_equal(c.residual["update"], (target - again).astype(np.float32))
     # What is sent are the largest of each chunk of the target, with their signs.
     kept = again != 0
+    # ...and the encoder knows it without decoding: its sparse rows are the receivers', bit for bit.
+    third = c.encode(y)
+    mine, theirs = third.sparse, decode_sparse(third.payload)
+    assert mine is not None and set(mine) == set(theirs) == {"update"}
+    row = theirs["update"]
+    assert isinstance(row, SparseTensor) and mine["update"].shape == row.shape
+    assert np.array_equal(mine["update"].index, row.index)
+    assert np.array_equal(mine["update"].values.view(np.uint32), row.values.view(np.uint32))
     assert (np.sign(again[kept]) == np.sign(target[kept])).all()
     for start in range(0, 3 * 4096, 4096):
         t, k = np.abs(target[start : start + 4096]), kept[start : start + 4096]

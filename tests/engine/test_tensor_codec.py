@@ -546,5 +546,5 @@ def test_bit_packing_round_trips_every_width_and_length() -> None:
             packed = quant.pack_bits(v, width)
             assert len(packed) == (n * width + 7) // 8
             out = quant.unpack_bits(packed, n, width)
-            assert out is not None and out.dtype == np.int64
+            assert out is not None and out.dtype == np.uint16
             np.testing.assert_array_equal(out, v)

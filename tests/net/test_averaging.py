@@ -11,6 +11,8 @@ import trio
 from libp2p.peer.id import ID
 
 from p2pshard import NodeConfig, open_node
+from p2pshard.core.wire.tensor import SparseTensor, decode_sparse, sum_rows
+from p2pshard.engine.compression import SPARSELOCO, Compressor
 from p2pshard.net.blob import BlobError
 from p2pshard.protocols.averaging import (
     decode_raw_f32,
@@ -95,3 +97,55 @@ async def test_fetch_into_refuses_a_blob_of_another_size() -> None:
         await client.blobs.fetch_into(digest, [server.peer_id], memoryview(exact), timeout_s=10)
         assert exact == b"x" * 1000
         assert digest not in client.blobs.store
+
+
+async def test_sparse_gather_sums_kept_values_and_takes_its_own_row_without_decoding() -> None:
+    d, n = 5 * 4096 + 77, 3
+    vectors = [np.random.default_rng(10 + i).standard_normal(d, dtype=np.float32) for i in range(n)]
+    compressors = [Compressor(SPARSELOCO) for _ in range(n)]
+    sent: dict[int, bytes] = {}
+    own: dict[int, SparseTensor] = {}
+    decoded: dict[int, list[bytes]] = {i: [] for i in range(n)}
+    async with AsyncExitStack() as stack:
+        first = await stack.enter_async_context(open_node(NodeConfig()))
+        joined = NodeConfig(bootstrap=[first.addrs[0]])
+        nodes = [first] + [await stack.enter_async_context(open_node(joined)) for _ in range(n - 1)]
+        ids = [node.peer_id for node in nodes]
+        board = _Board(n)
+        results: dict[int, np.ndarray] = {}
+
+        async def member(i: int) -> None:
+            def encode(v: np.ndarray) -> bytes:
+                encoded = compressors[i].encode({"update": v})
+                assert encoded.sparse is not None
+                sent[i], own[i] = encoded.payload, encoded.sparse["update"]
+                return encoded.payload
+
+            def decode(b: bytes) -> SparseTensor:
+                decoded[i].append(bytes(b))
+                row = decode_sparse(b)["update"]
+                assert isinstance(row, SparseTensor)
+                return row
+
+            results[i] = await gather_average(
+                nodes[i].blobs,
+                ids[i],
+                [p for p in ids if p != ids[i]],
+                vectors[i],
+                encode=encode,
+                decode=decode,
+                reduce=lambda rows: sum_rows(rows, d),
+                exchange=board.exchange_for(ids[i]),
+                max_size=8 * d,
+                own_row=lambda: own[i],
+            )
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for i in range(n):
+                    nursery.start_soon(member, i)
+    order = sorted(range(n), key=lambda i: ids[i].to_bytes())  # rows are summed in member order
+    expected = sum_rows([decode_sparse(sent[i])["update"] for i in order], d)
+    for i in range(n):
+        assert sorted(decoded[i]) == sorted(sent[j] for j in range(n) if j != i)  # not its own
+        assert np.array_equal(results[i].view(np.uint32), expected.view(np.uint32))

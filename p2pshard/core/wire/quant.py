@@ -248,17 +248,19 @@ def pack_bits(values: npt.NDArray[np.int64], width: int) -> bytes:
     return stream.tobytes()[: (values.size * width + 7) // 8]
 
 
-def unpack_bits(data: bytes, count: int, width: int) -> npt.NDArray[np.int64] | None:
-    """``count`` values of ``width`` bits, or None if an unused bit of the last byte is set.
+def unpack_bits(data: bytes, count: int, width: int) -> npt.NDArray[np.uint16] | None:
+    """``count`` values of ``width`` bits (<= 16), or None if an unused bit of the last byte is set.
 
-    The inverse of :func:`pack_bits`: every eight values fill exactly ``width`` bytes, which are
-    read as two little-endian 64-bit words (``width`` <= 16), and the eight values are cut out of
-    them at fixed shifts.
+    The inverse of :func:`pack_bits`. 12 bits (chunks of 4096, SparseLoCo's) are two values in
+    three bytes; any other width is read eight values at a time: they fill exactly ``width``
+    bytes, read as two little-endian 64-bit words and cut at fixed shifts.
     """
     raw = np.frombuffer(data, dtype=np.uint8)
     total = count * width
     if total % 8 and int(raw[-1]) >> (total % 8):
         return None
+    if width == 12:
+        return _unpack_12(raw, count)
     groups = -(-count // 8)
     padded = np.zeros(groups * width, dtype=np.uint8)
     padded[: raw.size] = raw
@@ -267,7 +269,7 @@ def unpack_bits(data: bytes, count: int, width: int) -> npt.NDArray[np.int64] | 
     words = block.view("<u8")
     lo, hi = words[:, 0], words[:, 1]
     mask = np.uint64((1 << width) - 1)
-    out = np.empty((groups, 8), dtype=np.uint64)
+    out = np.empty((groups, 8), dtype=np.uint16)
     for j in range(8):
         word, shift = divmod(j * width, 64)
         if word:
@@ -276,8 +278,19 @@ def unpack_bits(data: bytes, count: int, width: int) -> npt.NDArray[np.int64] | 
             out[:, j] = ((lo >> np.uint64(shift)) | (hi << np.uint64(64 - shift))) & mask
         else:
             out[:, j] = (lo >> np.uint64(shift)) & mask
-    result: npt.NDArray[np.int64] = out.reshape(-1)[:count].view(np.int64)
-    return result
+    return out.reshape(-1)[:count]
+
+
+def _unpack_12(raw: npt.NDArray[np.uint8], count: int) -> npt.NDArray[np.uint16]:
+    """12-bit values: bytes b0 b1 b2 hold b0 | (b1 & 15) << 8 and b1 >> 4 | b2 << 4."""
+    pairs = -(-count // 2)
+    padded = np.zeros(3 * pairs, dtype=np.uint16)
+    padded[: raw.size] = raw
+    b = padded.reshape(pairs, 3)
+    out = np.empty((pairs, 2), dtype=np.uint16)
+    np.bitwise_or(b[:, 0], (b[:, 1] & 0xF) << 8, out=out[:, 0])
+    np.bitwise_or(b[:, 1] >> 4, b[:, 2] << 4, out=out[:, 1])
+    return out.reshape(-1)[:count]
 
 
 def unpack_int2(data: bytes, count: int) -> npt.NDArray[np.int8] | None:

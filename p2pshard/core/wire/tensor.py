@@ -500,12 +500,12 @@ def _decode_topk(rec: pb.TensorRecord, n: int) -> SparseTensor:
             raise TensorDecodeError("indices-bad-padding", rec.name)
         offsets = unpacked
     else:
-        offsets = np.frombuffer(rec.indices, dtype="<u2").astype(np.int64)
+        offsets = np.frombuffer(rec.indices, dtype="<u2")
     positions = _topk_positions(offsets, n, chunk, int(rec.k), rec.name)
     return SparseTensor(tuple(int(d) for d in rec.shape), positions, values)
 
 
-def _topk_positions(offsets: I64, n: int, chunk: int, k: int, name: str) -> I64:
+def _topk_positions(offsets: npt.NDArray[np.uint16], n: int, chunk: int, k: int, name: str) -> I64:
     """Flat positions of a top-k record's in-chunk offsets, after checking that every offset lies
     inside its chunk and that they rise strictly within each chunk (no duplicates: one canonical
     encoding per update). Full chunks are handled as one (chunks, k) matrix."""
@@ -514,9 +514,7 @@ def _topk_positions(offsets: I64, n: int, chunk: int, k: int, name: str) -> I64:
     rest = offsets[full * k :]  # min(k, tail) offsets of the short last chunk
     if (head.size and int(head.max()) >= chunk) or (rest.size and int(rest.max()) >= tail):
         raise TensorDecodeError("index-out-of-range", name)
-    if (k > 1 and head.size and not (np.diff(head, axis=1) > 0).all()) or (
-        rest.size > 1 and not (np.diff(rest) > 0).all()
-    ):
+    if not ((head[:, 1:] > head[:, :-1]).all() and (rest[1:] > rest[:-1]).all()):
         raise TensorDecodeError("indices-not-increasing", name)
     out = np.empty(offsets.size, dtype=np.int64)
     np.add(
@@ -524,7 +522,7 @@ def _topk_positions(offsets: I64, n: int, chunk: int, k: int, name: str) -> I64:
         np.arange(0, full * chunk, chunk, dtype=np.int64)[:, None],
         out=out[: head.size].reshape(full, k),
     )
-    np.add(rest, full * chunk, out=out[head.size :])
+    np.add(rest, full * chunk, out=out[head.size :], dtype=np.int64)
     return out
 
 
