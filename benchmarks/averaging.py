@@ -19,8 +19,9 @@ allocator settings (``ALLOCATOR_ENV``).
   plain gather for comparison. Compressed: the engine's default pseudo-gradient compression,
   SparseLoCo, through the engine's ``Compressor`` (error feedback included; top 88 of every 4096
   in 2 bits, ~100x fewer bytes), gathered: every peer fetches the others' payloads, decodes them
-  sparse (``decode_sparse``) and sums them in float32 (``sum_rows``: what the engine does, as
-  SparseLoCo's outer step applies the sum); and rank-6 low-rank factors (~100x) gathered.
+  sparse (``decode_sparse``; its own row is the encoder's ``EncodedUpdate.sparse``, the same bits)
+  and sums them in float32 (``sum_rows``: what the engine does, as SparseLoCo's outer step applies
+  the sum); and rank-6 low-rank factors (~100x) gathered.
   The time is each peer's own from receiving the coordinator's "go" to holding the averaged
   vector, slowest peer, median over the repeats after one warm-up round (every peer's result is
   then hashed, off the clock, and all must agree): it includes encoding, the digest exchange
