@@ -514,6 +514,7 @@ def main() -> None:
     parser.add_argument("--skip-hivemind", action="store_true")
     parser.add_argument("--no-gather", action="store_true", help="skip the plain dense gather")
     parser.add_argument("--dense-only", action="store_true", help="only the dense reduce-scatter case")
+    parser.add_argument("--no-lowrank", action="store_true", help="skip the rank-6 low-rank case")
     parser.add_argument("--compressed-only", action="store_true", help="only the compressed cases")
     parser.add_argument("--timeline", action="store_true", help="print when each peer passed each barrier")
     parser.add_argument("--p2pshard-worker", type=int, default=None, help=argparse.SUPPRESS)
@@ -546,7 +547,7 @@ def main() -> None:
     if not args.dense_only:
         per_peer = default.per_tensor or default.sparse
         cases.append(("default", "gather" if per_peer else "reduce_scatter"))
-    if default != compression_for("lowrank") and not args.dense_only:
+    if default != compression_for("lowrank") and not args.dense_only and not args.no_lowrank:
         cases.append(("lowrank", "gather"))
     # Both groups stay up and their rounds alternate, so a change in the machine's load during the
     # run touches both sides alike.

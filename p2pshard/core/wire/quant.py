@@ -9,8 +9,8 @@ The encoder and the decoder share this arithmetic on purpose: :func:`dequantize`
 receivers compute, and the sender's ``sparse_out`` (its error feedback) comes from the same
 function over the same :func:`quantize` output, so both hold the same bits. The unpacking
 functions return ``None`` on a bit pattern no encoder writes; the codec turns that into a
-:class:`~p2pshard.core.wire.tensor.TensorDecodeError` with its reason. numpy only (``core/`` is
-sans-IO).
+:class:`~p2pshard.core.wire.tensor.TensorDecodeError` with its reason. numpy, and one compiled
+loop (:mod:`p2pshard.core.wire._kernels`) for the INT2 scale fit.
 """
 
 from __future__ import annotations
@@ -67,10 +67,6 @@ def values_len(encoding: Encoding, count: int) -> int:
     if encoding is Encoding.INT2:
         return (count + 3) // 4
     return count * _VALUE_BYTES[encoding]
-
-
-# INT2 scales are fitted over blocks of whole chunks of about this many values (cache-sized).
-_INT2_BLOCK = 1 << 16
 
 
 def pow2_columns(
@@ -134,49 +130,21 @@ def _absmax_scales(values: F32, kept: I64, levels: int) -> F32:
 
 
 def _quantize_int2(values: F32, kept: I64) -> tuple[npt.NDArray[np.int8], F32]:
-    """:func:`_fit_int2` over blocks of whole chunks, so that its float64 temporaries stay in cache."""
-    q = np.empty(values.size, dtype=np.int8)
-    scales = np.empty(kept.size, dtype=np.float32)
-    per_block = max(1, _INT2_BLOCK // int(kept.max(initial=1)))
-    ends = np.cumsum(kept)
-    for c0 in range(0, kept.size, per_block):
-        c1 = min(c0 + per_block, kept.size)
-        lo, hi = int(ends[c0] - kept[c0]), int(ends[c1 - 1])
-        q[lo:hi], scales[c0:c1] = _fit_int2(values[lo:hi], kept[c0:c1])
-    return q, scales
-
-
-def _fit_int2(values: F32, kept: I64) -> tuple[npt.NDArray[np.int8], F32]:
     """INT2 levels with a least-squares scale per chunk (two Lloyd steps from absmax / 3).
 
     With only four levels the scale matters: a chunk of similar magnitudes (what top-k keeps) is
     best sent as +-1 times about its mean magnitude, a bell-shaped one with +-3 for its tail. For
     fixed levels q the error-minimising scale is sum(q v) / sum(q q); two rounds of re-assigning q
     and re-fitting reach it closely. Decoders do not care how the scale was chosen, but the steps
-    stay float64 sums by ``reduceat`` so that the bytes stay those of earlier versions.
+    stay float64 sums in numpy's ``reduceat`` order so that the bytes stay those of earlier
+    versions. A compiled loop (:func:`p2pshard.core.wire._kernels.fit_int2`): one pass per chunk.
     """
-    v = values.astype(np.float64)
-    s = _absmax_scales(values, kept, INT_LEVELS[Encoding.INT2]).astype(np.float64)
-    starts = np.cumsum(kept) - kept
-    for _ in range(2):
-        q = _int2_levels(v / np.repeat(np.where(s > 0, s, 1.0), kept))
-        num = np.add.reduceat(q * v, starts)
-        den = np.add.reduceat(q * q, starts)
-        s = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
-    out = s.astype(np.float32)
-    safe = np.where(out > 0, out, 1.0).astype(np.float32).astype(np.float64)
-    return _int2_levels(v / np.repeat(safe, kept)).astype(np.int8), out
+    from p2pshard.core.wire._kernels import fit_int2
 
-
-def _int2_levels(y: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """:func:`_round_int2` as float64 by three comparisons: fewer passes over the data, and NaN
-    (which no receiver accepts anyway) becomes -3 without an invalid-cast warning."""
-    q = np.greater_equal(y, -2.0).astype(np.float64)
-    q += y >= 0.0
-    q += y >= 2.0
-    q *= 2.0
-    q -= 3.0
-    return q
+    q = np.empty(values.size, dtype=np.int8)
+    scales = np.empty(kept.size, dtype=np.float32)
+    fit_int2(np.ascontiguousarray(values, dtype=np.float32), kept.astype(np.int64), q, scales)
+    return q, scales
 
 
 def value_bytes(wire: npt.NDArray[np.generic], encoding: Encoding) -> bytes:

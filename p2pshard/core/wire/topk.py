@@ -9,8 +9,9 @@ choice: chunks where the fast path cannot be sure of it (ties at the threshold, 
 candidates) are selected by the reference.
 
 The speed comes from a lower bound: the k-th largest of ~3k strided group maxima bounds a chunk's
-k-th largest magnitude from below, leaving ~1.2k candidates in which the exact threshold is found
-(:func:`_topk_bounded`), over cache-sized blocks of chunks. numpy only (``core/`` is sans-IO).
+k-th largest magnitude from below, leaving ~1.2k candidates in which the exact threshold is found.
+That loop is compiled (numba, :mod:`p2pshard.core.wire._kernels`, imported on first use: a few
+seconds of compiling the first time, cached on disk after).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def kept_per_chunk(n: int, chunk: int, k: int | None) -> npt.NDArray[np.int64]:
     return lengths if k is None else np.minimum(lengths, k)
 
 
-# Top-k selection runs over blocks of chunks that fit a core's L2 cache (512K floats = 2 MiB).
+# Encoders work over runs of chunks that fit a core's L2 cache (512K floats = 2 MiB).
 _TOPK_BLOCK = 1 << 19
 # A chunk whose lower bound leaves more than this many candidates per kept element (ties, or data
 # whose large values share one stride class) is selected by a full argpartition instead.
@@ -67,19 +68,28 @@ def select_topk(flat: F32, chunk: int, k: int) -> tuple[I64, I64, F32]:
 
 def _topk_rows(rows: F32, k: int) -> tuple[I64, F32]:
     """Per row, the offsets of its ``k`` largest magnitudes (ascending) and their values, both
-    flattened. Rows go in cache-sized blocks; values are gathered while their block is cached."""
+    flattened: the compiled selection where a bound can prune, the plain one where it cannot."""
     n, chunk = rows.shape
     if k == chunk:
         return np.tile(np.arange(chunk, dtype=np.int64), n), rows.reshape(-1)
+    groups = _bound_groups(chunk, k)
+    if not groups:
+        offsets = _topk_plain(rows, k)
+        return offsets.reshape(-1), np.take_along_axis(rows, offsets, axis=1).reshape(-1)
+    from p2pshard.core.wire._kernels import select_chunks
+
     offsets = np.empty((n, k), dtype=np.int64)
     values = np.empty((n, k), dtype=np.float32)
-    groups = _bound_groups(chunk, k)
-    step = max(1, _TOPK_BLOCK // chunk)
-    for r0 in range(0, n, step):
-        block = rows[r0 : r0 + step]
-        offs = _topk_bounded(block, k, groups) if groups else _topk_plain(block, k)
-        offsets[r0 : r0 + step] = offs
-        values[r0 : r0 + step] = block.reshape(-1)[offs + chunk * np.arange(len(offs))[:, None]]
+    unsure = np.zeros(n, dtype=bool)
+    bits = np.ascontiguousarray(rows).reshape(-1).view(np.uint32)
+    cap = _MAX_CANDIDATES_PER_K * k
+    select_chunks(
+        bits, chunk, k, groups, cap, offsets.reshape(-1), values.reshape(-1).view(np.uint32), unsure
+    )
+    if unsure.any():
+        plain = _topk_plain(rows[unsure], k)
+        offsets[unsure] = plain
+        values[unsure] = np.take_along_axis(rows[unsure], plain, axis=1)
     return offsets.reshape(-1), values.reshape(-1)
 
 
@@ -90,7 +100,7 @@ def _topk_plain(rows: F32, k: int) -> I64:
 
 
 def _bound_groups(chunk: int, k: int) -> int:
-    """How many groups :func:`_topk_bounded` splits a chunk into, or 0 where it would not pay.
+    """How many groups the compiled selection splits a chunk into, or 0 where it would not pay.
 
     About 3k groups: the k-th largest group maximum then leaves ~1.2k candidates per chunk for
     i.i.d. data of any distribution (only ranks matter). Four or more elements per group, or the
@@ -98,52 +108,3 @@ def _bound_groups(chunk: int, k: int) -> int:
     """
     groups = max(64, 1 << (2 * k - 1).bit_length())
     return groups if chunk >= 4 * groups else 0
-
-
-def _topk_bounded(rows: F32, k: int, groups: int) -> I64:
-    """:func:`_topk_plain`'s result (the same set unless magnitudes tie), ~5x faster.
-
-    The group maxima of a row are elements of the row, so the k-th largest of them is a lower
-    bound on the row's k-th largest magnitude: every kept element is among the candidates at or
-    above it. Groups are strided (column mod ``groups``) so their maxima are elementwise maxima of
-    contiguous vectors. The exact k-th largest is then found among the few candidates; rows where
-    that is not exactly k elements (ties at the threshold, NaN, too many candidates) fall back.
-    """
-    r, chunk = rows.shape
-    mag = np.abs(rows)
-    used = chunk // groups * groups
-    maxima = mag[:, :used].reshape(r, -1, groups).max(axis=1)
-    bound = np.partition(maxima, groups - k, axis=1)[:, groups - k]
-    cand = np.flatnonzero(mag >= bound[:, None])  # row-major: ascending offsets within a row
-    row = cand // chunk
-    vals = mag.reshape(-1)[cand]
-    keep = vals >= _kth_largest(vals, row, r, k)[row]
-    cand, row = cand[keep], row[keep]
-    exact = np.bincount(row, minlength=r) == k
-    if exact.all():
-        picked: I64 = (cand - row * chunk).reshape(r, k)
-        return picked
-    out = np.empty((r, k), dtype=np.int64)
-    keep = exact[row]
-    out[exact] = (cand[keep] - row[keep] * chunk).reshape(-1, k)
-    out[~exact] = _topk_plain(rows[~exact], k)
-    return out
-
-
-def _kth_largest(vals: F32, row: I64, r: int, k: int) -> F32:
-    """Per row, the k-th largest of its candidate ``vals`` (NaN for a row with fewer than k or
-    too many), by padding the candidates into a small (rows x most candidates) matrix."""
-    count = np.bincount(row, minlength=r)
-    usable = (count >= k) & (count <= _MAX_CANDIDATES_PER_K * k)
-    if not usable.any():
-        return np.full(r, np.nan, dtype=np.float32)
-    if not usable.all():
-        sel = usable[row]
-        vals, row = vals[sel], row[sel]
-        count = np.where(usable, count, 0)
-    width = int(count.max())
-    start = np.cumsum(count) - count
-    pad = np.full(r * width, -1.0, dtype=np.float32)  # below every magnitude
-    pad[np.arange(vals.size) + (np.arange(r) * width - start)[row]] = vals
-    kth = np.partition(pad.reshape(r, width), width - k, axis=1)[:, width - k]
-    return np.where(usable, kth, np.float32(np.nan))
