@@ -5,7 +5,10 @@ by PID:
 
 Both groups are up at once and their rounds alternate (hivemind, then each p2pshard case, per
 repeat), so load from elsewhere on the machine falls on both alike; both run with the same glibc
-allocator settings (``ALLOCATOR_ENV``).
+allocator settings (``ALLOCATOR_ENV``). Every timed round comes right after an untimed round of
+the same system and case (``--warmup``): a node repeats one kind of round, and a 0.4 s sparse
+round timed right after a 10 s, 600 MB dense gather measures the gather's aftermath (caches and
+memory in another state: +25-40% CPU in the sparse round on this machine).
 
 - hivemind: ``hivemind.averaging.DecentralizedAverager`` (group of 4, no compression), in its own
   environment ``benchmarks/.venv-hivemind`` (created by ``benchmarks/setup_hivemind.sh``; never the
@@ -23,7 +26,7 @@ allocator settings (``ALLOCATOR_ENV``).
   and sums them in float32 (``sum_rows``: what the engine does, as SparseLoCo's outer step applies
   the sum); and rank-6 low-rank factors (~100x) gathered.
   The time is each peer's own from receiving the coordinator's "go" to holding the averaged
-  vector, slowest peer, median over the repeats after one warm-up round (every peer's result is
+  vector, slowest peer, median over the repeats (every peer's result is
   then hashed, off the clock, and all must agree): it includes encoding, the digest exchange
   through the coordinator (a stand-in for the gossip announcement), fetching, decoding, reducing
   and assembling. Compressed cases also show the time from the last peer's announcement on.
@@ -510,7 +513,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="d = 2M parameters, under 60 s")
     parser.add_argument("--params", type=int, default=None, help="parameters (default 50M; 2M with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per case (3; 2 quick)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds per case first (1)")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed rounds of the same case before each timed one (1)"
+    )
     parser.add_argument("--skip-hivemind", action="store_true")
     parser.add_argument("--no-gather", action="store_true", help="skip the plain dense gather")
     parser.add_argument("--dense-only", action="store_true", help="only the dense reduce-scatter case")
@@ -534,7 +539,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(
         f"{PEERS} peers average {d:,} fp32 parameters ({4 * d / 1e6:.0f} MB each); {repeats} timed "
-        f"repeats after {args.warmup} warm-up; "
+        f"repeats, each after {args.warmup} untimed round(s) of its case; "
         f"load {load:.2f} on {os.cpu_count()} cores; logs in {logdir}",
         flush=True,
     )
@@ -555,11 +560,15 @@ def main() -> None:
     hm: HivemindGroup | None = None
     try:
         hm = None if args.skip_hivemind else HivemindGroup(d, logdir)
-        for i in range(args.warmup + repeats):
+        for _ in range(repeats):
             if hm is not None:
-                hm.round(record=i >= args.warmup)
+                for _ in range(args.warmup):
+                    hm.round(record=False)
+                hm.round()
             for mode, layout in cases:
-                ours_group.round(mode, layout, record=i >= args.warmup)
+                for _ in range(args.warmup):
+                    ours_group.round(mode, layout, record=False)
+                ours_group.round(mode, layout)
     finally:
         ours_group.close()
         if hm is not None:
