@@ -633,6 +633,8 @@ def main() -> None:
                 f"{after:.1f}x ({'met' if after >= 10 else 'NOT met'})"
             )
         print("\n  goals: " + ";\n         ".join(goals))
+        if d != 50_000_000:
+            print(f"  (the goals are set for 50M parameters; this run has {d:,})")
     print(f"  load after: {os.getloadavg()[0]:.2f}")
 
 
