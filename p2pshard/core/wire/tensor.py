@@ -1,4 +1,4 @@
-"""The tensor codec: named float32 tensors <-> bytes on the wire (numpy only, no torch).
+"""The tensor codec: named float32 tensors <-> bytes on the wire (numpy and numba, no torch).
 
 A payload is an envelope around one ``TensorBundle`` (``specs/proto/tensor.proto``)::
 
