@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 
 import numpy as np
@@ -10,7 +10,7 @@ import pytest
 import trio
 from libp2p.peer.id import ID
 
-from p2pshard import NodeConfig, open_node
+from p2pshard import Node, NodeConfig, open_node
 from p2pshard.core.wire.tensor import SparseTensor, decode_sparse, sum_rows
 from p2pshard.engine.compression import SPARSELOCO, Compressor
 from p2pshard.net.blob import BlobError
@@ -44,6 +44,20 @@ class _Board:
         return exchange
 
 
+async def _open_nodes(stack: AsyncExitStack, n: int) -> list[Node]:
+    """``n`` nodes on 127.0.0.1, the others bootstrapped from the first."""
+    first = await stack.enter_async_context(open_node(NodeConfig()))
+    joined = NodeConfig(bootstrap=[first.addrs[0]])
+    return [first] + [await stack.enter_async_context(open_node(joined)) for _ in range(n - 1)]
+
+
+async def _run_members(n: int, member: Callable[[int], Awaitable[None]]) -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(member, i)
+
+
 def _mean(rows: Sequence[np.ndarray]) -> np.ndarray:
     return np.mean(np.stack(rows), axis=0, dtype=np.float64).astype(np.float32)
 
@@ -53,9 +67,7 @@ async def test_members_end_with_the_mean(layout) -> None:  # type: ignore[no-unt
     d, n = 100_003, 3
     vectors = [np.random.default_rng(i).standard_normal(d, dtype=np.float32) for i in range(n)]
     async with AsyncExitStack() as stack:
-        first = await stack.enter_async_context(open_node(NodeConfig()))
-        joined = NodeConfig(bootstrap=[first.addrs[0]])
-        nodes = [first] + [await stack.enter_async_context(open_node(joined)) for _ in range(n - 1)]
+        nodes = await _open_nodes(stack, n)
         ids = [node.peer_id for node in nodes]
         board = _Board(n)
         results: dict[int, np.ndarray] = {}
@@ -73,10 +85,7 @@ async def test_members_end_with_the_mean(layout) -> None:  # type: ignore[no-unt
                 max_size=4 * d + 64,
             )
 
-        with trio.fail_after(60):
-            async with trio.open_nursery() as nursery:
-                for i in range(n):
-                    nursery.start_soon(member, i)
+        await _run_members(n, member)
         expected = _mean(vectors)
         for i in range(n):
             np.testing.assert_allclose(results[i], expected, rtol=0, atol=1e-6)
@@ -107,9 +116,7 @@ async def test_sparse_gather_sums_kept_values_and_takes_its_own_row_without_deco
     own: dict[int, SparseTensor] = {}
     decoded: dict[int, list[bytes]] = {i: [] for i in range(n)}
     async with AsyncExitStack() as stack:
-        first = await stack.enter_async_context(open_node(NodeConfig()))
-        joined = NodeConfig(bootstrap=[first.addrs[0]])
-        nodes = [first] + [await stack.enter_async_context(open_node(joined)) for _ in range(n - 1)]
+        nodes = await _open_nodes(stack, n)
         ids = [node.peer_id for node in nodes]
         board = _Board(n)
         results: dict[int, np.ndarray] = {}
@@ -140,10 +147,7 @@ async def test_sparse_gather_sums_kept_values_and_takes_its_own_row_without_deco
                 own_row=lambda: own[i],
             )
 
-        with trio.fail_after(60):
-            async with trio.open_nursery() as nursery:
-                for i in range(n):
-                    nursery.start_soon(member, i)
+        await _run_members(n, member)
     order = sorted(range(n), key=lambda i: ids[i].to_bytes())  # rows are summed in member order
     expected = sum_rows([decode_sparse(sent[i])["update"] for i in order], d)
     for i in range(n):
