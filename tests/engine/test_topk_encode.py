@@ -183,8 +183,18 @@ def _inputs(seed: int, n: int) -> dict[str, F32]:
 
 
 # (chunk, k): SparseLoCo's, the smallest and largest k, a chunk that is not a power of two (the
-# bound uses only its first 2944 elements), a k too large for the bound (plain argpartition).
-SHAPES = [(4096, 88), (2048, 88), (4096, 1), (2048, 2048), (3000, 20), (4096, 300), (4096, 700)]
+# bound uses only its first 2944 elements), one that is not a multiple of 8 (the compiled
+# selection reads its last 5 offsets one by one), a k too large for the bound (plain argpartition).
+SHAPES = [
+    (4096, 88),
+    (2048, 88),
+    (4096, 1),
+    (2048, 2048),
+    (3000, 20),
+    (4101, 88),
+    (4096, 300),
+    (4096, 700),
+]
 
 
 @pytest.mark.parametrize(("chunk", "k"), SHAPES)
@@ -394,3 +404,14 @@ def test_error_feedback_needs_float32_residuals_it_can_update() -> None:
     with pytest.raises(ValueError, match="C-ordered float32"):
         encode_tensors(residual, EncodeOptions(Encoding.INT8, 1024, 16), feedback=feedback)
     assert not residual["x"].any()
+
+
+def test_the_largest_at_the_end_of_a_chunk_that_is_not_a_multiple_of_8_are_kept() -> None:
+    chunk, k = 4101, 88
+    x = np.random.default_rng(41).standard_normal(6 * chunk, dtype=np.float32)
+    ends = (np.arange(6)[:, None] * chunk + np.arange(chunk - 5, chunk)).reshape(-1)
+    x[ends] = 100.0 + np.arange(ends.size, dtype=np.float32)
+    opts = EncodeOptions(Encoding.FLOAT32, chunk, k, False, True)
+    sparse: dict[str, tuple[I64, F32]] = {}
+    assert encode_tensors({"x": x}, opts, sparse_out=sparse) == _reference_encode({"x": x}, opts)
+    assert set(ends) <= set(sparse["x"][0].tolist())
