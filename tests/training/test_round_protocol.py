@@ -22,8 +22,11 @@ from p2pshard.protocols.training import RoundReport, Trainer, TrainingOptions
 from tests.training.fake_engine import FakeEngine
 from tests.util import eventually
 
+# Short rounds, with room for a loaded CI machine: announcements are in by 1.6 s and payloads
+# fetched 1 s later, 0.4 s before the next round (with 0.2 s of slack a payload fetch sometimes
+# missed its window under load, and the round was aggregated without it).
 OPTIONS = TrainingOptions(
-    rounds=3, period_s=2.0, announce_deadline_s=1.3, fetch_timeout_s=0.5, start_delay_s=2.0
+    rounds=3, period_s=3.0, announce_deadline_s=1.6, fetch_timeout_s=1.0, start_delay_s=2.0
 )
 
 
