@@ -211,11 +211,12 @@ def encode_tensors(
                     raise ValueError(f"{name}: a residual must be a C-ordered float32 array")
                 update = np.asarray(feedback.updates[name], dtype=np.float32).reshape(-1)
                 decay = feedback.decay
-            offsets, positions, wire, scales, decoded = _encode_topk(flat, o, update, decay)
+            want = update is not None or sparse_out is not None
+            offsets, positions, wire, scales, decoded = _encode_topk(flat, o, update, decay, want)
             rec.indices = (
                 pack_bits(offsets, o.index_bits) if o.index_bits else offsets.astype("<u2").tobytes()
             )
-            if sparse_out is not None:
+            if sparse_out is not None and decoded is not None:
                 sparse_out[name] = (positions, decoded)
         rec.values = value_bytes(wire, o.encoding)
         if scales is not None:
@@ -228,13 +229,14 @@ def encode_tensors(
 
 
 def _encode_topk(
-    flat: F32, o: EncodeOptions, update: F32 | None, decay: float
-) -> tuple[I64, I64, npt.NDArray[np.generic], F32 | None, F32]:
-    """A top-k record's offsets, positions, wire values, scales and decoded values, chosen,
-    quantised (and, given an ``update``, accumulated into and subtracted from ``flat``) one run of
-    whole chunks at a time. Chunks are independent, so the bytes are those of one pass."""
+    flat: F32, o: EncodeOptions, update: F32 | None, decay: float, want_decoded: bool
+) -> tuple[I64, I64, npt.NDArray[np.generic], F32 | None, F32 | None]:
+    """A top-k record's offsets, positions, wire values, scales and (if wanted, or needed for an
+    ``update``) decoded values, chosen, quantised (and, given an ``update``, accumulated into and
+    subtracted from ``flat``) one run of whole chunks at a time. Chunks are independent, so the
+    bytes are those of one pass."""
     chunk, k = o.chunk_size, int(o.topk or 0)
-    parts: list[tuple[I64, I64, npt.NDArray[np.generic], F32 | None, F32]] = []
+    parts: list[tuple[I64, I64, npt.NDArray[np.generic], F32 | None, F32 | None]] = []
     for lo, hi in list(block_ranges(flat.size, chunk)) or [(0, 0)]:
         run = flat[lo:hi]
         if update is not None:
@@ -243,8 +245,8 @@ def _encode_topk(
         offsets, positions, values = select_topk(run, chunk, k)
         kept = kept_per_chunk(run.size, chunk, k)
         wire, scales = quantize(values, o.encoding, kept)
-        decoded = dequantize(wire, o.encoding, scales, kept)
-        if update is not None:
+        decoded = dequantize(wire, o.encoding, scales, kept) if want_decoded else None
+        if update is not None and decoded is not None:
             run[positions] -= decoded  # the residual keeps what receivers will not see
         parts.append((offsets, positions + lo, wire, scales, decoded))
     offsets, positions, wires, scales, decoded = zip(*parts, strict=True)
@@ -253,7 +255,7 @@ def _encode_topk(
         np.concatenate(positions),
         np.concatenate(wires),
         None if scales[0] is None else np.concatenate(scales),
-        np.concatenate(decoded),
+        None if decoded[0] is None else np.concatenate(decoded),
     )
 
 
