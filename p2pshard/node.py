@@ -34,6 +34,7 @@ from p2pshard.core.gossip import (
 )
 from p2pshard.core.wire import status_pb2
 from p2pshard.identity import Identity
+from p2pshard.net import patches
 from p2pshard.net.blob import BlobService, BlobStore
 from p2pshard.net.connector import Connector
 from p2pshard.net.discovery import Discovery
@@ -324,19 +325,5 @@ def _is_shutdown_noise(exc: BaseException) -> bool:
 
 
 def _count_failed_negotiations(host: IHost, counters: Counters) -> None:
-    """Count inbound streams whose protocol negotiation failed (unknown protocol ids included).
-
-    py-libp2p answers "na" and resets such streams inside its multiselect, out of our handlers'
-    reach; wrapping ``negotiate`` is the one place we can see them.
-    """
-    mux = host.get_mux()
-    negotiate = mux.negotiate
-
-    async def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
-        try:
-            return await negotiate(*args, **kwargs)
-        except Exception:
-            counters.incr("reqresp.rejected.negotiation_failed")
-            raise
-
-    mux.negotiate = counted  # type: ignore[method-assign]
+    """Count inbound streams whose protocol negotiation failed (unknown protocol ids included)."""
+    patches.count_failed_negotiations(host, lambda: counters.incr("reqresp.rejected.negotiation_failed"))

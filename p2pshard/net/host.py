@@ -12,6 +12,7 @@ py-libp2p is used for connections and raw streams only. Its defects are handled 
   auto-connector's watermarks are set to 0; the pruner still trims above ``4 * max_peers``.
 * Its Noise and yamux read and write paths held one stream to ~250 MiB/s; the host uses the
   tuned session and muxer of :mod:`p2pshard.net.transport` (same wire format, ~3x the throughput).
+* Everything that changes py-libp2p's own code is in :mod:`p2pshard.net.patches`, applied here.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 
 from p2pshard.identity import Identity
-from p2pshard.net.transport import BufferedNoiseTransport, TunedYamux, tune_yamux
+from p2pshard.net import patches
+from p2pshard.net.transport import BufferedNoiseTransport, TunedYamux
 
 Muxer = Literal["yamux", "mplex"]
 
@@ -56,7 +58,7 @@ def build_host(
     muxer_opt: dict[TProtocol, Any] = dict(available[m] for m in muxers)
     noise_static = new_x25519_key_pair().private_key
     sec_opt = {TProtocol(NOISE_PROTOCOL_ID): BufferedNoiseTransport(identity.key_pair, noise_static)}
-    tune_yamux()
+    patches.apply()
     ceiling = max(4 * max_peers, 16)
     config = ConnectionConfig(
         max_connections_per_peer=1,

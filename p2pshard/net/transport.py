@@ -16,15 +16,13 @@ in large steps, so that frames stay large. Peers see valid Noise messages and
 yamux frames no larger than their receive window, which go-yamux and js yamux accept (the interop
 tests send multi-frame payloads both ways). ``benchmarks/streams.py`` measures the result.
 
-These classes reach into py-libp2p internals (``SecureSession``'s fields, ``Yamux._read_data_body``,
-the module constant ``MAX_MESSAGE_SIZE``, the name ``Yamux`` in ``muxer_multistream``); the pin
-``libp2p==0.8.1`` keeps them valid, and ``tests/net/test_transport.py`` checks that a connection
-really runs on them.
+These classes reach into py-libp2p internals (``SecureSession``'s fields, ``Yamux._read_data_body``);
+the module constant ``MAX_MESSAGE_SIZE`` and the name ``Yamux`` in ``muxer_multistream`` are set by
+:mod:`p2pshard.net.patches`, whose version guard keeps them valid; ``tests/net/test_transport.py``
+checks that a connection really runs on them.
 """
 
 from __future__ import annotations
-
-import os
 
 import trio
 from libp2p.abc import IRawConnection, ISecureConn
@@ -33,30 +31,14 @@ from libp2p.peer.id import ID
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWriter
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.security.secure_session import SecureSession
-from libp2p.stream_muxer import muxer_multistream as _muxer_multistream
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-__all__ = ["BufferedNoiseTransport", "TunedYamux", "tune_yamux"]
+__all__ = ["YAMUX_FRAME_SIZE", "BufferedNoiseTransport", "TunedYamux"]
 
 SOCKET_READ_SIZE = 256 * 1024
 NOISE_LENGTH_BYTES = 2
 YAMUX_FRAME_SIZE = 4 * MAX_PLAINTEXT_LENGTH  # header + payload fill four Noise messages exactly
-
-
-def tune_yamux() -> None:
-    """Make py-libp2p's yamux cut outgoing data into frames of :data:`YAMUX_FRAME_SIZE` bytes, and
-    send window updates as go-yamux does (once half the window is consumed).
-
-    ``YamuxStream.write`` reads the module constant for every frame; nothing else uses it for limits.
-    py-libp2p's own knob ``PY_YAMUX_RELEASE_ON_READ`` (default on) credits the sender after every
-    read, however small, which has the sender cut small frames; a value the user set is kept.
-    """
-    _yamux.MAX_MESSAGE_SIZE = YAMUX_FRAME_SIZE
-    os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
-    # MuxerMultistream.new_conn builds yamux connections as ``Yamux(...)`` by name, whatever class
-    # the host's muxer options give for /yamux/1.0.0.
-    _muxer_multistream.Yamux = TunedYamux  # type: ignore[attr-defined]
 
 
 class BufferedNoiseReadWriter(NoiseTransportReadWriter):

@@ -1,0 +1,240 @@
+"""Every change p2pshard makes to py-libp2p's own code, in one place, applied once by :func:`apply`.
+
+Each patch reaches into internals of one py-libp2p release, so :func:`apply` first checks that the
+installed release is that one (:data:`EXPECTED_VERSION`) and refuses to start otherwise: a patch
+that silently stops matching the code it replaces is worse than a loud error. Each patch has a test
+in ``tests/net/test_patches.py``.
+
+The patches:
+
+* **yamux frame size** (:func:`_tune_yamux_frames`): outgoing DATA frames fill four Noise messages
+  and the receiver credits the sender once half its window is consumed (see
+  :mod:`p2pshard.net.transport`).
+* **yamux class** (:func:`_use_tuned_yamux`): ``MuxerMultistream.new_conn`` builds yamux
+  connections as ``Yamux(...)`` by name, whatever class the host registered; the name is pointed at
+  :class:`~p2pshard.net.transport.TunedYamux`, which also enforces the receive window and bounds
+  the streams of a connection.
+* **inbound slots** (:func:`_release_inbound_slot_on_close`): ``Swarm._handle_inbound_connection``
+  holds one slot of ``Swarm._inbound_limiter`` per inbound connection, but its inner handler waits
+  on ``manager.wait_finished()`` (the swarm's end) after the upgrade, so a slot came back only when
+  the node stopped: the 201st inbound connection of a node's life was refused. The replacement holds
+  the slot while the connection is open and returns it when the connection closes; handshakes in
+  progress are bounded separately, by the swarm's ``p2pshard_handshake_gate`` when one is attached
+  (:mod:`p2pshard.net.limits`).
+* **negotiation failures** (:func:`count_failed_negotiations`, per host): py-libp2p answers "na" to
+  an unknown protocol and resets the stream inside its multiselect, where no handler of ours sees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import trio
+
+log = logging.getLogger(__name__)
+
+EXPECTED_VERSION = "0.8.1"
+"""The py-libp2p release these patches were written against (the pin in pyproject.toml)."""
+
+
+class Libp2pVersionError(RuntimeError):
+    """The installed py-libp2p is not the release the patches were written for."""
+
+
+def installed_version() -> str:
+    import libp2p
+
+    version = getattr(libp2p, "__version__", None)
+    return str(version) if version else importlib.metadata.version("libp2p")
+
+
+def check_version(found: str | None = None) -> None:
+    """Raise :class:`Libp2pVersionError` unless py-libp2p ``found`` (default: installed) is expected."""
+    found = installed_version() if found is None else found
+    if found != EXPECTED_VERSION:
+        raise Libp2pVersionError(
+            f"p2pshard patches py-libp2p {EXPECTED_VERSION} internals, but py-libp2p {found} is "
+            f"installed; install libp2p=={EXPECTED_VERSION} (or port p2pshard/net/patches.py)"
+        )
+
+
+_applied = False
+
+
+def apply() -> None:
+    """Check the py-libp2p version and apply every patch (idempotent)."""
+    global _applied
+    if _applied:
+        return
+    check_version()
+    _tune_yamux_frames()
+    _use_tuned_yamux()
+    _release_inbound_slot_on_close()
+    _applied = True
+
+
+# -- yamux ---------------------------------------------------------------------------------------
+
+
+def _tune_yamux_frames() -> None:
+    """``YamuxStream.write`` reads the module constant ``MAX_MESSAGE_SIZE`` for every frame; nothing
+    else uses it for limits. py-libp2p's knob ``PY_YAMUX_RELEASE_ON_READ`` (default on) credits the
+    sender after every read, however small, which has the sender cut small frames; a value the user
+    set is kept."""
+    from libp2p.stream_muxer.yamux import yamux as _yamux
+
+    from p2pshard.net.transport import YAMUX_FRAME_SIZE
+
+    _yamux.MAX_MESSAGE_SIZE = YAMUX_FRAME_SIZE
+    os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+
+
+def _use_tuned_yamux() -> None:
+    from libp2p.stream_muxer import muxer_multistream as _muxer_multistream
+
+    from p2pshard.net.transport import TunedYamux
+
+    _muxer_multistream.Yamux = TunedYamux  # type: ignore[attr-defined]
+
+
+# -- inbound connection slots ------------------------------------------------------------------
+
+
+class HandshakeGate(Protocol):
+    """Admits an inbound TCP connection to its security handshake (see :mod:`p2pshard.net.limits`)."""
+
+    def admit(self, remote_ip: str | None) -> Callable[[], None] | None:
+        """A release callback if admitted, None if refused (the gate counts the refusal)."""
+
+    @property
+    def handshake_timeout_s(self) -> float: ...
+
+    def refused(self, reason: str) -> None: ...
+
+
+def _release_inbound_slot_on_close() -> None:
+    from libp2p.network.swarm import Swarm
+
+    Swarm._handle_inbound_connection = _handle_inbound_connection  # type: ignore[method-assign]
+
+
+async def _handle_inbound_connection(self: Any, read_write_closer: Any, maddr: Any) -> None:
+    """Replaces ``Swarm._handle_inbound_connection``: the same admission, upgrade and registration,
+    but the inbound slot is held only while the connection is open.
+
+    Order: the handshake gate (pending handshakes, total and per IP) → the swarm's inbound slot
+    (open inbound connections) → the connection gate (allow/deny lists) → the upgrade, bounded by
+    the gate's handshake timeout → wait until the connection closes → release the slot.
+    """
+    gate: HandshakeGate | None = getattr(self, "p2pshard_handshake_gate", None)
+    release_handshake: Callable[[], None] | None = None
+    if gate is not None:
+        release_handshake = gate.admit(_remote_ip(read_write_closer))
+        if release_handshake is None:
+            await _close_quietly(read_write_closer)
+            return
+    try:
+        self._inbound_limiter.acquire_nowait()
+    except trio.WouldBlock:
+        if gate is not None:
+            gate.refused("inbound_slots")
+        if release_handshake is not None:
+            release_handshake()
+        await _close_quietly(read_write_closer)
+        return
+    try:
+        muxed = await _upgrade_inbound(self, read_write_closer, maddr, gate, release_handshake)
+        release_handshake = None  # _upgrade_inbound released it
+        if muxed is not None:
+            await _wait_closed(self, muxed)
+    finally:
+        if release_handshake is not None:
+            release_handshake()
+        self._inbound_limiter.release()
+
+
+async def _upgrade_inbound(
+    self: Any,
+    read_write_closer: Any,
+    maddr: Any,
+    gate: HandshakeGate | None,
+    release_handshake: Callable[[], None] | None,
+) -> Any:
+    """The muxed connection, registered with the swarm; None when refused or failed."""
+    from libp2p.abc import IMuxedConn
+    from libp2p.network.connection.raw_connection import RawConnection
+
+    try:
+        remote_maddr = self._build_remote_multiaddr(read_write_closer)
+        if remote_maddr is not None and not await self.connection_gate.is_allowed(remote_maddr):
+            if gate is not None:
+                gate.refused("connection_gate")
+            await _close_quietly(read_write_closer)
+            return None
+        if isinstance(read_write_closer, IMuxedConn):  # QUIC and the like: already secured and muxed
+            await self.add_conn(read_write_closer, direction="inbound")
+            return read_write_closer
+        raw_conn = RawConnection(read_write_closer, False)
+        timeout = gate.handshake_timeout_s if gate is not None else float("inf")
+        try:
+            with trio.fail_after(timeout):
+                return await self.upgrade_inbound_raw_conn(raw_conn, maddr)
+        except trio.TooSlowError:
+            if gate is not None:
+                gate.refused("handshake_timeout")
+            await _close_quietly(raw_conn)
+            return None
+        except Exception as exc:
+            log.debug("inbound connection from %s failed: %r", maddr, exc)
+            await _close_quietly(raw_conn)
+            return None
+    finally:
+        if release_handshake is not None:
+            release_handshake()
+
+
+async def _wait_closed(swarm: Any, muxed: Any) -> None:
+    """Until ``muxed`` closes (or the swarm stops). The TCP listener closes the socket when its
+    handler returns, so the handler must last as long as the connection."""
+    closed = getattr(muxed, "event_closed", None)
+    if closed is None:
+        await swarm.manager.wait_finished()
+        return
+    await closed.wait()
+
+
+async def _close_quietly(conn: Any) -> None:
+    with trio.move_on_after(2), contextlib.suppress(Exception):  # closing a failed connection
+        await conn.close()
+
+
+def _remote_ip(read_write_closer: Any) -> str | None:
+    try:
+        remote = read_write_closer.get_remote_address()
+    except Exception:  # not every transport's stream knows its remote address
+        return None
+    return str(remote[0]) if remote else None
+
+
+# -- per-host wrappers ---------------------------------------------------------------------------
+
+
+def count_failed_negotiations(host: Any, on_failure: Callable[[], None]) -> None:
+    """Call ``on_failure()`` for every inbound stream whose protocol negotiation fails (unknown
+    protocol ids included), by wrapping the host's multiselect ``negotiate``."""
+    mux = host.get_mux()
+    negotiate: Callable[..., Awaitable[Any]] = mux.negotiate
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await negotiate(*args, **kwargs)
+        except Exception:
+            on_failure()
+            raise
+
+    mux.negotiate = counted

@@ -1,0 +1,108 @@
+"""Each py-libp2p patch of p2pshard.net.patches does what it claims, and the version guard is loud."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+from libp2p.abc import IHost
+from libp2p.custom_types import TProtocol
+from libp2p.host.ping import ID as PING_PROTOCOL
+from libp2p.host.ping import perform_ping_roundtrip
+from libp2p.peer.peerinfo import PeerInfo
+
+from p2pshard import NodeConfig, open_node
+from p2pshard.core.counters import Counters
+from p2pshard.identity import Identity
+from p2pshard.net import patches
+from p2pshard.net.connector import Connector
+from p2pshard.net.host import build_host
+from p2pshard.net.reqresp import ReqRespClient
+from p2pshard.net.transport import YAMUX_FRAME_SIZE, TunedYamux
+from p2pshard.node import Node
+from tests.util import eventually
+
+
+def test_guard_accepts_the_pinned_release() -> None:
+    patches.check_version(patches.EXPECTED_VERSION)
+    assert patches.installed_version() == patches.EXPECTED_VERSION
+
+
+def test_guard_names_the_expected_and_found_release() -> None:
+    with pytest.raises(patches.Libp2pVersionError) as caught:
+        patches.check_version("0.9.0")
+    assert "0.8.1" in str(caught.value) and "0.9.0" in str(caught.value)
+
+
+def test_apply_refuses_another_release(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(patches, "_applied", False)
+    monkeypatch.setattr(patches, "installed_version", lambda: "0.8.2")
+    with pytest.raises(patches.Libp2pVersionError, match=r"0\.8\.2"):
+        patches.apply()
+    assert patches._applied is False
+
+
+def test_yamux_frames_fill_four_noise_messages() -> None:
+    from libp2p.stream_muxer.yamux import yamux as _yamux
+
+    patches.apply()
+    assert _yamux.MAX_MESSAGE_SIZE == YAMUX_FRAME_SIZE
+    assert "PY_YAMUX_RELEASE_ON_READ" in os.environ
+
+
+def test_yamux_connections_are_built_as_tuned_yamux() -> None:
+    from libp2p.stream_muxer import muxer_multistream
+
+    patches.apply()
+    assert muxer_multistream.Yamux is TunedYamux  # type: ignore[attr-defined]
+
+
+async def test_failed_negotiations_are_counted(two_nodes: tuple[Node, Node]) -> None:
+    server, client = two_nodes
+    with pytest.raises(Exception):  # noqa: B017 - py-libp2p's error type for "na" varies by path
+        with trio.fail_after(10):
+            await client.host.new_stream(server.peer_id, [TProtocol("/no/such/protocol/1.0.0")])
+    await eventually(lambda: server.counters.get("reqresp.rejected.negotiation_failed") >= 1)
+
+
+@asynccontextmanager
+async def _client_host() -> AsyncIterator[tuple[IHost, ReqRespClient]]:
+    """A host that does not listen (so the server cannot dial it back) and a reqresp client on it."""
+    host = build_host(Identity.generate(), [])
+    async with host.run([]):
+        counters = Counters()
+        yield host, ReqRespClient(Connector(host, counters), counters)
+
+
+async def test_inbound_slots_come_back_when_connections_close() -> None:
+    """py-libp2p 0.8.1 keeps each inbound connection's slot until the swarm stops: with 200 slots
+    (max_peers=50) the 201st connection of a node's life was refused. 216 cycles of connect, ping,
+    disconnect (4 clients at a time) must all work, and the slots must all come back."""
+    failures: list[str] = []
+
+    async def cycles(server: Node, count: int) -> None:
+        async with _client_host() as (host, _):
+            info = PeerInfo(server.peer_id, server.host.get_addrs())
+            for i in range(count):
+                try:
+                    with trio.fail_after(10):
+                        await host.connect(info)
+                        stream = await host.new_stream(server.peer_id, [PING_PROTOCOL])
+                        await perform_ping_roundtrip(stream)
+                        await stream.close()
+                        await host.disconnect(server.peer_id)
+                except Exception as exc:
+                    failures.append(f"cycle {i + 1}: {exc!r}")
+                    return
+
+    async with open_node(NodeConfig()) as server:
+        limiter = server.host.get_network()._inbound_limiter  # type: ignore[attr-defined]
+        assert limiter.total_tokens == 200
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(cycles, server, 54)
+        assert not failures, failures
+        await eventually(lambda: limiter.borrowed_tokens == 0)
