@@ -76,6 +76,8 @@ _COMPRESSION_LZ4 = 1
 _MAX_CHUNK = 1 << 16  # in-chunk offsets are uint16
 MAX_FACTOR_RANK = 1024
 _MAX_SCALE_SPAN = 24  # rank * 127**2 * 2**24 < 2**53: low-rank products are exact in float64
+_LZ4_MAX_RATIO = 255  # an lz4 block inflates at most ~255-fold (one length byte per 255 bytes)
+_LZ4_SLACK = 64
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -430,6 +432,10 @@ def _open_envelope(data: bytes, lim: DecodeLimits) -> bytes:
         return bytes(body)
     if compression != _COMPRESSION_LZ4:
         raise TensorDecodeError("unknown-compression", str(compression))
+    if raw_len > _LZ4_MAX_RATIO * len(body) + _LZ4_SLACK:
+        # lz4 allocates the claimed size before it reads a byte: a claim that no block of this
+        # length can inflate to would cost up to max_bytes for a 10-byte payload.
+        raise TensorDecodeError("claimed-size-too-large", f"{raw_len} from an lz4 block of {len(body)}")
     try:
         raw = lz4.block.decompress(body, uncompressed_size=raw_len)
     except lz4.block.LZ4BlockError as exc:
