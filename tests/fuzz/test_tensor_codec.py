@@ -107,6 +107,10 @@ def test_tensor_codec(data: bytes, sparse: bool) -> None:
 
 @FUZZ
 @given(hostile(payloads))
+# A 26-byte payload claiming 100M one-element chunks made the decoder allocate a per-chunk count
+# array (800 MB) before it compared the values' length with the claim.
+@example(_record(shape=[100_000_000], chunk_size=1, layout=pb.LAYOUT_DENSE, encoding=4))
+@example(_record(shape=[100_000_000], chunk_size=1, layout=pb.LAYOUT_CHUNKED_TOPK, k=1, encoding=6))
 # A 19-byte lz4 payload claiming 16 MB (up to max_bytes, 512 MB by default) made lz4 allocate its
 # whole output buffer up front.
 @example(struct.pack("<4sBI", MAGIC, 1, 16 << 20) + b"\x00" * 10)

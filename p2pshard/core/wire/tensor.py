@@ -52,7 +52,7 @@ from p2pshard.core.wire.quant import (
     value_bytes,
     values_len,
 )
-from p2pshard.core.wire.topk import block_ranges, kept_per_chunk, select_topk
+from p2pshard.core.wire.topk import block_ranges, kept_count, kept_per_chunk, select_topk
 
 __all__ = [
     "MAGIC",
@@ -474,11 +474,11 @@ def _decode_record(rec: pb.TensorRecord, n: int, lim: DecodeLimits, work: list[i
         raise TensorDecodeError("unexpected-rank", rec.name)
     if rec.layout != pb.LAYOUT_DENSE:
         raise TensorDecodeError("unknown-layout", str(rec.layout))
-    kept = kept_per_chunk(n, int(rec.chunk_size), None)
-    count = int(kept.sum())
+    chunk = int(rec.chunk_size)
+    count = n  # every element is kept
     if len(rec.values) != values_len(encoding, count):
         raise TensorDecodeError("values-length-mismatch", rec.name)
-    values = _decode_values(rec, encoding, kept, count)
+    values = _decode_values(rec, encoding, n, chunk, None, count)
     if rec.indices or rec.index_bits:
         raise TensorDecodeError("unexpected-indices", rec.name)
     return values
@@ -492,11 +492,10 @@ def _decode_topk(rec: pb.TensorRecord, n: int) -> SparseTensor:
         raise TensorDecodeError("unexpected-rank", rec.name)
     if not 1 <= rec.k <= chunk:
         raise TensorDecodeError("bad-k", str(rec.k))
-    kept = kept_per_chunk(n, chunk, int(rec.k))
-    count = int(kept.sum())
+    count = kept_count(n, chunk, int(rec.k))
     if len(rec.values) != values_len(encoding, count):
         raise TensorDecodeError("values-length-mismatch", rec.name)
-    values = _decode_values(rec, encoding, kept, count)
+    values = _decode_values(rec, encoding, n, chunk, int(rec.k), count)
     width = int(rec.index_bits)
     if width > 16 or (width and chunk > 1 << width):
         raise TensorDecodeError("bad-index-bits", f"{width} bits for chunks of {chunk}")
@@ -591,10 +590,17 @@ def _decode_ints(rec: pb.TensorRecord, encoding: Encoding, count: int) -> npt.ND
     return q
 
 
-def _decode_values(rec: pb.TensorRecord, encoding: Encoding, kept: npt.NDArray[np.int64], count: int) -> F32:
+def _decode_values(
+    rec: pb.TensorRecord, encoding: Encoding, n: int, chunk: int, k: int | None, count: int
+) -> F32:
+    """The ``count`` values of a dense (``k`` None) or top-k record of ``n`` elements, after its
+    ``values`` length has been checked. Per-chunk arrays are made only once the scales' length
+    has shown that the chunks were really sent: a claimed shape alone allocates nothing."""
     if encoding in WIRE_FLOATS:
-        return dequantize(np.frombuffer(rec.values, dtype=WIRE_FLOATS[encoding]), encoding, None, kept)
-    if len(rec.scales) != 4 * kept.size:
+        no_chunks = np.zeros(0, dtype=np.int64)  # float values have no per-chunk scale
+        return dequantize(np.frombuffer(rec.values, dtype=WIRE_FLOATS[encoding]), encoding, None, no_chunks)
+    if len(rec.scales) != 4 * (-(-n // chunk)):
         raise TensorDecodeError("scales-length-mismatch", rec.name)
     scales = np.frombuffer(rec.scales, dtype="<f4").astype(np.float32)
-    return dequantize(_decode_ints(rec, encoding, count), encoding, scales, kept)
+    ints = _decode_ints(rec, encoding, count)
+    return dequantize(ints, encoding, scales, kept_per_chunk(n, chunk, k))

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["block_ranges", "kept_per_chunk", "select_topk"]
+__all__ = ["block_ranges", "kept_count", "kept_per_chunk", "select_topk"]
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -34,6 +34,15 @@ def kept_per_chunk(n: int, chunk: int, k: int | None) -> npt.NDArray[np.int64]:
     if n_chunks:
         lengths[-1] = n - chunk * (n_chunks - 1)
     return lengths if k is None else np.minimum(lengths, k)
+
+
+def kept_count(n: int, chunk: int, k: int | None) -> int:
+    """``kept_per_chunk(n, chunk, k).sum()`` without making the per-chunk array: a decoder checks
+    a record's claimed size against the bytes it holds before it allocates anything per chunk."""
+    if k is None:
+        return n
+    full, tail = divmod(n, chunk)
+    return full * min(k, chunk) + min(k, tail)
 
 
 # Encoders work over runs of chunks that fit a core's L2 cache (512K floats = 2 MiB).
