@@ -7,6 +7,7 @@ list fields take comma-separated values. The TOML file holds the same field name
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -80,8 +81,8 @@ class NodeConfig:
         if file is not None:
             try:
                 values.update(tomllib.loads(file.read_text()))
-            except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise ConfigError(f"cannot read config file {file}: {exc}") from exc
+            except (OSError, ValueError, RecursionError) as exc:  # TOMLDecodeError, UnicodeDecodeError
+                raise ConfigError(f"cannot read config file {file}: {type(exc).__name__}: {exc}") from exc
         env = os.environ if env is None else env
         fields = {f.name: f for f in dataclasses.fields(cls)}
         for name in fields:
@@ -115,7 +116,10 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
         if typ == "int":
             return int(value)
         if typ == "float":
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError("expected a finite number")
+            return number
         return str(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(inf), float(10**400)
         raise ConfigError(f"{name}: cannot use {value!r} ({exc})") from exc
