@@ -114,8 +114,8 @@ class Manifest:
             raise GenesisError("manifest-too-large")
         try:
             obj = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise GenesisError(f"manifest-not-json: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # also an int too long to convert; deep nesting
+            raise GenesisError(f"manifest-not-json: {type(exc).__name__}: {str(exc)[:200]}") from exc
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise GenesisError("manifest-format")
         if obj.get("tokenizer") != TOKENIZER_BYTES:
@@ -143,7 +143,7 @@ def _shard_entries(entries: Any) -> Iterable[tuple[str, int]]:
         h, n = e["sha256"], e["bytes"]
         if not (isinstance(h, str) and len(h) == 64 and all(c in "0123456789abcdef" for c in h)):
             raise GenesisError("bad-shard-hash")
-        if not isinstance(n, int) or n <= 0:
+        if type(n) is not int or n <= 0:  # not a bool
             raise GenesisError("bad-shard-size")
         yield h, n
 
