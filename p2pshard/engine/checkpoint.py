@@ -85,11 +85,35 @@ def _read_metadata(data: bytes) -> dict[str, Any]:
     try:
         header = json.loads(data[8 : 8 + n])
         meta = json.loads(header["__metadata__"][_META_KEY])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"bad-metadata: {exc}") from exc
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: deep nesting
+        raise CheckpointError(f"bad-metadata: {type(exc).__name__}: {str(exc)[:200]}") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError("unknown-format")
+    for key, kind in _META_TYPES.items():
+        if key in meta and not _is(meta[key], kind):
+            raise CheckpointError(f"bad-metadata: {key} is not a {kind.__name__}")
+    steps = meta.get("inner_steps", {})
+    if not all(_is(v, int) for v in steps.values()):
+        raise CheckpointError("bad-metadata: inner_steps holds a value that is not a count")
     return meta
+
+
+_META_TYPES: dict[str, type] = {
+    "round": int,
+    "seed": int,
+    "tokens_trained": int,
+    "model_hash": str,
+    "manifest_digest": str,
+    "model_config": dict,
+    "inner_steps": dict,
+}
+"""The metadata a reader uses, and its JSON type (counts are non-negative integers)."""
+
+
+def _is(value: Any, kind: type) -> bool:
+    if kind is int:
+        return type(value) is int and value >= 0  # not a bool, a float or a string of digits
+    return isinstance(value, kind)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
