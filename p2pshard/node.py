@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetConn, IPeerStore
 from libp2p.peer.id import ID
+from libp2p.peer.peerstore import PeerStoreError
 
 import p2pshard
 from p2pshard.config import NodeConfig
@@ -39,6 +40,7 @@ from p2pshard.net.blob import BlobService, BlobStore
 from p2pshard.net.connector import Connector
 from p2pshard.net.discovery import Discovery
 from p2pshard.net.host import build_host, full_addrs, parse_multiaddr, parse_peer_addr
+from p2pshard.net.limits import NetLimits
 from p2pshard.net.pubsub import PubSub, PubSubConfig
 from p2pshard.net.reqresp import ProtocolSpec, ReqRespClient, ReqRespServer
 from p2pshard.protocols.engine_api import Engine
@@ -51,6 +53,10 @@ log = logging.getLogger(__name__)
 AGENT = f"p2pshard/{p2pshard.__version__}"
 
 StatusExtension = Callable[[status_pb2.StatusResponse], None]
+
+VIOLATION_PENALTY = 100.0
+"""Application score (gossip P5) taken from a peer that broke a transport rule (e.g. sent past its
+yamux window): enough to reach the gossip threshold, halving every ``AppPenalties.half_life_s``."""
 
 
 class AppPenalties:
@@ -118,6 +124,15 @@ class Node:
     def protocols(self) -> list[str]:
         return sorted(str(p) for p in self.host.get_mux().get_protocols() if p)
 
+    def _peer_addrs(self, store: IPeerStore, peer: ID) -> list[str]:
+        """A connected peer's addresses: the peerstore's, else those of our connections to it (a
+        peer that connected to us without listening, or whose record expired, has none stored)."""
+        try:
+            return [str(a) for a in store.addrs(peer)]
+        except PeerStoreError:
+            conns = self.host.get_network().connections.get(peer) or []
+            return [str(a) for conn in conns for a in _transport_addrs(conn)]
+
     def status(self, requester: ID | None = None) -> status_pb2.StatusResponse:
         """This node's status; ``requester`` (the asking peer) is left out of the peer list."""
         store = self.host.get_peerstore()
@@ -133,7 +148,7 @@ class Node:
         for peer in self.peers():
             if peer == requester:
                 continue
-            resp.peers.add(peer_id=peer.to_base58(), addrs=[str(a) for a in store.addrs(peer)])
+            resp.peers.add(peer_id=peer.to_base58(), addrs=self._peer_addrs(store, peer))
         for name, count in self.counters.snapshot().items():
             resp.counters[name] = count
         if self.pubsub is not None:
@@ -163,14 +178,16 @@ async def open_node(
         config = dataclasses.replace(config, network_id=engine.network_id)
     listen = [parse_multiaddr(a) for a in config.listen]
     bootstrap = [parse_peer_addr(a) for a in config.bootstrap]
+    counters = Counters()
+    limits = NetLimits(counters)
     host = build_host(
         identity,
         listen,
         muxers=config.muxers,  # type: ignore[arg-type]
         dial_timeout=config.dial_timeout_s,
         max_peers=config.max_peers,
+        limits=limits,
     )
-    counters = Counters()
     connector = Connector(host, counters, dial_timeout_s=config.dial_timeout_s)
     client = ReqRespClient(connector, counters)
     server = ReqRespServer(host, counters)
@@ -183,6 +200,7 @@ async def open_node(
     try:
         async with host.run(listen), trio.open_nursery() as nursery:
             penalties = AppPenalties()
+            limits.on_violation = lambda peer, _reason: penalties.add(peer.to_bytes(), VIOLATION_PENALTY)
             pubsub = (
                 None if client_only else _make_pubsub(config, identity, host, connector, counters, penalties)
             )
@@ -233,6 +251,13 @@ async def open_node(
         if len(leaves) == 1:
             raise leaves[0] from None
         raise rest from None
+
+
+def _transport_addrs(conn: INetConn) -> list[Any]:
+    try:
+        return list(conn.get_transport_addresses())
+    except Exception:  # a connection closing under us has no addresses left
+        return []
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -34,6 +34,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 
 from p2pshard.identity import Identity
 from p2pshard.net import patches
+from p2pshard.net.limits import NetLimits
 from p2pshard.net.transport import BufferedNoiseTransport, TunedYamux
 
 Muxer = Literal["yamux", "mplex"]
@@ -49,15 +50,19 @@ def build_host(
     muxers: Sequence[Muxer] = ("yamux", "mplex"),
     dial_timeout: float = 10.0,
     max_peers: int = 50,
+    limits: NetLimits | None = None,
 ) -> IHost:
-    """A host with our identity, Noise only, and the muxers in order of preference."""
+    """A host with our identity, Noise only, and the muxers in order of preference; its
+    connections hold remote peers to ``limits`` (see :mod:`p2pshard.net.limits`)."""
     available = {
         "yamux": (TProtocol(YAMUX_PROTOCOL_ID), TunedYamux),
         "mplex": (TProtocol(MPLEX_PROTOCOL_ID), Mplex),
     }
     muxer_opt: dict[TProtocol, Any] = dict(available[m] for m in muxers)
     noise_static = new_x25519_key_pair().private_key
-    sec_opt = {TProtocol(NOISE_PROTOCOL_ID): BufferedNoiseTransport(identity.key_pair, noise_static)}
+    limits = limits if limits is not None else NetLimits()
+    noise = BufferedNoiseTransport(identity.key_pair, noise_static, limits=limits)
+    sec_opt = {TProtocol(NOISE_PROTOCOL_ID): noise}
     patches.apply()
     ceiling = max(4 * max_peers, 16)
     config = ConnectionConfig(

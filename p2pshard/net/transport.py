@@ -24,9 +24,15 @@ checks that a connection really runs on them.
 
 from __future__ import annotations
 
+import contextlib
+import struct
+from collections.abc import Callable
+from typing import Any
+
 import trio
-from libp2p.abc import IRawConnection, ISecureConn
+from libp2p.abc import IMuxedStream, IRawConnection, ISecureConn
 from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError
+from libp2p.io.utils import read_exactly
 from libp2p.peer.id import ID
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWriter
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -34,7 +40,9 @@ from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-__all__ = ["YAMUX_FRAME_SIZE", "BufferedNoiseTransport", "TunedYamux"]
+from p2pshard.net.limits import DEFAULT_LIMITS, NetLimits
+
+__all__ = ["YAMUX_FRAME_SIZE", "BufferedNoiseTransport", "TunedYamux", "YamuxViolation"]
 
 SOCKET_READ_SIZE = 256 * 1024
 NOISE_LENGTH_BYTES = 2
@@ -95,6 +103,10 @@ class BufferedSecureSession(SecureSession):
     """A Noise session that hands decrypted messages on whole when they fit the read, and keeps the
     unread tail of one message (not a ``BytesIO`` copy of it)."""
 
+    tap: _HeaderTap | None = None
+    """Set by the connection's yamux: sees what ``read`` returns (frame headers), not what
+    ``read_exactly`` returns (frame bodies)."""
+
     def __init__(self, stock: SecureSession, conn: BufferedNoiseReadWriter) -> None:
         super().__init__(
             local_peer=stock.local_peer,
@@ -109,6 +121,12 @@ class BufferedSecureSession(SecureSession):
 
     async def read(self, n: int | None = None) -> bytes:
         """Up to ``n`` bytes (all that one message holds when ``n`` is None); b"" never means EOF."""
+        data = await self._read(n)
+        if self.tap is not None:
+            self.tap.feed(data)
+        return data
+
+    async def _read(self, n: int | None) -> bytes:
         if n == 0:
             return b""
         if self._tail_at < len(self._tail):
@@ -132,7 +150,7 @@ class BufferedSecureSession(SecureSession):
         with memoryview(out) as view:
             while got < n:
                 try:
-                    piece = await self.read(n - got)
+                    piece = await self._read(n - got)
                 except ConnectionClosedError as exc:
                     raise IncompleteReadError(
                         f"Connection closed during read operation: expected {n} bytes but received {got}",
@@ -145,13 +163,24 @@ class BufferedSecureSession(SecureSession):
 
 
 class BufferedNoiseTransport(NoiseTransport):
-    """py-libp2p's Noise XX handshake, then :class:`BufferedSecureSession` for the connection."""
+    """py-libp2p's Noise XX handshake, then :class:`BufferedSecureSession` for the connection.
+
+    Each session it makes carries ``limits`` (its host's :class:`~p2pshard.net.limits.NetLimits`),
+    which the connection's muxer reads."""
+
+    def __init__(self, *args: Any, limits: NetLimits = DEFAULT_LIMITS, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = limits
 
     async def secure_inbound(self, conn: IRawConnection) -> ISecureConn:
-        return _buffered(await super().secure_inbound(conn))
+        return self._tag(_buffered(await super().secure_inbound(conn)))
 
     async def secure_outbound(self, conn: IRawConnection, peer_id: ID) -> ISecureConn:
-        return _buffered(await super().secure_outbound(conn, peer_id))
+        return self._tag(_buffered(await super().secure_outbound(conn, peer_id)))
+
+    def _tag(self, session: ISecureConn) -> ISecureConn:
+        session.p2pshard_limits = self.limits  # type: ignore[attr-defined]
+        return session
 
 
 def _buffered(session: ISecureConn) -> ISecureConn:
@@ -160,14 +189,112 @@ def _buffered(session: ISecureConn) -> ISecureConn:
     return session
 
 
+class YamuxViolation(Exception):
+    """The remote side broke a yamux rule; the connection is closed."""
+
+
+class _HeaderTap:
+    """Sees what yamux's frame loop reads outside frame bodies: the frame headers, in order (frame
+    bodies are read in ``_read_data_body``, not through here). Each complete 12-byte header is shown
+    to ``check`` before yamux acts on it; ``check`` raising makes yamux's loop close the connection."""
+
+    def __init__(self, check: Callable[[bytes], None]) -> None:
+        self._check = check
+        self._partial = b""
+
+    def feed(self, data: bytes) -> None:
+        if len(self._partial) + len(data) < _yamux.HEADER_SIZE:
+            self._partial += data
+            return
+        header, self._partial = self._partial + data, b""
+        if len(header) != _yamux.HEADER_SIZE:  # yamux asks for at most the rest of one header
+            raise YamuxViolation("header read out of step")
+        self._check(header)
+
+
+class _TappedSession:
+    """A session other than ours, with yamux's reads going through a :class:`_HeaderTap`."""
+
+    def __init__(self, session: ISecureConn, tap: _HeaderTap) -> None:
+        self._session = session
+        self._tap = tap
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+    async def read(self, n: int | None = None) -> bytes:
+        data: bytes = await self._session.read(n)
+        self._tap.feed(data)
+        return data
+
+
 class TunedYamux(Yamux):
-    """py-libp2p's yamux reading each DATA frame body with one copy from a buffered session."""
+    """py-libp2p's yamux reading each DATA frame body with one copy from a buffered session, and
+    holding the remote side to the rules py-libp2p leaves unchecked:
+
+    * a DATA frame longer than the stream's receive window (what we have credited the sender) is
+      a protocol violation: the connection is closed, ``limits.refused.yamux_window`` counted and
+      the peer reported (py-libp2p buffers such data without limit: 512 MiB sent past the window
+      added 511 MB of resident memory);
+    * at most ``limits.yamux.max_inbound_streams`` streams opened by the remote side at once; a
+      SYN beyond is answered with a reset and counted as ``limits.refused.yamux_streams``.
+
+    So a connection buffers at most the sum of its streams' windows.
+    """
+
+    def __init__(self, secured_conn: ISecureConn, peer_id: ID, *args: Any, **kwargs: Any) -> None:
+        self.limits: NetLimits = getattr(secured_conn, "p2pshard_limits", DEFAULT_LIMITS)
+        self._session = secured_conn
+        self._refused: set[int] = set()
+        self.peak_stream_buffer = 0
+        """The most bytes one stream of this connection was allowed to have buffered (for tests)."""
+        tap = _HeaderTap(self._check_header)
+        if isinstance(secured_conn, BufferedSecureSession):
+            secured_conn.tap = tap
+        else:
+            secured_conn = _TappedSession(secured_conn, tap)  # type: ignore[assignment]
+        super().__init__(secured_conn, peer_id, *args, **kwargs)
+
+    def _check_header(self, header: bytes) -> None:
+        _, typ, flags, sid, length = struct.unpack(_yamux.YAMUX_HEADER_FORMAT, header)
+        stream = self.streams.get(sid)
+        opening = bool(flags & _yamux.FLAG_SYN) and stream is None
+        if typ == _yamux.TYPE_DATA and length:
+            if opening:
+                window, buffered = _yamux.DEFAULT_WINDOW_SIZE, 0
+            elif stream is not None:
+                window, buffered = stream.recv_window, len(self.stream_buffers.get(sid, b""))
+            else:  # a stream already gone: yamux reads the frame and drops it
+                return
+            if length > window:
+                self.limits.violation(self.peer_id, "yamux_window")
+                raise YamuxViolation(f"stream {sid}: {length} bytes sent against a window of {window}")
+            self.peak_stream_buffer = max(self.peak_stream_buffer, buffered + length)
+        if opening and typ in (_yamux.TYPE_DATA, _yamux.TYPE_WINDOW_UPDATE):
+            inbound = sum(1 for s in self.streams.values() if not s.is_initiator)
+            if inbound >= self.limits.yamux.max_inbound_streams:
+                self._refused.add(sid)
+
+    async def accept_stream(self) -> IMuxedStream:
+        """The next stream the remote side opened, resetting those refused at their SYN."""
+        while True:
+            stream = await super().accept_stream()
+            sid = getattr(stream, "stream_id", None)
+            if sid not in self._refused:
+                return stream
+            self._refused.discard(sid)
+            self.limits.refused("yamux_streams")
+            buffer = self.stream_buffers.get(sid)
+            if buffer is not None:
+                buffer.clear()  # its SYN data: nobody will read it
+            with contextlib.suppress(Exception):  # the connection may be closing under us
+                await stream.reset()
 
     async def _read_data_body(self, length: int) -> bytes:
-        conn = self.secured_conn
-        if not isinstance(conn, BufferedSecureSession):
-            return await super()._read_data_body(length)
+        conn = self._session
         with trio.fail_after(_yamux._yamux_data_read_timeout()):
+            if not isinstance(conn, BufferedSecureSession):
+                return await read_exactly(conn, length)
             # yamux only measures and appends the body, so the bytearray needs no copy into bytes
             body: bytes = await conn.read_exactly(length)  # type: ignore[assignment]
             return body

@@ -1,0 +1,96 @@
+"""A hostile peer's yamux frames: data past a stream's window, and floods of stream SYNs.
+
+The hostile client is a py-libp2p host whose connection we drive with raw yamux frames written
+straight into its Noise session (127.0.0.1 only). py-libp2p 0.8.1 buffered data sent past the
+window without limit and accepted every SYN; these tests fail on it.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+from libp2p.abc import IHost
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.stream_muxer.yamux import yamux as _yamux
+
+from p2pshard import NodeConfig, open_node
+from p2pshard.identity import Identity
+from p2pshard.net.host import build_host, parse_peer_addr
+from p2pshard.net.transport import TunedYamux
+from p2pshard.node import Node
+from p2pshard.protocols.status import fetch_status
+from tests.util import eventually
+
+WINDOW = _yamux.DEFAULT_WINDOW_SIZE
+
+
+def _frame(typ: int, flags: int, stream_id: int, length: int) -> bytes:
+    return struct.pack(_yamux.YAMUX_HEADER_FORMAT, 0, typ, flags, stream_id, length)
+
+
+@asynccontextmanager
+async def _hostile(server: Node) -> AsyncIterator[tuple[IHost, TunedYamux, TunedYamux]]:
+    """A connected non-listening host: (host, its muxer, the server's muxer of the connection)."""
+    host = build_host(Identity.generate(), [])
+    async with host.run([]):
+        with trio.fail_after(10):
+            await host.connect(PeerInfo(server.peer_id, server.host.get_addrs()))
+        ours = host.get_network().connections[server.peer_id][0].muxed_conn
+        await eventually(lambda: bool(server.host.get_network().connections.get(host.get_id())))
+        theirs = server.host.get_network().connections[host.get_id()][0].muxed_conn
+        assert isinstance(ours, TunedYamux) and isinstance(theirs, TunedYamux)
+        yield host, ours, theirs
+
+
+async def _serves_honest_clients(server: Node) -> None:
+    async with open_node(NodeConfig(), client_only=True) as honest:
+        await honest.connector.connect(parse_peer_addr(server.addrs[0]))
+        status = await fetch_status(honest.client, server.peer_id)
+        assert status.peer_id == server.peer_id.to_base58()
+
+
+async def test_data_past_the_window_closes_the_connection_and_is_scored() -> None:
+    async with open_node(NodeConfig()) as server, _hostile(server) as (host, ours, theirs):
+        stream = await ours.open_stream()  # a SYN; the server waits for a protocol name on it
+        sid = stream.stream_id
+        await ours._write_frame(_frame(_yamux.TYPE_DATA, 0, sid, 1000) + b"x" * 1000)
+        # 16 MiB against a window of 256 KiB, in frames yamux itself would accept (<= 16 MiB each)
+        for _ in range(16):
+            try:
+                await ours._write_frame(_frame(_yamux.TYPE_DATA, 0, sid, 1 << 20) + b"y" * (1 << 20))
+            except Exception:
+                break  # the server closed the connection under us
+        await eventually(lambda: server.counters.get("limits.refused.yamux_window") == 1)
+        await eventually(lambda: theirs.is_closed)
+        assert theirs.peak_stream_buffer <= WINDOW
+        assert sum(len(b) for b in theirs.stream_buffers.values()) == 0
+        assert server.app_penalties.score(host.get_id().to_bytes()) < 0
+        await eventually(lambda: not server.connector.is_connected(host.get_id()))
+        await _serves_honest_clients(server)
+
+
+async def test_a_window_filled_exactly_is_accepted() -> None:
+    async with open_node(NodeConfig()) as server, _hostile(server) as (_, ours, theirs):
+        stream = await ours.open_stream()
+        await ours._write_frame(_frame(_yamux.TYPE_DATA, 0, stream.stream_id, WINDOW) + b"z" * WINDOW)
+        await eventually(lambda: theirs.peak_stream_buffer == WINDOW)
+        assert not theirs.is_closed
+        assert server.counters.get("limits.refused.yamux_window") == 0
+
+
+async def test_a_syn_flood_is_reset_beyond_the_stream_limit() -> None:
+    syns = 10_000
+    async with open_node(NodeConfig()) as server, _hostile(server) as (_, ours, theirs):
+        limit = theirs.limits.yamux.max_inbound_streams
+        first = ours.next_stream_id
+        headers = [_frame(_yamux.TYPE_WINDOW_UPDATE, _yamux.FLAG_SYN, first + 2 * i, 0) for i in range(syns)]
+        for start in range(0, syns, 4000):  # several thousand SYNs per Noise write
+            await ours.secured_conn.write(b"".join(headers[start : start + 4000]))
+        refused = "limits.refused.yamux_streams"
+        await eventually(lambda: server.counters.get(refused) >= syns - limit, within_s=60)
+        inbound = [s for s in theirs.streams.values() if not s.is_initiator]
+        assert len(inbound) <= limit
+        await _serves_honest_clients(server)
