@@ -212,7 +212,8 @@ def _emit_round(report: RoundReport, as_json: bool) -> None:
     loss = f"{report.loss:.4f}" if report.loss is not None else "-"
     text = (
         f"round {report.round:>4}  loss {loss}  model {report.model_hash.hex()[:12]}  "
-        f"contributors {report.contributors}  {report.tokens_per_s:,.0f} tok/s  "
+        f"contributors {report.contributors}{'' if report.contributed else ' (not us)'}  "
+        f"{report.tokens_per_s:,.0f} tok/s  "
         f"sent {report.bytes_sent / 1e6:.2f} MB  received {report.bytes_received / 1e6:.2f} MB"
     )
     _emit(
@@ -224,6 +225,7 @@ def _emit_round(report: RoundReport, as_json: bool) -> None:
         model_hash=report.model_hash.hex(),
         tokens=report.tokens,
         contributors=report.contributors,
+        contributed=report.contributed,
         rejected=report.rejected,
         tokens_per_s=report.tokens_per_s,
         bytes_sent=report.bytes_sent,

@@ -33,6 +33,7 @@ from p2pshard.core.gossip import (
     Secp256k1Signer,
     TopicScoreParams,
 )
+from p2pshard.core.rounds import Timing
 from p2pshard.core.wire import status_pb2
 from p2pshard.identity import Identity
 from p2pshard.net import patches
@@ -237,6 +238,7 @@ async def open_node(
                     engine,
                     training_options(config),
                     report=node.report_round,
+                    write_snapshot=snapshot_writer(config),
                 )
                 await nursery.start(node.trainer.run)
             try:
@@ -293,7 +295,7 @@ def make_engine(config: NodeConfig, peer_id: str) -> Engine:
     if config.snapshot_dir is not None:
         from p2pshard.engine.checkpoint import HotSnapshots
 
-        latest = HotSnapshots(config.snapshot_dir, config.snapshot_interval_s).latest()
+        latest = HotSnapshots(config.snapshot_dir).latest()
         if latest is not None:
             engine.load_checkpoint(latest)
             log.info("restored round %d from snapshot %s", engine.round, latest)
@@ -302,15 +304,23 @@ def make_engine(config: NodeConfig, peer_id: str) -> Engine:
 
 def training_options(config: NodeConfig) -> TrainingOptions:
     period = config.round_s
-    return TrainingOptions(
-        rounds=config.rounds,
+    timing = Timing(
         period_s=period,
         announce_deadline_s=period * 0.6,
         fetch_timeout_s=period * 0.3,
         start_delay_s=max(8.0, period * 1.5),  # time for the other nodes to start and join
-        snapshot_dir=config.snapshot_dir,
-        snapshot_interval_s=config.snapshot_interval_s,
+        snapshot_interval_s=config.snapshot_interval_s if config.snapshot_dir is not None else None,
     )
+    return TrainingOptions(timing=timing, rounds=config.rounds)
+
+
+def snapshot_writer(config: NodeConfig) -> Callable[[int, bytes], object] | None:
+    """Hot snapshots into ``config.snapshot_dir`` (None: the node keeps none)."""
+    if config.snapshot_dir is None:
+        return None
+    from p2pshard.engine.checkpoint import HotSnapshots
+
+    return HotSnapshots(config.snapshot_dir).write
 
 
 def _make_pubsub(

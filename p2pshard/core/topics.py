@@ -21,7 +21,7 @@ from typing import Final
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
-from p2pshard.core.gossip import GossipMessage, ValidationResult, default_message_id
+from p2pshard.core.gossip import ACCEPT, GossipMessage, Verdict, default_message_id, ignore, reject
 from p2pshard.core.gossip.signing import KeyType, inlined_public_key, unmarshal_public_key
 from p2pshard.core.wire import topics_pb2
 
@@ -44,27 +44,6 @@ INVALID_MESSAGE_DECAY: Final = 0.9
 GOSSIP_THRESHOLD: Final = -100.0
 PUBLISH_THRESHOLD: Final = -200.0
 GRAYLIST_THRESHOLD: Final = -400.0
-
-
-@dataclass(frozen=True)
-class Verdict:
-    result: ValidationResult
-    reason: str = "ok"
-
-    @property
-    def accepted(self) -> bool:
-        return self.result is ValidationResult.ACCEPT
-
-
-ACCEPT: Final = Verdict(ValidationResult.ACCEPT)
-
-
-def reject(reason: str) -> Verdict:
-    return Verdict(ValidationResult.REJECT, reason)
-
-
-def ignore(reason: str) -> Verdict:
-    return Verdict(ValidationResult.IGNORE, reason)
 
 
 Hook = Callable[[GossipMessage, ProtoMessage, int], Verdict]

@@ -50,13 +50,13 @@ def screen_update(
     """
     missing = sorted(set(shapes) - set(tensors))
     if missing:
-        raise UpdateRejected("missing-tensor", missing[0])
+        raise UpdateRejected("missing_tensor", missing[0])
     extra = sorted(set(tensors) - set(shapes))
     if extra:
-        raise UpdateRejected("unexpected-tensor", extra[0])
+        raise UpdateRejected("unexpected_tensor", extra[0])
     for name in sorted(shapes):
         if tuple(tensors[name].shape) != tuple(shapes[name]):
-            raise UpdateRejected("wrong-shape", f"{name}: {tensors[name].shape} != {shapes[name]}")
+            raise UpdateRejected("wrong_shape", f"{name}: {tensors[name].shape} != {shapes[name]}")
     only = next(iter(tensors.values())) if len(tensors) == 1 else None
     flat: F32 | SparseTensor
     if isinstance(only, SparseTensor):
@@ -66,10 +66,10 @@ def screen_update(
         flat = np.concatenate([_dense(tensors[n]).reshape(-1) for n in sorted(shapes)]).astype(np.float32)
         values = flat
     if not np.isfinite(values).all():
-        raise UpdateRejected("non-finite")
+        raise UpdateRejected("non_finite")
     norm = float(np.sqrt(_sq_norm(values.astype(np.float64))))
     if norm > max_norm:
-        raise UpdateRejected("norm-too-large", f"{norm:.4g} > {max_norm:.4g}")
+        raise UpdateRejected("norm_too_large", f"{norm:.4g} > {max_norm:.4g}")
     return flat
 
 

@@ -133,22 +133,16 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 class HotSnapshots:
-    """Snapshots on an interval into ``directory`` (``snapshot-<round>.safetensors``), keeping the
-    newest ``keep``. Time is passed in (``now``), so the schedule is testable without a clock."""
+    """Snapshots in ``directory`` (``snapshot-<round>.safetensors``), keeping the newest ``keep``.
+    When to write one is the round protocol's decision (``Timing.snapshot_interval_s``)."""
 
-    def __init__(self, directory: Path, interval_s: float = 120.0, keep: int = 2) -> None:
+    def __init__(self, directory: Path, keep: int = 2) -> None:
         self.directory = directory
-        self.interval_s = interval_s
         self.keep = max(1, keep)
-        self._last: float | None = None
 
-    def due(self, now: float) -> bool:
-        return self._last is None or now - self._last >= self.interval_s
-
-    def write(self, now: float, round_index: int, data: bytes) -> Path:
+    def write(self, round_index: int, data: bytes) -> Path:
         path = self.directory / f"snapshot-{round_index:08d}.safetensors"
         atomic_write(path, data)
-        self._last = now
         for old in self.all()[: -self.keep]:
             old.unlink(missing_ok=True)
         return path

@@ -230,7 +230,7 @@ class TorchEngine:
         try:
             tensors = decode_sparse(payload, self.limits)
         except TensorDecodeError as exc:
-            raise UpdateRejected(f"decode:{exc.reason}", exc.detail) from exc
+            raise UpdateRejected("decode_" + exc.reason.replace("-", "_"), exc.detail) from exc
         shapes = self.wire_shapes if UPDATE_TENSOR in tensors else self.shapes
         return screen_update(tensors, shapes, self.max_update_norm)
 

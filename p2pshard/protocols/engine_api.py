@@ -31,8 +31,8 @@ __all__ = ["Engine", "EngineStats", "LocalUpdate", "RoundOutcome", "UpdateReject
 class UpdateRejected(ValueError):
     """A contribution that must not be aggregated; ``reason`` is short and stable (a metric label).
 
-    Reasons include ``decode:<codec reason>``, ``missing-tensor``, ``unexpected-tensor``,
-    ``wrong-shape``, ``non-finite`` and ``norm-too-large``.
+    Reasons include ``decode_<codec reason>`` (its hyphens as underscores), ``missing_tensor``,
+    ``unexpected_tensor``, ``wrong_shape``, ``non_finite`` and ``norm_too_large``.
     """
 
     def __init__(self, reason: str, detail: str = "") -> None:

@@ -11,7 +11,6 @@ unseen.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -21,6 +20,7 @@ from google.protobuf.message import Message as ProtoMessage
 from p2pshard.core import topics as core_topics
 from p2pshard.core.counters import Counters
 from p2pshard.core.gossip import GossipMessage, ValidationResult
+from p2pshard.net.clock import NetworkClock
 from p2pshard.net.pubsub import PubSub
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class Topics:
         return await self.pubsub.publish(self.name(short), message.SerializeToString())
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.clock = NetworkClock()
         async with trio.open_nursery() as nursery:
             for short in core_topics.TOPICS:
                 self.pubsub.set_validator(self.name(short), self._validator(short))
@@ -70,7 +71,7 @@ class Topics:
         async def validate(msg: GossipMessage) -> ValidationResult:
             if self.fault == FAULT_FORWARD_INVALID:
                 return ValidationResult.ACCEPT
-            now_ms = int(time.time() * 1000)
+            now_ms = int(self.clock.now() * 1000)
             verdict = core_topics.validate(msg, self.network_id, now_ms, self._hooks.get(short))
             self.counters.incr(f"topics.{verdict.result.name.lower()}.{verdict.reason}")
             return verdict.result

@@ -25,12 +25,12 @@ def tensors(**over: np.ndarray) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize(
     ("update", "reason"),
     [
-        ({"a": np.ones((2, 3), np.float32)}, "missing-tensor"),
-        (tensors(c=np.ones(1, np.float32)), "unexpected-tensor"),
-        (tensors(a=np.ones((3, 2), np.float32)), "wrong-shape"),
-        (tensors(b=np.array([1, np.nan, 1, 1], np.float32)), "non-finite"),
-        (tensors(b=np.array([1, np.inf, 1, 1], np.float32)), "non-finite"),
-        (tensors(b=np.full(4, 1e3, np.float32)), "norm-too-large"),
+        ({"a": np.ones((2, 3), np.float32)}, "missing_tensor"),
+        (tensors(c=np.ones(1, np.float32)), "unexpected_tensor"),
+        (tensors(a=np.ones((3, 2), np.float32)), "wrong_shape"),
+        (tensors(b=np.array([1, np.nan, 1, 1], np.float32)), "non_finite"),
+        (tensors(b=np.array([1, np.inf, 1, 1], np.float32)), "non_finite"),
+        (tensors(b=np.full(4, 1e3, np.float32)), "norm_too_large"),
     ],
 )
 def test_screen_rejects_with_reason(update: dict[str, np.ndarray], reason: str) -> None:

@@ -79,11 +79,11 @@ def test_bad_updates_are_rejected_and_the_round_goes_on(make_engine: EngineFacto
             e.check_update(payload)
         reasons[who] = info.value.reason
     assert reasons == {
-        "nan": "non-finite",
-        "huge": "norm-too-large",
-        "wrong": "wrong-shape",
-        "named": "missing-tensor",
-        "junk": "decode:bad-lz4",
+        "nan": "non_finite",
+        "huge": "norm_too_large",
+        "wrong": "wrong_shape",
+        "named": "missing_tensor",
+        "junk": "decode_bad_lz4",
     }
     e.check_update(good.payload)
     outcome = e.apply_round(0, {"me": good.payload, **bad})
@@ -112,7 +112,7 @@ def test_sparse_updates_are_screened_on_their_kept_values_and_summed(
         with pytest.raises(UpdateRejected) as info:
             e.check_update(payload)
         reasons[who] = info.value.reason
-    assert reasons == {"inf": "non-finite", "huge": "norm-too-large", "wrong": "wrong-shape"}
+    assert reasons == {"inf": "non_finite", "huge": "norm_too_large", "wrong": "wrong_shape"}
     # The sum of two sparse contributions and a dense one, as a float32 sum from zero in contributor
     # order: what the outer step (lr 1, no momentum) subtracts from the weights.
     payloads = {
@@ -181,12 +181,9 @@ def test_checkpoint_verification(make_engine: EngineFactory) -> None:
 
 def test_hot_snapshots_keep_the_newest(make_engine: EngineFactory, tmp_path: Path) -> None:
     e = make_engine()
-    snaps = HotSnapshots(tmp_path / "snaps", interval_s=120.0, keep=2)
-    assert snaps.due(0.0)
-    for now, r in ((0.0, 1), (130.0, 2), (260.0, 3)):
-        assert snaps.due(now)
-        snaps.write(now, r, e.checkpoint_bytes())
-        assert not snaps.due(now + 60.0)
+    snaps = HotSnapshots(tmp_path / "snaps", keep=2)
+    for r in (1, 2, 3):
+        snaps.write(r, e.checkpoint_bytes())
     assert [p.name for p in snaps.all()] == [
         "snapshot-00000002.safetensors",
         "snapshot-00000003.safetensors",
@@ -242,7 +239,7 @@ def test_flat_and_per_tensor_payloads_are_both_accepted(make_engine: EngineFacto
         n: np.zeros(2, np.float32) if i == 0 else np.zeros(s, np.float32)
         for i, (n, s) in enumerate(sorted(flat.shapes.items()))
     }
-    with pytest.raises(UpdateRejected, match="wrong-shape"):
+    with pytest.raises(UpdateRejected, match="wrong_shape"):
         flat.check_update(encode_tensors(bad, EncodeOptions()))
 
 

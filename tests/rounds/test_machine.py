@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import pytest
 
+from p2pshard.core.gossip import ValidationResult
 from p2pshard.core.rounds import (
     Aggregate,
     Announcement,
-    Commit,
     Fetch,
     MajorityTracker,
     Phase,
@@ -19,7 +19,6 @@ from p2pshard.core.rounds import (
     RoundMachine,
     RoundSchedule,
     RoundStateError,
-    VerdictKind,
 )
 
 SCHED = RoundSchedule(genesis_time=1000.0, period=60.0, announce_deadline=40.0, fetch_timeout=15.0)
@@ -39,7 +38,9 @@ def ann(who: str = "peer-a", **kw: object) -> Announcement:
 
 
 def machine(**kw: object) -> RoundMachine:
-    return RoundMachine(R, SCHED, LOCAL, **kw)  # type: ignore[arg-type]
+    m = RoundMachine(R, SCHED, None, **kw)  # type: ignore[arg-type]
+    m.begin(LOCAL)
+    return m
 
 
 def test_schedule_windows() -> None:
@@ -58,29 +59,31 @@ def test_schedule_windows() -> None:
 @pytest.mark.parametrize(
     ("announcement", "now", "kind", "reason"),
     [
-        (ann(), OPEN + 1, VerdictKind.ACCEPT, ""),
-        (ann(), OPEN - 0.5, VerdictKind.ACCEPT, ""),  # within the clock-skew allowance
-        (ann(), OPEN - 1.5, VerdictKind.REJECT, "too-early"),
-        (ann(), DEADLINE + 0.9, VerdictKind.ACCEPT, ""),
-        (ann(), DEADLINE + 1.1, VerdictKind.REJECT, "too-late"),
-        (ann(round=R - 1), OPEN + 1, VerdictKind.REJECT, "stale-round"),
-        (ann(round=R + 1), OPEN + 1, VerdictKind.IGNORE, "future-round"),
-        (ann(model_hash=b"short"), OPEN + 1, VerdictKind.REJECT, "bad-hash-length"),
-        (ann(content_hash=b""), OPEN + 1, VerdictKind.REJECT, "bad-hash-length"),
-        (ann(size=0), OPEN + 1, VerdictKind.REJECT, "bad-size-or-tokens"),
-        (ann(size=1 << 40), OPEN + 1, VerdictKind.REJECT, "bad-size-or-tokens"),
-        (ann(tokens=0), OPEN + 1, VerdictKind.REJECT, "bad-size-or-tokens"),
-        (ann(loss=float("nan")), OPEN + 1, VerdictKind.REJECT, "bad-loss"),
-        (ann(loss=-1.0), OPEN + 1, VerdictKind.REJECT, "bad-loss"),
-        (ann(model_hash=OTHER), OPEN + 1, VerdictKind.IGNORE, "other-model"),
+        (ann(), OPEN + 1, ValidationResult.ACCEPT, "ok"),
+        (ann(), OPEN - 0.5, ValidationResult.ACCEPT, "ok"),  # within the clock-skew allowance
+        (ann(), OPEN - 1.5, ValidationResult.REJECT, "too_early"),
+        (ann(), DEADLINE + 0.9, ValidationResult.ACCEPT, "ok"),
+        (ann(), DEADLINE + 1.1, ValidationResult.REJECT, "too_late"),
+        (ann(round=R - 1), OPEN + 1, ValidationResult.REJECT, "stale_round"),
+        (ann(round=R + 1), OPEN + 1, ValidationResult.IGNORE, "future_round"),
+        (ann(model_hash=b"short"), OPEN + 1, ValidationResult.REJECT, "bad_hash_length"),
+        (ann(content_hash=b""), OPEN + 1, ValidationResult.REJECT, "bad_hash_length"),
+        (ann(size=0), OPEN + 1, ValidationResult.REJECT, "bad_size_or_tokens"),
+        (ann(size=1 << 40), OPEN + 1, ValidationResult.REJECT, "bad_size_or_tokens"),
+        (ann(tokens=0), OPEN + 1, ValidationResult.REJECT, "bad_size_or_tokens"),
+        (ann(loss=float("nan")), OPEN + 1, ValidationResult.REJECT, "bad_loss"),
+        (ann(loss=-1.0), OPEN + 1, ValidationResult.REJECT, "bad_loss"),
+        (ann(model_hash=OTHER), OPEN + 1, ValidationResult.IGNORE, "other_model"),
     ],
 )
-def test_announcement_rules(announcement: Announcement, now: float, kind: VerdictKind, reason: str) -> None:
+def test_announcement_rules(
+    announcement: Announcement, now: float, kind: ValidationResult, reason: str
+) -> None:
     m = machine()
     m.tick(now)
     verdict = m.announce(announcement, now)
-    assert (verdict.kind, verdict.reason) == (kind, reason)
-    assert (announcement.contributor in m.announced) == (kind is VerdictKind.ACCEPT)
+    assert (verdict.result, verdict.reason) == (kind, reason)
+    assert (announcement.contributor in m.announced) == (kind is ValidationResult.ACCEPT)
 
 
 def test_duplicates_are_ignored_and_equivocation_rejected() -> None:
@@ -88,7 +91,7 @@ def test_duplicates_are_ignored_and_equivocation_rejected() -> None:
     assert m.announce(ann("a"), OPEN).accepted
     assert m.announce(ann("a"), OPEN + 1).reason == "duplicate"
     v = m.announce(ann("a", content_hash=h("different payload")), OPEN + 2)
-    assert (v.kind, v.reason) == (VerdictKind.REJECT, "equivocation")
+    assert (v.result, v.reason) == (ValidationResult.REJECT, "equivocation")
     assert m.announced["a"].content_hash == h("a")  # the first statement stands
 
 
@@ -110,7 +113,7 @@ def test_happy_path_fetch_aggregate_commit() -> None:
     assert m.fetched("c", h("c")) == [Aggregate(R, ("a", "b", "c"))]
     assert m.phase is Phase.AGGREGATING
     new = h("new model")
-    assert m.aggregated(new) == [Commit(R, new)]
+    m.aggregated(new)
     assert m.phase is Phase.COMMITTED and m.committed_hash == new
 
 
@@ -118,10 +121,10 @@ def test_bad_payload_hash_and_timeouts_drop_contributors() -> None:
     m = machine()
     full_round(m, ["a", "b", "c"])
     assert m.fetched("a", h("something else")) == []  # content hash mismatch
-    assert m.fetch_failed("b", "no-provider") == []
+    assert m.fetch_failed("b", "no_provider") == []
     assert m.tick(FETCH_DEADLINE - 1) == []
     assert m.tick(FETCH_DEADLINE + 0.1) == [Aggregate(R, ())]
-    assert m.failed == {"a": "content-hash-mismatch", "b": "no-provider", "c": "fetch-timeout"}
+    assert m.failed == {"a": "content_hash_mismatch", "b": "no_provider", "c": "fetch_timeout"}
     assert m.fetched("c", h("c")) == []  # the round went on without it
 
 
@@ -148,10 +151,12 @@ def test_choice_is_bounded_deterministic_and_order_independent() -> None:
 
 def test_phase_errors_are_local_errors() -> None:
     m = machine()
-    with pytest.raises(RoundStateError):
-        m.fetched("a", h("a"))
+    assert m.fetched("a", h("a")) == []  # nothing is being fetched: a late arrival changes nothing
     with pytest.raises(RoundStateError):
         m.aggregated(LOCAL)
+    m.abandon()
+    with pytest.raises(RoundStateError):
+        m.abandon()
 
 
 def test_majority_on_another_hash_asks_for_resync() -> None:
@@ -159,7 +164,7 @@ def test_majority_on_another_hash_asks_for_resync() -> None:
     m.tick(OPEN)
     assert m.announce(ann("a"), OPEN + 1).accepted
     for p in ("b", "c"):
-        assert m.announce(ann(p, model_hash=OTHER), OPEN + 1).reason == "other-model"
+        assert m.announce(ann(p, model_hash=OTHER), OPEN + 1).reason == "other_model"
     cmds = m.tick(DEADLINE + 2)
     assert cmds[0] == Resync(R, OTHER)
     assert cmds[1] == Fetch(R, (ann("a"),))
@@ -174,3 +179,21 @@ def test_majority_tracker_weights_and_ties() -> None:
     assert t.majority() == OTHER and t.must_resync(LOCAL) == OTHER
     t.record("b", LOCAL)  # a peer's latest statement replaces its earlier one
     assert t.majority() == LOCAL and t.must_resync(LOCAL) is None
+
+
+def test_a_machine_for_a_round_ahead_keeps_announcements_until_it_learns_its_model() -> None:
+    m = RoundMachine(R, SCHED, None)
+    m.tick(OPEN)
+    assert m.announce(ann("a"), OPEN + 1).accepted
+    assert m.announce(ann("b", model_hash=OTHER), OPEN + 1).accepted  # no model to compare yet
+    m.begin(LOCAL)
+    assert list(m.announced) == ["a"] and list(m.other_model) == ["b"]
+    assert m.votes.tally() == {LOCAL: 1.0, OTHER: 1.0}
+    assert m.announce(ann("b", model_hash=OTHER), OPEN + 2).reason == "duplicate"
+
+
+def test_announcements_over_the_limit_are_ignored() -> None:
+    m = machine(cfg=RoundConfig(max_announcements=2))
+    m.tick(OPEN)
+    assert m.announce(ann("a"), OPEN).accepted and m.announce(ann("b"), OPEN).accepted
+    assert m.announce(ann("c"), OPEN).reason == "over_limit"

@@ -74,9 +74,9 @@ class FakeEngine:
 
     def check_update(self, payload: bytes) -> None:
         if len(payload) != DIM * 4:
-            raise UpdateRejected("wrong-shape", f"{len(payload)} bytes")
+            raise UpdateRejected("wrong_shape", f"{len(payload)} bytes")
         if not np.isfinite(np.frombuffer(payload, dtype=np.float32)).all():
-            raise UpdateRejected("non-finite")
+            raise UpdateRejected("non_finite")
 
     def apply_round(self, round_index: int, payloads: Mapping[str, bytes]) -> RoundOutcome:
         assert round_index == self._round, (round_index, self._round)

@@ -49,7 +49,10 @@ def test_sigkilled_node_restarts_from_snapshot_and_rejoins(procs: list[Proc], tm
     for n in nodes:
         n.wait_for(lambda e: _is_round(e, 2), 120)  # everyone trains a few rounds
     victim = nodes[3]
-    assert list((tmp_path / "snap3").glob("*")), "no hot snapshot written"
+    deadline = time.monotonic() + 2 * ROUND_S  # written at a commit, by the engine's own task
+    while not list((tmp_path / "snap3").glob("snapshot-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list((tmp_path / "snap3").glob("snapshot-*")), "no hot snapshot written"
     victim.kill()  # SIGKILL: no cleanup, mid-round
     killed_at = time.monotonic()
     under_way = 1 + max(int(e["round"]) for n in nodes for e in n.seen if _is_round(e))

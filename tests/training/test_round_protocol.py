@@ -1,140 +1,209 @@
-"""The round protocol between in-process nodes on 127.0.0.1, with a tiny numpy engine.
+"""The training driver on trio's MockClock: real Trainers and RoundIO, in-memory nodes (fakenet).
 
-These exercise what the torch engine does not change: announcements over gossip, the rules that
-judge them, payload fetching and screening, aggregation order, and that every honest node ends
-each round on the same model hash.
+Rounds are 30 virtual seconds; a test of ten rounds takes well under a second of real time, and
+the same run gives the same result every time. What the network really does (gossip, blob
+streams) is tested once more over 127.0.0.1 in test_round_network.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
 
+import pytest
 import trio
+import trio.testing
 
-from p2pshard import NodeConfig, open_node
 from p2pshard.core import topics as core_topics
+from p2pshard.core.gossip import GossipMessage
+from p2pshard.core.rounds import Stage, Timing
 from p2pshard.core.wire import topics_pb2
-from p2pshard.node import Node
-from p2pshard.protocols.training import RoundReport, Trainer, TrainingOptions
-from tests.training.fake_engine import FakeEngine
-from tests.util import eventually
+from p2pshard.protocols.training import TrainingOptions
+from tests.training.fakenet import NETWORK, FakeNet, FakeNode, fake_network
 
-# Short rounds, with room for a loaded CI machine: announcements are in by 1.6 s and payloads
-# fetched 1 s later, 0.4 s before the next round (with 0.2 s of slack a payload fetch sometimes
-# missed its window under load, and the round was aggregated without it).
-OPTIONS = TrainingOptions(
-    rounds=3, period_s=3.0, announce_deadline_s=1.6, fetch_timeout_s=1.0, start_delay_s=2.0
-)
+TIMING = Timing(period_s=30.0, announce_deadline_s=18.0, fetch_timeout_s=9.0, start_delay_s=10.0)
 
 
-@asynccontextmanager
-async def network(
-    faults: list[str], options: TrainingOptions = OPTIONS
-) -> AsyncIterator[list[tuple[Node, FakeEngine, Trainer, list[RoundReport]]]]:
-    """Nodes with trainers; node i's engine misbehaves as ``faults[i]`` says ("" = honest)."""
-    async with AsyncExitStack() as stack:
-        first = await stack.enter_async_context(
-            open_node(NodeConfig(network_id="fake", gossip_heartbeat_s=0.2))
-        )
-        nodes = [first]
-        for _ in faults[1:]:
-            cfg = NodeConfig(network_id="fake", gossip_heartbeat_s=0.2, bootstrap=[first.addrs[0]])
-            nodes.append(await stack.enter_async_context(open_node(cfg)))
-        await eventually(lambda: all(len(n.peers()) == len(nodes) - 1 for n in nodes), within_s=15)
-        out = []
-        for node, fault in zip(nodes, faults, strict=True):
-            engine = FakeEngine(node.peer_id.to_base58(), fault)
-            reports: list[RoundReport] = []
-            trainer = Trainer(node, engine, options, report=reports.append)
-            await node.nursery.start(trainer.run)
-            out.append((node, engine, trainer, reports))
-        yield out
+def options(rounds: int = 4) -> TrainingOptions:
+    return TrainingOptions(timing=TIMING, rounds=rounds)
 
 
-async def _all_done(
-    members: list[tuple[Node, FakeEngine, Trainer, list[RoundReport]]], within_s: float
-) -> None:
+async def done(nodes: list[FakeNode], within_s: float = 1000.0) -> None:
     with trio.fail_after(within_s):
-        for _, _, trainer, _ in members:
-            await trainer.done.wait()
+        for n in nodes:
+            await n.trainer.done.wait()
 
 
-async def test_nodes_train_rounds_and_agree_on_the_model() -> None:
-    async with network(["", "", ""]) as members:
-        await _all_done(members, 30)
-        hashes = {engine.model_hash() for _, engine, _, _ in members}
-        assert len(hashes) == 1
-        for _, engine, _, reports in members:
-            assert engine.round == 3
-            # every round aggregated all three contributions, in contributor order
-            assert [len(accepted) for _, accepted in engine.applied] == [3, 3, 3]
-            assert [r.round for r in reports] == [0, 1, 2]
+def hashes(nodes: list[FakeNode]) -> set[bytes]:
+    return {n.engine.model_hash() for n in nodes}
 
 
-async def test_bad_payloads_are_rejected_scored_and_the_round_completes() -> None:
-    async with network(["", "", "nan", "shape"]) as members:
-        await _all_done(members, 30)
-        honest = members[:2]
-        nan_peer = members[2][0].peer_id
-        assert len({engine.model_hash() for _, engine, _, _ in honest}) == 1
-        for node, engine, _, _ in honest:
-            assert [len(accepted) for _, accepted in engine.applied] == [2, 2, 2]
-            assert node.counters.get("training.rejected.non-finite") >= 1
-            assert node.counters.get("training.rejected.wrong-shape") >= 1
-            assert node.app_penalties.score(nan_peer.to_bytes()) < 0
-            assert node.pubsub is not None and node.pubsub.scores()[nan_peer.to_base58()] < 0
+async def start(net: FakeNet, count: int, rounds: int = 4, **kw: object) -> list[FakeNode]:
+    return [await net.add(options(rounds), **kw) for _ in range(count)]  # type: ignore[arg-type]
 
 
-async def _publish_raw(node: Node, ann: topics_pb2.GradientAnnouncement) -> None:
-    assert node.pubsub is not None
-    await node.pubsub.publish(core_topics.topic_name("fake", "gradients"), ann.SerializeToString())
+async def test_nodes_train_rounds_and_agree(autojump_clock: trio.testing.MockClock) -> None:
+    async with fake_network() as net:
+        nodes = await start(net, 3)
+        await done(nodes)
+        assert len(hashes(nodes)) == 1
+        for n in nodes:
+            assert n.engine.round == 4
+            assert [len(accepted) for _, accepted in n.engine.applied] == [3, 3, 3, 3]
+            assert [r.round for r in n.reports] == [0, 1, 2, 3]
+            assert n.contributed() == [0, 1, 2, 3]
 
 
-def _announcement(node: Node, round_: int, sign: Callable[[bytes], bytes]) -> topics_pb2.GradientAnnouncement:
-    ann = topics_pb2.GradientAnnouncement(
-        round=round_,
-        model_hash=b"\x01" * 32,
-        content_hash=b"\x02" * 32,
-        size=256,
-        tokens=100,
-        loss=1.0,
-        contributor=node.peer_id.to_bytes(),
-        timestamp_ms=int(time.time() * 1000),
-    )
-    ann.signature = sign(core_topics.signing_bytes("gradients", ann))
-    return ann
+async def test_bad_payloads_are_rejected_scored_and_the_round_completes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_network() as net:
+        honest = await start(net, 2, rounds=2)
+        nan, shape = await net.add(options(2), fault="nan"), await net.add(options(2), fault="shape")
+        await done([*honest, nan, shape])
+        assert len(hashes(honest)) == 1
+        for n in honest:
+            assert [len(accepted) for _, accepted in n.engine.applied] == [2, 2]
+            assert n.counters.get("training.rejected.non_finite") == 2
+            assert n.counters.get("training.rejected.wrong_shape") == 2
+            assert n.app_penalties.score(nan.peer_id.to_bytes()) < 0
 
 
-async def test_bad_signature_and_stale_round_are_rejected() -> None:
-    options = dataclasses.replace(OPTIONS, start_delay_s=1.0)
-    async with network(["", "", ""], options) as members:
-        (a, _, trainer_a, _), (b, _, _, _), (c, _, _, _) = members
-        assert trainer_a.schedule is not None
-        await trio.sleep(max(0.0, trainer_a.schedule.opens_at(1) - time.time()) + 0.1)  # inside round 1
-        forged = _announcement(c, 1, lambda data: b.identity.sign(data))  # signed by someone else
-        await _publish_raw(c, forged)
-        stale = _announcement(c, 0, c.identity.sign)
-        await _publish_raw(c, stale)
-        await eventually(lambda: a.counters.get("topics.reject.bad_signature") == 1)
-        await eventually(lambda: a.counters.get("topics.reject.stale-round") == 1)
-        await _all_done(members, 30)
-        assert len({engine.model_hash() for _, engine, _, _ in members}) == 1
+async def test_a_slow_round_costs_that_round_only(autojump_clock: trio.testing.MockClock) -> None:
+    """The stall users hit: one round whose training ran past the deadline (a loaded machine)
+    must not stop the node contributing for the rest of the run."""
+    async with fake_network() as net:
+        steady = await start(net, 2, rounds=5)
+        slow = await net.add(options(5), train_s=lambda r: 40.0 if r == 1 else 1.0)
+        await done([*steady, slow])
+        assert len(hashes([*steady, slow])) == 1
+        assert slow.contributed() == [0, 2, 3, 4]
+        assert slow.trainer.io.skipped == {1: "own_too_late"}
+        assert slow.counters.get("training.skipped.own_too_late") == 1
+        for n in steady:
+            assert [len(a) for _, a in n.engine.applied] == [3, 2, 3, 3, 3]
 
 
-async def test_payload_whose_hash_does_not_match_is_dropped() -> None:
-    """A contributor announces one content hash and serves other bytes: the fetch fails
-    verification, the contribution is dropped, and the round completes with the others."""
-    async with network(["", "", ""]) as members:
-        (a, engine_a, _, _), _, (c, _, _, _) = members
-        real_put = c.blobs.store.put_verified
+async def test_a_late_announcement_costs_at_most_two_rounds(autojump_clock: trio.testing.MockClock) -> None:
+    """Our announcement reached the others after their deadline: we aggregated our own update
+    and they did not, so we hold a minority model; we resync and contribute again."""
+    async with fake_network() as net:
+        steady = await start(net, 2, rounds=5)
+        late = await net.add(options(5))
+        assert late.topics is not None
+        slow_round = {1}
 
-        def corrupting_put(digest: bytes, data: bytes | bytearray, *, pin: bool = False) -> None:
-            real_put(digest, bytes(data[:-1]) + bytes([data[-1] ^ 1]), pin=pin)
+        def delay(peer: object) -> float:
+            return 25.0 if late.trainer.proto.model_round in slow_round else net.delay
 
-        c.blobs.store.put_verified = corrupting_put  # type: ignore[method-assign]
-        await _all_done(members, 30)
-        assert a.counters.get("blob.rejected.hash_mismatch") >= 1
-        assert [len(accepted) for _, accepted in engine_a.applied] == [2, 2, 2]
+        late.topics.delay = delay
+        await done([*steady, late])
+        assert len(hashes([*steady, late])) == 1
+        for n in steady:  # it arrived after they committed round 1: stale by then
+            assert n.counters.get("training.announcement.reject.stale_round") == 1
+        assert late.counters.get("training.skipped.own_too_late") == 0
+        assert {2, 3, 4} - set(late.contributed()) <= {2}, late.contributed()
+
+
+async def test_a_payload_that_cannot_be_fetched_in_time_costs_at_most_two_rounds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_network() as net:
+        steady = await start(net, 2, rounds=5)
+        hidden = await net.add(options(5))
+        store = hidden.blobs.store
+        real_get = store.get
+
+        def slow_round_1(digest: bytes) -> object:  # round 1's payload is served to nobody
+            if digest == hidden.trainer.io._own.get(1):
+                return None
+            return real_get(digest)
+
+        store.get = slow_round_1  # type: ignore[method-assign]
+        await done([*steady, hidden])
+        assert len(hashes([*steady, hidden])) == 1
+        for n in steady:
+            assert n.engine.applied[1][1] == tuple(sorted(p.trainer.proto.me for p in steady))
+        assert {3, 4} <= set(hidden.contributed())
+
+
+async def test_a_peer_killed_mid_round_costs_the_others_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_network() as net:
+        nodes = await start(net, 4, rounds=4)
+        victim = nodes[3]
+        schedule = nodes[0].trainer.proto.schedule
+        assert schedule is not None
+        await trio.sleep_until(victim.trainer.clock.trio_time(schedule.deadline(1) + 1.0))  # fetching
+        victim.kill()
+        await done(nodes[:3])
+        assert len(hashes(nodes[:3])) == 1
+        for n in nodes[:3]:
+            assert [r.round for r in n.reports] == [0, 1, 2, 3]
+            assert n.contributed() == [0, 1, 2, 3]
+
+
+async def test_a_late_joiner_catches_up_and_contributes_within_two_rounds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_network() as net:
+        early = await start(net, 2, rounds=8)
+        schedule = early[0].trainer.proto.schedule
+        assert schedule is not None
+        await trio.sleep_until(early[0].trainer.clock.trio_time(schedule.opens_at(3) + 5.0))
+        late = await net.add(options())
+        await done([*early, late])
+        assert late.trainer.proto.rounds == 8  # it took the network's round count
+        assert len(hashes([*early, late])) == 1
+        assert late.counters.get("training.skipped.behind") == 1
+        first = min(late.contributed())
+        assert first <= 5, late.contributed()
+        assert late.contributed() == list(range(first, 8))
+
+
+async def test_an_elder_without_a_schedule_is_waited_for(autojump_clock: trio.testing.MockClock) -> None:
+    """Two nodes starting at once: the one with the larger id adopts the smaller one's schedule."""
+    async with fake_network() as net:
+        nodes = await start(net, 2, rounds=1)
+        await done(nodes)
+        s0, s1 = (n.trainer.proto.schedule for n in nodes)
+        assert s0 is not None and s0 == s1
+
+
+async def test_forged_stale_and_early_announcements_are_rejected(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_network() as net:
+        a, b = await start(net, 2, rounds=3)
+        schedule = a.trainer.proto.schedule
+        assert schedule is not None and a.topics is not None
+        await trio.sleep_until(a.trainer.clock.trio_time(schedule.opens_at(1) + 1.0))
+
+        def announcement(r: int, signer: FakeNode) -> GossipMessage:
+            ann = topics_pb2.GradientAnnouncement(
+                round=r, model_hash=b"\x01" * 32, content_hash=b"\x02" * 32, size=256, tokens=100, loss=1.0,
+                contributor=b.peer_id.to_bytes(), timestamp_ms=int(time.time() * 1000),
+            )  # fmt: skip
+            ann.signature = signer.identity.sign(core_topics.signing_bytes("gradients", ann))
+            return GossipMessage(
+                core_topics.topic_name(NETWORK, "gradients"), ann.SerializeToString(), b.peer_id.to_bytes()
+            )
+
+        hook = a.topics.hooks["gradients"]
+        now_ms = int(a.trainer.clock.now() * 1000)
+        assert core_topics.validate(announcement(1, a), NETWORK, now_ms, hook).reason == "bad_signature"
+        assert core_topics.validate(announcement(0, b), NETWORK, now_ms, hook).reason == "stale_round"
+        assert core_topics.validate(announcement(3, b), NETWORK, now_ms, hook).reason == "too_early"
+        assert core_topics.validate(announcement(9, b), NETWORK, now_ms, hook).reason == "future_round"
+        await done([a, b])
+        assert len(hashes([a, b])) == 1
+        assert a.trainer.proto.stage is Stage.DONE
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+async def test_every_node_ends_on_the_same_model(autojump_clock: trio.testing.MockClock, rounds: int) -> None:
+    async with fake_network() as net:
+        nodes = await start(net, 3, rounds=rounds)
+        await done(nodes)
+        assert len(hashes(nodes)) == 1
+        assert all(n.trainer.proto.stage is Stage.DONE for n in nodes)

@@ -35,6 +35,6 @@ async def test_manifest_only_node_fetches_its_shard(tmp_path: Path) -> None:
         assert b.trainer is not None and a.trainer is not None
         shard_id = built.manifest.train_shards[0]
         await eventually(lambda: bytes.fromhex(shard_id) in a.blobs.store, within_s=10)
-        data = await b.trainer._shard(shard_id)
+        data = await b.trainer.io._shard(shard_id)
         assert hashlib.sha256(data).hexdigest() == shard_id
         assert b.counters.get("training.shards_fetched") >= 1  # (its round loop may fetch too)

@@ -80,7 +80,16 @@ from .errors import (
     TimingError,
     UnknownProtocolError,
 )
-from .message import GossipMessage, MessageIdFn, ValidationResult, default_message_id
+from .message import (
+    ACCEPT,
+    GossipMessage,
+    MessageIdFn,
+    ValidationResult,
+    Verdict,
+    default_message_id,
+    ignore,
+    reject,
+)
 from .protocol import (
     FLOODSUB_ID,
     MESHSUB_V10,
@@ -107,6 +116,7 @@ from .state import Validator
 from .stats import DropReason, RouterStats
 
 __all__ = [
+    "ACCEPT",
     "FLOODSUB_ID",
     "MESHSUB_V10",
     "MESHSUB_V11",
@@ -146,8 +156,11 @@ __all__ = [
     "Validate",
     "ValidationResult",
     "Validator",
+    "Verdict",
     "Verifier",
     "default_message_id",
+    "ignore",
     "peer_id_from_public_key",
+    "reject",
     "score_parameter_decay",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Final
 
 from p2pshard.core.wire import rpc_pb2
 
@@ -19,6 +20,32 @@ class ValidationResult(Enum):
     ACCEPT = "accept"
     REJECT = "reject"
     IGNORE = "ignore"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A validator's result and its stable reason (snake_case; a metric label and a log word).
+
+    The one verdict type of p2pshard: topic validators, the round rules and the ledger's checks all
+    return it, so a rejection reads the same wherever it is counted."""
+
+    result: ValidationResult
+    reason: str = "ok"
+
+    @property
+    def accepted(self) -> bool:
+        return self.result is ValidationResult.ACCEPT
+
+
+ACCEPT: Final = Verdict(ValidationResult.ACCEPT)
+
+
+def reject(reason: str) -> Verdict:
+    return Verdict(ValidationResult.REJECT, reason)
+
+
+def ignore(reason: str) -> Verdict:
+    return Verdict(ValidationResult.IGNORE, reason)
 
 
 @dataclass(frozen=True, slots=True)

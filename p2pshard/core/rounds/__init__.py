@@ -1,37 +1,64 @@
-"""The training-round state machine: windows, announcements, choice, fetch, aggregate, commit."""
+"""The training round as sans-IO state machines: one round (:mod:`.machine`), the whole lifecycle
+of a node (:mod:`.protocol`), what it asks a driver to do (:mod:`.commands`), the schedule and the
+majority vote. No trio, no clock, no torch: time is the ``now`` argument."""
 
+from p2pshard.core.rounds.commands import (
+    Announce,
+    AskCheckpoints,
+    Command,
+    Commit,
+    Finished,
+    LoadCheckpoint,
+    PeerCheckpoint,
+    Penalise,
+    ScheduleOffer,
+    Skipped,
+    Snapshot,
+    Train,
+    Trained,
+)
 from p2pshard.core.rounds.machine import (
     ANNOUNCEMENT_RULES,
     Aggregate,
     Announcement,
-    Command,
-    Commit,
     Fetch,
     Phase,
     Resync,
     RoundConfig,
     RoundMachine,
     RoundStateError,
-    Verdict,
-    VerdictKind,
 )
 from p2pshard.core.rounds.majority import MajorityTracker
+from p2pshard.core.rounds.protocol import RoundProtocol, Stage, Timing, choose_checkpoint
 from p2pshard.core.rounds.schedule import RoundSchedule
 
 __all__ = [
     "ANNOUNCEMENT_RULES",
     "Aggregate",
+    "Announce",
     "Announcement",
+    "AskCheckpoints",
     "Command",
     "Commit",
     "Fetch",
+    "Finished",
+    "LoadCheckpoint",
     "MajorityTracker",
+    "PeerCheckpoint",
+    "Penalise",
     "Phase",
     "Resync",
     "RoundConfig",
     "RoundMachine",
+    "RoundProtocol",
     "RoundSchedule",
     "RoundStateError",
-    "Verdict",
-    "VerdictKind",
+    "ScheduleOffer",
+    "Skipped",
+    "Snapshot",
+    "Stage",
+    "Timing",
+    "Train",
+    "Trained",
+    "choose_checkpoint",
 ]

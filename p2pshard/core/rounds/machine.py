@@ -1,19 +1,21 @@
-"""The training-round state machine (sans-IO: no clock, no network, no torch).
+"""One training round as a state machine (sans-IO: no clock, no network, no torch).
 
-One :class:`RoundMachine` follows one round through its phases::
+A :class:`RoundMachine` follows one round through its phases::
 
-    WAITING --tick(now >= open)--> COLLECTING --tick(now > deadline)--> FETCHING
-    FETCHING --all fetched, or tick(now > fetch deadline)--> AGGREGATING
+    WAITING --tick(now >= open)--> COLLECTING --tick(now > deadline + skew)--> FETCHING
+    FETCHING --every chosen payload arrived or failed, or tick(now > fetch deadline)--> AGGREGATING
     AGGREGATING --aggregated(hash)--> COMMITTED
 
-The driver feeds it announcements (:meth:`announce` returns a :class:`Verdict`), payload arrivals
-(:meth:`fetched` / :meth:`fetch_failed`), the engine's result (:meth:`aggregated`) and the time
-(:meth:`tick`), and carries out the :data:`Command` values it returns: fetch these payloads,
-aggregate these contributors, commit this hash, resync to that hash.
+Machines for the next rounds exist before their round is ours (announcements arrive early from
+peers that finished the previous round first); such a machine does not yet know the model it will
+start from (``local_hash`` is None) and learns it in :meth:`begin`. :class:`RoundProtocol` owns
+the machines; this module holds the rules of one round.
 
-Announcement checks are a table (:data:`ANNOUNCEMENT_RULES`), applied in order; the first that
-fails decides. REJECT means the sender broke a rule (a gossip layer penalises it); IGNORE means the
-message is not useful to us but not wrong (a duplicate, an update from another model).
+Announcement checks are one table (:data:`ANNOUNCEMENT_RULES`), applied in order, the first broken
+rule deciding: early and late announcements, and those for rounds we hold no machine for, are
+judged by the same table. REJECT means the sender broke a rule (gossip scoring penalises it, P4);
+IGNORE means the message is of no use to us but not wrong (a duplicate, an update from another
+model). Every reason is snake_case, a metric label.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
+from p2pshard.core.gossip.message import ACCEPT, ValidationResult, Verdict
 from p2pshard.core.rounds.majority import MajorityTracker
 from p2pshard.core.rounds.schedule import RoundSchedule
 
@@ -31,17 +34,16 @@ __all__ = [
     "ANNOUNCEMENT_RULES",
     "Aggregate",
     "Announcement",
-    "Command",
-    "Commit",
     "Fetch",
     "Phase",
     "Resync",
     "RoundConfig",
     "RoundMachine",
     "RoundStateError",
-    "Verdict",
-    "VerdictKind",
+    "Rule",
 ]
+
+HASH_SIZE = 32
 
 
 class Phase(Enum):
@@ -50,25 +52,6 @@ class Phase(Enum):
     FETCHING = "fetching"
     AGGREGATING = "aggregating"
     COMMITTED = "committed"
-
-
-class VerdictKind(Enum):
-    ACCEPT = "accept"
-    REJECT = "reject"
-    IGNORE = "ignore"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    kind: VerdictKind
-    reason: str = ""
-
-    @property
-    def accepted(self) -> bool:
-        return self.kind is VerdictKind.ACCEPT
-
-
-ACCEPT = Verdict(VerdictKind.ACCEPT)
 
 
 @dataclass(frozen=True)
@@ -90,42 +73,36 @@ class RoundConfig:
     max_contributions: int = 32
     max_payload_bytes: int = 256 << 20
     max_tokens: int = 1 << 30
-
-
-# ------------------------------------------------------------------------------------ commands
+    max_announcements: int = 1024
+    """Announcements kept per round; more are ignored (counted), so memory stays bounded."""
 
 
 @dataclass(frozen=True)
 class Fetch:
+    """Fetch these payloads (verified by content hash); report each with fetched / fetch_failed."""
+
     round: int
     contributions: tuple[Announcement, ...]  # in contributor order
 
 
 @dataclass(frozen=True)
 class Aggregate:
-    round: int
-    contributors: tuple[str, ...]  # whose payloads arrived, in contributor order
+    """Screen, aggregate and apply these contributors' payloads (contributor order)."""
 
-
-@dataclass(frozen=True)
-class Commit:
     round: int
-    model_hash: bytes
+    contributors: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Resync:
-    """The stated majority holds another model: load a checkpoint with ``model_hash``."""
+    """The stated majority holds another model than ours: load a checkpoint with ``model_hash``."""
 
     round: int
     model_hash: bytes
 
 
-Command = Fetch | Aggregate | Commit | Resync
-
-
 class RoundStateError(RuntimeError):
-    """The driver called a method the current phase does not allow (a local bug, not a peer's)."""
+    """A method was called in a phase that does not allow it (a local bug, not a peer's)."""
 
 
 # ---------------------------------------------------------------------------- announcement rules
@@ -133,7 +110,7 @@ class RoundStateError(RuntimeError):
 
 @dataclass(frozen=True)
 class Rule:
-    kind: VerdictKind
+    result: ValidationResult
     reason: str
     broken: Callable[[RoundMachine, Announcement, float], bool]
 
@@ -147,26 +124,39 @@ def _too_late(m: RoundMachine, a: Announcement, now: float) -> bool:
 
 
 def _bad_hash_length(m: RoundMachine, a: Announcement, now: float) -> bool:
-    return len(a.model_hash) != 32 or len(a.content_hash) != 32
+    return len(a.model_hash) != HASH_SIZE or len(a.content_hash) != HASH_SIZE
 
 
 def _duplicate(m: RoundMachine, a: Announcement, now: float) -> bool:
-    prev = m.announced.get(a.contributor)
+    prev = m.announced.get(a.contributor) or m.other_model.get(a.contributor)
     return prev is not None and prev.content_hash == a.content_hash
 
 
+def _equivocation(m: RoundMachine, a: Announcement, now: float) -> bool:
+    return a.contributor in m.announced or a.contributor in m.other_model
+
+
+def _other_model(m: RoundMachine, a: Announcement, now: float) -> bool:
+    return m.local_hash is not None and a.model_hash != m.local_hash
+
+
 ANNOUNCEMENT_RULES: tuple[Rule, ...] = (
-    Rule(VerdictKind.REJECT, "stale-round", lambda m, a, now: a.round < m.round),
-    Rule(VerdictKind.IGNORE, "future-round", lambda m, a, now: a.round > m.round),
-    Rule(VerdictKind.REJECT, "too-early", lambda m, a, now: now < m.window[0]),
-    Rule(VerdictKind.REJECT, "too-late", _too_late),
-    Rule(VerdictKind.REJECT, "bad-hash-length", _bad_hash_length),
-    Rule(VerdictKind.REJECT, "bad-size-or-tokens", _bad_number),
-    Rule(VerdictKind.REJECT, "bad-loss", lambda m, a, now: not (math.isfinite(a.loss) and a.loss >= 0)),
-    Rule(VerdictKind.IGNORE, "duplicate", _duplicate),
-    Rule(VerdictKind.REJECT, "equivocation", lambda m, a, now: a.contributor in m.announced),
+    Rule(ValidationResult.REJECT, "stale_round", lambda m, a, now: a.round < m.round),
+    Rule(ValidationResult.IGNORE, "future_round", lambda m, a, now: a.round > m.round),
+    Rule(ValidationResult.REJECT, "too_early", lambda m, a, now: now < m.window[0]),
+    Rule(ValidationResult.REJECT, "too_late", _too_late),
+    Rule(ValidationResult.REJECT, "bad_hash_length", _bad_hash_length),
+    Rule(ValidationResult.REJECT, "bad_size_or_tokens", _bad_number),
+    Rule(ValidationResult.REJECT, "bad_loss", lambda m, a, now: not (math.isfinite(a.loss) and a.loss >= 0)),
+    Rule(ValidationResult.IGNORE, "duplicate", _duplicate),
+    Rule(ValidationResult.REJECT, "equivocation", _equivocation),
+    Rule(
+        ValidationResult.IGNORE,
+        "over_limit",
+        lambda m, a, now: len(m.announced) + len(m.other_model) >= m.cfg.max_announcements,
+    ),
     # Trained from another model: useless to aggregate, but it is a vote on the majority hash.
-    Rule(VerdictKind.IGNORE, "other-model", lambda m, a, now: a.model_hash != m.local_hash),
+    Rule(ValidationResult.IGNORE, "other_model", _other_model),
 )
 
 
@@ -177,10 +167,11 @@ ANNOUNCEMENT_RULES: tuple[Rule, ...] = (
 class RoundMachine:
     round: int
     schedule: RoundSchedule
-    local_hash: bytes
+    local_hash: bytes | None  # the model this round starts from; None until the round is ours
     cfg: RoundConfig = field(default_factory=RoundConfig)
     phase: Phase = Phase.WAITING
     announced: dict[str, Announcement] = field(default_factory=dict)
+    other_model: dict[str, Announcement] = field(default_factory=dict)
     votes: MajorityTracker = field(default_factory=MajorityTracker)
     chosen: tuple[Announcement, ...] = ()
     arrived: set[str] = field(default_factory=set)
@@ -193,22 +184,62 @@ class RoundMachine:
         skew = self.schedule.clock_skew
         return self.schedule.opens_at(self.round) - skew, self.schedule.deadline(self.round) + skew
 
+    def next_change(self) -> float | None:
+        """The earliest time at which :meth:`tick` changes something (None: only events can)."""
+        if self.phase is Phase.WAITING:
+            return self.schedule.opens_at(self.round)
+        if self.phase is Phase.COLLECTING:
+            return math.nextafter(self.window[1], math.inf)
+        if self.phase is Phase.FETCHING:
+            return math.nextafter(self.schedule.fetch_deadline(self.round), math.inf)
+        return None
+
     # -- events ----------------------------------------------------------------------------
 
-    def announce(self, a: Announcement, now: float) -> Verdict:
-        """Judge an announcement; accepted ones become candidates for this round."""
+    def begin(self, local_hash: bytes) -> None:
+        """The round is ours, starting from ``local_hash``: announcements of updates trained from
+        another model move out of the candidates (their votes stay)."""
+        self.local_hash = local_hash
+        for contributor, a in list(self.announced.items()):
+            if a.model_hash != local_hash:
+                self.other_model[contributor] = self.announced.pop(contributor)
+
+    def rebase(self, local_hash: bytes) -> None:
+        """We loaded the majority's model mid-round (a resync): sort the announcements already
+        received again against it and go back to WAITING, so that the next tick closes collection
+        and chooses from them (a fresh machine would know none and apply the round empty)."""
+        if self.phase is Phase.COMMITTED:
+            raise RoundStateError(f"round {self.round} is {self.phase.value}")
+        every = {**self.other_model, **self.announced}
+        self.announced = {c: a for c, a in every.items() if a.model_hash == local_hash}
+        self.other_model = {c: a for c, a in every.items() if a.model_hash != local_hash}
+        self.local_hash = local_hash
+        self.phase = Phase.WAITING
+        self.chosen, self.arrived, self.failed = (), set(), {}
+
+    def judge(self, a: Announcement, now: float) -> Verdict:
+        """The first rule ``a`` breaks, or ACCEPT; changes nothing."""
         for rule in ANNOUNCEMENT_RULES:
             if rule.broken(self, a, now):
-                if rule.reason == "other-model":
-                    self.votes.record(a.contributor, a.model_hash, a.weight)
-                return Verdict(rule.kind, rule.reason)
-        self.announced[a.contributor] = a
-        self.votes.record(a.contributor, a.model_hash, a.weight)
+                return Verdict(rule.result, rule.reason)
         return ACCEPT
 
-    def tick(self, now: float) -> list[Command]:
+    def announce(self, a: Announcement, now: float) -> Verdict:
+        """Judge an announcement; accepted ones become candidates, and every statement of a
+        model (accepted or trained from another model) is a vote on the majority."""
+        verdict = self.judge(a, now)
+        if verdict.accepted:
+            self.announced[a.contributor] = a
+        elif verdict.reason == "other_model":
+            self.other_model[a.contributor] = a
+        else:
+            return verdict
+        self.votes.record(a.contributor, a.model_hash, a.weight)
+        return verdict
+
+    def tick(self, now: float) -> list[Fetch | Aggregate | Resync]:
         """Advance on time alone; call it whenever the driver wakes (and at least at deadlines)."""
-        out: list[Command] = []
+        out: list[Fetch | Aggregate | Resync] = []
         if self.phase is Phase.WAITING and now >= self.schedule.opens_at(self.round):
             self.phase = Phase.COLLECTING
         if self.phase is Phase.COLLECTING and now > self.window[1]:
@@ -216,54 +247,67 @@ class RoundMachine:
         if self.phase is Phase.FETCHING and now > self.schedule.fetch_deadline(self.round):
             for a in self.chosen:
                 if a.contributor not in self.arrived:
-                    self.failed.setdefault(a.contributor, "fetch-timeout")
+                    self.failed.setdefault(a.contributor, "fetch_timeout")
             out.extend(self._maybe_aggregate())
         return out
 
-    def fetched(self, contributor: str, content_hash: bytes) -> list[Command]:
+    def fetched(self, contributor: str, content_hash: bytes) -> list[Aggregate]:
         """A payload arrived and its SHA-256 is ``content_hash`` (the driver hashes it)."""
-        self._require(Phase.FETCHING, Phase.AGGREGATING, Phase.COMMITTED)
         if self.phase is not Phase.FETCHING:
             return []  # too late: the round went on without it
         wanted = {a.contributor: a.content_hash for a in self.chosen}
         if contributor not in wanted or contributor in self.failed:
             return []
         if wanted[contributor] != content_hash:
-            self.failed[contributor] = "content-hash-mismatch"
+            self.failed[contributor] = "content_hash_mismatch"
         else:
             self.arrived.add(contributor)
         return self._maybe_aggregate()
 
-    def fetch_failed(self, contributor: str, reason: str) -> list[Command]:
-        self._require(Phase.FETCHING, Phase.AGGREGATING, Phase.COMMITTED)
+    def fetch_failed(self, contributor: str, reason: str) -> list[Aggregate]:
         if self.phase is Phase.FETCHING and contributor not in self.arrived:
             self.failed.setdefault(contributor, reason)
             return self._maybe_aggregate()
         return []
 
-    def aggregated(self, model_hash: bytes) -> list[Command]:
+    def abandon(self) -> Aggregate:
+        """Apply this round with no contributions (we are alone, or the round is long over)."""
+        if self.phase in (Phase.AGGREGATING, Phase.COMMITTED):
+            raise RoundStateError(f"round {self.round} is {self.phase.value}")
+        self.chosen = ()
+        self.phase = Phase.AGGREGATING
+        return Aggregate(self.round, ())
+
+    def aggregated(self, model_hash: bytes) -> None:
         """The engine applied the round; ``model_hash`` is the result."""
-        self._require(Phase.AGGREGATING)
+        if self.phase is not Phase.AGGREGATING:
+            raise RoundStateError(f"round {self.round} is {self.phase.value}")
         self.phase = Phase.COMMITTED
         self.committed_hash = model_hash
-        return [Commit(self.round, model_hash)]
 
     # -- internals -------------------------------------------------------------------------
 
-    def _require(self, *phases: Phase) -> None:
-        if self.phase not in phases:
-            raise RoundStateError(f"round {self.round} is {self.phase.value}")
-
-    def _close_collection(self) -> list[Command]:
+    def _close_collection(self) -> list[Fetch | Aggregate | Resync]:
         self.chosen = self.choose()
         self.phase = Phase.FETCHING
-        out: list[Command] = []
-        resync = self.votes.must_resync(self.local_hash)
+        out: list[Fetch | Aggregate | Resync] = []
+        resync = self._resync_target()
         if resync is not None:
             out.append(Resync(self.round, resync))
         out.append(Fetch(self.round, self.chosen))
         out.extend(self._maybe_aggregate())
         return out
+
+    def _resync_target(self) -> bytes | None:
+        """The model to resync to: the strict majority's, or, when no hash holds one (a network
+        split near evenly, e.g. 9/8/1), the hash stated with the most weight, ties broken by the
+        larger hash. Every node that heard the same statements picks the same one, so a split
+        heals in a round instead of lasting for the rest of the run."""
+        tally = self.votes.tally()
+        if self.local_hash is None or not tally:
+            return None
+        best = max(tally.items(), key=lambda kv: (kv[1], kv[0]))[0]
+        return best if best != self.local_hash else None
 
     def choose(self) -> tuple[Announcement, ...]:
         """At most ``max_contributions`` announcements, picked by a hash of (round, contributor),
@@ -275,7 +319,7 @@ class RoundMachine:
         picked = sorted(self.announced.values(), key=key)[: self.cfg.max_contributions]
         return tuple(sorted(picked, key=lambda a: a.contributor))
 
-    def _maybe_aggregate(self) -> list[Command]:
+    def _maybe_aggregate(self) -> list[Aggregate]:
         if self.phase is not Phase.FETCHING:
             return []
         if all(a.contributor in self.arrived or a.contributor in self.failed for a in self.chosen):
