@@ -206,28 +206,43 @@ async def _devnet(
     return 0 if clean else 1
 
 
+def _contributions(v: NodeView) -> int:
+    """Rounds whose aggregate held this node's own update."""
+    return sum(1 for r in v.rounds if r.get("contributed"))
+
+
+def lagging(views: list[NodeView]) -> list[NodeView]:
+    """Nodes that contributed in fewer rounds than the best node did (they say why in their log)."""
+    best = max((_contributions(v) for v in views), default=0)
+    return [v for v in views if _contributions(v) < best]
+
+
 def _summary(views: list[NodeView], out: Path, console: Console, as_json: bool) -> None:
     hashes = {v.rounds[-1]["model_hash"] for v in views if v.rounds}
+    behind = lagging(views)
     table = Table(title="training summary")
-    for col in ("node", "rounds", "first loss", "last loss", "tokens", "model hash"):
+    for col in ("node", "rounds", "contributed", "first loss", "last loss", "tokens", "model hash"):
         table.add_column(col)
     for v in views:
         if not v.rounds:
-            table.add_row(str(v.index), "0", "-", "-", "-", "-")
+            table.add_row(f"{v.index} !", "0", "0", "-", "-", "-", "-", style="bold red")
             continue
         losses = [r["loss"] for r in v.rounds if r.get("loss") is not None]
         table.add_row(
-            str(v.index),
+            f"{v.index} !" if v in behind else str(v.index),
             str(len(v.rounds)),
+            str(_contributions(v)),
             f"{losses[0]:.4f}" if losses else "-",
             f"{losses[-1]:.4f}" if losses else "-",
             f"{v.rounds[-1]['tokens']:,}",
             v.rounds[-1]["model_hash"][:16],
+            style="bold red" if v in behind else None,
         )
-    plot = _plot(views, out)
+    plot = _plot(views, out, behind)
     summary = {
         "event": "summary",
         "same_model_hash": len(hashes) == 1,
+        "contributed_less": [v.index for v in behind],
         "model_hashes": sorted(hashes),
         "plot": str(plot),
         "nodes": [{"node": v.index, "peer_id": v.peer_id, "rounds": v.rounds} for v in views],
@@ -239,22 +254,41 @@ def _summary(views: list[NodeView], out: Path, console: Console, as_json: bool) 
     console.print(table)
     same = len(hashes) == 1
     console.print("all nodes hold the same model" if same else f"nodes disagree: {len(hashes)} model hashes")
+    best = max(_contributions(v) for v in views)
+    for v in behind:
+        console.print(
+            f"[bold red]warning:[/] node {v.index} contributed in {_contributions(v)} rounds, "
+            f"others in up to {best}; its log ({out / f'node-{v.index}.log'}) says why "
+            "at each 'not contributing' line"
+        )
     console.print(f"loss plot: {plot}")
 
 
-def _plot(views: list[NodeView], out: Path) -> Path:
-    """Loss against tokens trained, one line per node (matplotlib, no display needed)."""
+def _plot(views: list[NodeView], out: Path, behind: list[NodeView]) -> Path:
+    """Loss against tokens trained, one line per node (matplotlib, no display needed). Each node
+    has its own marker; nodes that contributed less are drawn last and larger, so that their
+    points are never hidden under the others'."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for v in views:
+    markers = "os^vD<>pP*"
+    for v in sorted(views, key=lambda v: v in behind):
         points = [(r["tokens"], r["loss"]) for r in v.rounds if r.get("loss") is not None]
         if points:
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o", markersize=3, label=f"node {v.index}")
+            flagged = v in behind
+            ax.plot(
+                xs,
+                ys,
+                marker=markers[v.index % len(markers)],
+                markersize=7 if flagged else 3,
+                linewidth=2 if flagged else 1,
+                label=f"node {v.index}" + (" (contributed less)" if flagged else ""),
+                zorder=3 if flagged else 2,
+            )
     ax.set_xlabel("tokens trained by the node")
     ax.set_ylabel("training loss (mean over inner steps)")
     ax.set_title("p2pshard devnet: DiLoCo rounds")

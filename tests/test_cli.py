@@ -106,3 +106,33 @@ def test_cli_offers_every_compression_the_engine_has() -> None:
     from p2pshard.engine.compression import KINDS
 
     assert set(COMPRESSIONS) == set(KINDS)
+
+
+def test_devnet_summary_flags_a_node_that_contributed_less(tmp_path: Path) -> None:
+    """The summary must show a node that trained in fewer rounds than the others: its row marked,
+    a warning line naming it, and its points drawn on top in the plot."""
+    from rich.console import Console
+
+    from p2pshard.devnet import NodeView, _summary, lagging
+
+    def rounds(contributed: list[bool]) -> list[dict[str, object]]:
+        return [
+            {
+                "round": i,
+                "loss": 1.0 / (i + 1),
+                "tokens": 100 * (i + 1),
+                "model_hash": "ab" * 32,
+                "contributed": c,
+            }
+            for i, c in enumerate(contributed)
+        ]
+
+    views = [NodeView(0, rounds=rounds([True] * 4)), NodeView(1, rounds=rounds([True, False, False, True]))]
+    assert lagging(views) == [views[1]]
+    console = Console(record=True, width=140)
+    _summary(views, tmp_path, console, as_json=False)
+    text = console.export_text()
+    assert "node 1 contributed in 2 rounds, others in up to 4" in text
+    assert "1 !" in text and "0 !" not in text
+    assert json.loads((tmp_path / "summary.json").read_text())["contributed_less"] == [1]
+    assert (tmp_path / "loss.png").stat().st_size > 0
