@@ -76,3 +76,20 @@ def bench(session: nox.Session) -> None:
     _install(session)
     for script in ("streams.py", "gossip.py", "training.py", "averaging.py"):
         session.run("python", f"benchmarks/{script}", *session.posargs)
+
+
+@nox.session(default=False)
+def fuzz(session: nox.Session) -> None:
+    """Every decoder on the hostile path, 100,000 cases each (CI runs 1,000 in the tests session);
+    ends with a table of cases and crashes per decoder. ``-- -k tensor`` picks decoders."""
+    _install(session)
+    session.run(
+        "pytest",
+        "tests/fuzz",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--timeout=0",  # one decoder's 100,000 cases take longer than the suite's 300 s per test
+        *session.posargs,
+        env={"P2PSHARD_FUZZ_EXAMPLES": "100000"},
+    )

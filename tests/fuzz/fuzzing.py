@@ -74,8 +74,9 @@ def _varint_positions(data: bytes) -> list[int]:
     return [0] + [i + 1 for i in range(len(data) - 1) if data[i] & 0x07 == 2]
 
 
-@st.composite
 def _mutate_once(draw: st.DrawFn, data: bytearray, valid: st.SearchStrategy[bytes]) -> bytearray:
+    """One mutation (a plain function drawing from ``draw``: a composite strategy built per call
+    would have Hypothesis describe ``valid``, lambdas' source included, on every draw)."""
     op = draw(
         st.sampled_from(
             ("flip", "byte", "truncate", "delete", "insert", "duplicate", "splice", "varint", "word")
@@ -137,7 +138,7 @@ def mutated(draw: st.DrawFn, valid: st.SearchStrategy[bytes], max_mutations: int
     """A valid encoding with 1..``max_mutations`` mutations applied."""
     data = bytearray(draw(valid))
     for _ in range(draw(st.integers(1, max_mutations))):
-        data = draw(_mutate_once(data, valid))
+        data = _mutate_once(draw, data, valid)
     return bytes(data)
 
 
@@ -264,8 +265,8 @@ def _field_values(
         return st.booleans()
     if type_name in ("TYPE_DOUBLE", "TYPE_FLOAT"):
         return st.floats(width=32 if type_name == "TYPE_FLOAT" else 64)
-    if type_name == "TYPE_STRING":
-        return st.text(max_size=24)
+    if type_name == "TYPE_STRING":  # markup-like text too: some strings end up on a terminal
+        return st.text(max_size=24) | st.sampled_from(["[/bold]", "[link=x]", "[", "]", "[red]x", "\x1b[2J"])
     if type_name == "TYPE_BYTES":
         return st.binary(max_size=48) | st.binary(min_size=32, max_size=32)
     if type_name == "TYPE_ENUM":
