@@ -51,9 +51,6 @@ class NodeConfig:
     snapshot_interval_s: float = 120.0
     genesis: Path | None = None
     """Directory written by `p2pshard genesis build` (default: the embedded corpus)."""
-    fault: str = ""
-    """A fault switched on for testing conformance tooling; never set in production.
-    ``forward-invalid``: accept and forward every gossip message without validating it."""
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -67,8 +64,6 @@ class NodeConfig:
             raise ConfigError("dial_timeout_s must be positive")
         if self.round_s <= 0 or self.inner_steps < 1 or self.rounds < 0:
             raise ConfigError("round_s must be positive, inner_steps >= 1 and rounds >= 0")
-        if self.fault not in ("", "forward-invalid"):
-            raise ConfigError(f"fault: unknown fault {self.fault!r} (known: forward-invalid)")
         if self.gossip_heartbeat_s <= 0:
             raise ConfigError("gossip_heartbeat_s must be positive")
 

@@ -217,7 +217,7 @@ async def open_node(
                 blobs=BlobService(BlobStore(config.blob_store_bytes), client, counters),
                 discovery=discovery,
                 pubsub=pubsub,
-                topics=None if pubsub is None else Topics(pubsub, config.network_id, counters, config.fault),
+                topics=None if pubsub is None else Topics(pubsub, config.network_id, counters),
                 started_at=trio.current_time(),
                 app_penalties=penalties,
             )

@@ -31,7 +31,7 @@ from p2pshard.engine.compression import CompressionConfig, Compressor
 from p2pshard.engine.diloco import DiLoCoConfig, OuterNesterov, inner_train, model_hash, restore_norm
 from p2pshard.engine.genesis import Genesis, Manifest, assign_shard, canonical_json, load_shard, sha256_hex
 from p2pshard.engine.model import PRESETS, ModelConfig, Stage, build_model
-from p2pshard.protocols.engine_api import EngineStats, LocalUpdate, RoundOutcome, UpdateRejected
+from p2pshard.protocols.engine_api import LocalUpdate, RoundOutcome, UpdateRejected
 
 __all__ = ["EngineConfig", "TorchEngine", "default_device", "diloco_for", "network_id"]
 
@@ -92,6 +92,20 @@ def network_id(manifest: Manifest, cfg: EngineConfig) -> str:
         "norm_bound_factor": cfg.norm_bound_factor,
     }
     return hashlib.sha256(_NETWORK_TAG + canonical_json(rules)).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """What :meth:`TorchEngine.stats` reports (for embedders and benchmarks; not part of Engine)."""
+
+    round: int  # next round to train; rounds before it are applied
+    model_hash: bytes
+    parameters: int
+    tokens_trained: int
+    bytes_sent: int  # payload bytes produced by train_round (what a node serves)
+    dense_bytes_equivalent: int  # what those payloads would have cost as raw fp32
+    last_loss: float | None
+    device: str
 
 
 class TorchEngine:

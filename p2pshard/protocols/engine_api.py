@@ -10,7 +10,6 @@ A round, seen from the caller::
     shard_id = engine.assigned_shard(my_peer_id, r)          # which data the network expects
     update = engine.train_round(r, shard_bytes)               # H local steps -> compressed payload
     ... announce update.content_hash / size / tokens / loss; fetch the others' payloads ...
-    engine.check_update(payload)                              # per payload, before storing it
     outcome = engine.apply_round(r, {contributor: payload})   # robust aggregate + outer step
     ... state outcome.model_hash; if the majority differs: engine.load_checkpoint_bytes(...)
 
@@ -22,10 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Engine", "EngineStats", "LocalUpdate", "RoundOutcome", "UpdateRejected"]
+__all__ = ["Engine", "LocalUpdate", "RoundOutcome", "UpdateRejected"]
 
 
 class UpdateRejected(ValueError):
@@ -72,18 +70,6 @@ class RoundOutcome:
     update_norm: float = 0.0  # L2 norm of the aggregated pseudo-gradient
 
 
-@dataclass(frozen=True)
-class EngineStats:
-    round: int  # next round to train; rounds before it are applied
-    model_hash: bytes
-    parameters: int
-    tokens_trained: int
-    bytes_sent: int  # payload bytes produced by train_round (what a node serves)
-    dense_bytes_equivalent: int  # what those payloads would have cost as raw fp32
-    last_loss: float | None
-    device: str
-
-
 @runtime_checkable
 class Engine(Protocol):
     @property
@@ -106,16 +92,8 @@ class Engine(Protocol):
         """Train H inner steps from the current model on ``shard`` (verified by hash)."""
         ...
 
-    def check_update(self, payload: bytes) -> None:
-        """Raise :class:`UpdateRejected` unless ``payload`` may be aggregated."""
-        ...
-
     def apply_round(self, round_index: int, payloads: Mapping[str, bytes]) -> RoundOutcome:
         """Screen, robustly aggregate (in contributor order) and apply the outer step."""
-        ...
-
-    def evaluate(self) -> float:
-        """Mean loss of the current model on the held-out shards."""
         ...
 
     def checkpoint_bytes(self) -> bytes: ...
@@ -123,9 +101,3 @@ class Engine(Protocol):
     def load_checkpoint_bytes(self, data: bytes) -> None:
         """Replace all state from a checkpoint; raises ValueError if it does not verify."""
         ...
-
-    def save_checkpoint(self, path: Path) -> None: ...
-
-    def load_checkpoint(self, path: Path) -> None: ...
-
-    def stats(self) -> EngineStats: ...

@@ -30,16 +30,12 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[GossipMessage, ProtoMessage], Awaitable[None]]
 
-FAULT_FORWARD_INVALID = "forward-invalid"
-"""Test-only fault: accept (and so forward) every message without validating it."""
-
 
 class Topics:
-    def __init__(self, pubsub: PubSub, network_id: str, counters: Counters, fault: str = "") -> None:
+    def __init__(self, pubsub: PubSub, network_id: str, counters: Counters) -> None:
         self.pubsub = pubsub
         self.network_id = network_id
         self.counters = counters
-        self.fault = fault
         self._hooks: dict[str, core_topics.Hook] = {}
         self._handlers: dict[str, Handler] = {}
 
@@ -69,8 +65,6 @@ class Topics:
 
     def _validator(self, short: str) -> Callable[[GossipMessage], Awaitable[ValidationResult]]:
         async def validate(msg: GossipMessage) -> ValidationResult:
-            if self.fault == FAULT_FORWARD_INVALID:
-                return ValidationResult.ACCEPT
             now_ms = int(self.clock.now() * 1000)
             verdict = core_topics.validate(msg, self.network_id, now_ms, self._hooks.get(short))
             self.counters.incr(f"topics.{verdict.result.name.lower()}.{verdict.reason}")
@@ -89,7 +83,7 @@ class Topics:
                     continue
                 try:
                     decoded = spec.message_type()
-                    decoded.ParseFromString(msg.data)  # validated above, unless a fault is on
+                    decoded.ParseFromString(msg.data)  # validated above
                     await handler(msg, decoded)
                 except Exception:
                     self.counters.incr(f"topics.handler_errors.{short}")

@@ -11,11 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
-from p2pshard.protocols.engine_api import EngineStats, LocalUpdate, RoundOutcome, UpdateRejected
+from p2pshard.protocols.engine_api import LocalUpdate, RoundOutcome, UpdateRejected
 
 DIM = 64
 SHARD = b"fake shard"
@@ -72,7 +71,7 @@ class FakeEngine:
             dense_bytes=len(payload),
         )
 
-    def check_update(self, payload: bytes) -> None:
+    def _check(self, payload: bytes) -> None:
         if len(payload) != DIM * 4:
             raise UpdateRejected("wrong_shape", f"{len(payload)} bytes")
         if not np.isfinite(np.frombuffer(payload, dtype=np.float32)).all():
@@ -84,7 +83,7 @@ class FakeEngine:
         rows = []
         for contributor in sorted(payloads):
             try:
-                self.check_update(payloads[contributor])
+                self._check(payloads[contributor])
             except UpdateRejected as exc:
                 rejected[contributor] = exc.reason
                 continue
@@ -102,9 +101,6 @@ class FakeEngine:
             selected=tuple(accepted),
         )
 
-    def evaluate(self) -> float:
-        return float(np.abs(self.master).sum())
-
     def checkpoint_bytes(self) -> bytes:
         return json.dumps({"round": self._round, "master": self.master.tolist()}).encode()
 
@@ -112,21 +108,3 @@ class FakeEngine:
         state = json.loads(data)
         self.master = np.array(state["master"], dtype=np.float32)
         self._round = int(state["round"])
-
-    def save_checkpoint(self, path: Path) -> None:
-        path.write_bytes(self.checkpoint_bytes())
-
-    def load_checkpoint(self, path: Path) -> None:
-        self.load_checkpoint_bytes(path.read_bytes())
-
-    def stats(self) -> EngineStats:
-        return EngineStats(
-            round=self._round,
-            model_hash=self.model_hash(),
-            parameters=DIM,
-            tokens_trained=0,
-            bytes_sent=0,
-            dense_bytes_equivalent=0,
-            last_loss=None,
-            device="cpu",
-        )
