@@ -125,6 +125,7 @@ async def honest(args: argparse.Namespace) -> None:
         t = time.time()
         stage = "setup"
         answered_ms: float | None = None
+        connect_ms = 0.0
         try:
             with trio.fail_after(args.timeout):
                 host = build_host(Identity.generate(), [], max_peers=1)
@@ -133,6 +134,7 @@ async def honest(args: argparse.Namespace) -> None:
                     connector = Connector(host, counters, dial_timeout_s=args.timeout)
                     stage = "connect"
                     await connector.connect(info)
+                    connect_ms = (time.time() - t) * 1000
                     stage = "status"
                     await fetch_status(
                         ReqRespClient(connector, counters), info.peer_id, timeout_s=args.timeout
@@ -142,10 +144,10 @@ async def honest(args: argparse.Namespace) -> None:
                     # Leaving host.run() does not close the connection (py-libp2p 0.8.1): the
                     # node would see it open until this process ends. Close it as a client would.
                     await host.disconnect(info.peer_id)
-            out.add(k="s", t=t, ok=1, ms=answered_ms)
+            out.add(k="s", t=t, ok=1, ms=answered_ms, cms=connect_ms)
         except Exception as exc:
             if answered_ms is not None:  # answered; only the teardown failed
-                out.add(k="s", t=t, ok=1, ms=answered_ms, close_err=error_kind(stage, exc))
+                out.add(k="s", t=t, ok=1, ms=answered_ms, cms=connect_ms, close_err=error_kind(stage, exc))
             else:
                 out.add(k="s", t=t, ok=0, ms=(time.time() - t) * 1000, err=error_kind(stage, exc))
         finally:

@@ -190,7 +190,9 @@ class Soak:
                 self.next_sample = now + 1.0
             if self.node is not None and not self.node.running() and not self.node_exit_seen:
                 self.node_exit_seen = True
-                msg = f"node exited (rc {self.node.popen.returncode}) at {self.clock(now)}"
+                _, kinds = tracebacks(self.log_dir / "node.log")
+                last = list(kinds)[-1] if kinds else "no exception in its log"
+                msg = f"node exited (rc {self.node.popen.returncode}) at {self.clock(now)}: {last}"
                 self.events.append(msg)
                 print(f"  !! {msg}", flush=True)
             for proc in self.procs:
@@ -231,7 +233,7 @@ class Soak:
 
     @staticmethod
     def read_counters(proc: Proc) -> dict[str, int] | None:
-        if proc.running() or proc.popen.returncode != 0 or proc.out is None:
+        if proc.running() or proc.out is None:  # a CLI ended for overrunning may have answered first
             return None
         try:
             data = json.loads(proc.out.read_text())
@@ -446,19 +448,26 @@ def in_phase(records: list[dict[str, Any]], phase: Phase, kind: str) -> list[dic
     return [r for r in records if r.get("k") == kind and phase.start <= r["t"] < phase.end]
 
 
+EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Cancelled))(?::|$)")
+
+
 def tracebacks(log: Path) -> tuple[int, Counter[str]]:
+    """How many tracebacks the log holds, and the exceptions named in them (groups unwrapped)."""
     try:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:
         return 0, Counter()
-    count, kinds = 0, Counter[str]()
-    for i, line in enumerate(lines):
-        if "Traceback (most recent call last)" in line:
-            count += 1
-            for later in lines[i + 1 : i + 200]:  # the exception line ends the block
-                if later and not later.startswith((" ", "\t", "Traceback", "|", "+")) and ":" in later:
-                    kinds[later.strip()[:120]] += 1
-                    break
+    count = sum(
+        1
+        for line in lines
+        if line.lstrip(" |+-").startswith(("Traceback (most", "Exception Group Traceback"))
+    )
+    kinds = Counter[str]()
+    for line in lines:
+        bare = line.lstrip(" |+-").rstrip()
+        m = EXCEPTION_LINE.match(bare)
+        if m and not m.group(1).endswith("ExceptionGroup"):
+            kinds[bare[:140]] += 1
     return count, kinds
 
 
@@ -474,6 +483,7 @@ def report(soak: Soak, phases: list[Phase], args: argparse.Namespace) -> str:
     for phase in phases:
         conns = in_phase(records, phase, "s")
         ok = [r["ms"] for r in conns if r["ok"]]
+        connect = [r["cms"] for r in conns if r["ok"] and "cms" in r]
         p99 = quantile(ok, 0.99)
         ratio = p99 / base_p99 if p99 is not None and base_p99 else None
         if phase is not base and ratio is not None:
@@ -494,6 +504,7 @@ def report(soak: Soak, phases: list[Phase], args: argparse.Namespace) -> str:
                 phase.name,
                 f"{len(ok)}/{len(conns)}",
                 fmt(100 * len(ok) / len(conns), ".1f") if conns else "-",
+                fmt(quantile(connect, 0.5)),
                 fmt(quantile(ok, 0.5)),
                 fmt(p99),
                 "base" if phase is base else (fmt(ratio, ".2f") + "x" if ratio is not None else "-"),
@@ -520,7 +531,7 @@ def report(soak: Soak, phases: list[Phase], args: argparse.Namespace) -> str:
             ]
         )
     print("\nhonest short connections (fresh identity: connect + status), per phase; ms:")
-    table(["phase", "ok/total", "ok %", "p50", "p99", "p99/base", "failures", "attack"], rows)
+    table(["phase", "ok/total", "ok %", "connect p50", "p50", "p99", "p99/base", "failures", "attack"], rows)
     print(
         "\nhonest gossip (published -> received through the node), blob fetches (1 MiB), "
         "status on a kept connection:"
@@ -608,8 +619,8 @@ def report(soak: Soak, phases: list[Phase], args: argparse.Namespace) -> str:
         table(["counter"] + [name for name, _ in snaps], rrows)
 
     tb_count, tb_kinds = tracebacks(logs / "node.log")
-    print(f"\ntracebacks in the node's log: {tb_count}")
-    for kind, n in tb_kinds.most_common(5):
+    print(f"\ntracebacks in the node's log: {tb_count}; the exceptions they name:")
+    for kind, n in tb_kinds.most_common(6):
         print(f"  {n} x {kind}")
     if soak.events:
         print("\nevents:")
@@ -738,6 +749,13 @@ def main() -> None:
         f"{args.connections:,} honest connections; load {load()}; logs in {log_dir}",
         flush=True,
     )
+    cores = os.cpu_count() or 1
+    with contextlib.suppress(ValueError):
+        if float(load().split()[0]) > cores:
+            print(
+                f"  note: the load average is above the {cores} cores: latencies include CPU queueing",
+                flush=True,
+            )
     t_start = time.time()
     soak = Soak(args, log_dir)
     summary = (
