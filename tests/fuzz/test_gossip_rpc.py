@@ -33,7 +33,13 @@ from p2pshard.core.gossip.protocol import (
     parse_publish_head,
     publish_spans,
 )
-from p2pshard.core.gossip.signing import Secp256k1Signer, sign_message
+from p2pshard.core.gossip.signing import (
+    KeyType,
+    Secp256k1Signer,
+    marshal_public_key,
+    peer_id_from_public_key,
+    sign_message,
+)
 from p2pshard.core.wire import rpc_pb2
 from tests.fuzz.fuzzing import FUZZ, encoded, hostile, proto_message
 
@@ -128,8 +134,31 @@ def _rpc_bytes(draw: st.DrawFn) -> bytes:
 rpcs = _rpc_bytes() | encoded(proto_message(rpc_pb2.RPC, depth=3))
 
 
+def _unsupported_curve_message() -> bytes:
+    """A message signed, it says, by an ECDSA key on secp112r1 (which cryptography does not
+    support): LibP2PVerifier let cryptography's UnsupportedAlgorithm escape handle_rpc."""
+    alg = bytes.fromhex("301006072a8648ce3d020106052b81040006")  # ecPublicKey, secp112r1
+    point = b"\x04" + b"\x01" * 28
+    spki = (
+        b"\x30"
+        + bytes([len(alg) + len(point) + 3])
+        + alg
+        + b"\x03"
+        + bytes([len(point) + 1])
+        + b"\x00"
+        + point
+    )
+    key = marshal_public_key(KeyType.ECDSA, spki)
+    m = rpc_pb2.Message(
+        topic="plain", data=b"x", seqno=bytes(8), signature=b"0\x06\x02\x01\x01\x02\x01\x01", key=key
+    )
+    setattr(m, "from", peer_id_from_public_key(key))
+    return encode_publish(m)
+
+
 @FUZZ
 @given(hostile(rpcs), st.integers(0, 2), st.booleans())
+@example(_unsupported_curve_message(), 0, False)
 @example(b"\x12\x00", 0, False)
 @example(b"\x1a\x03\x1a\x01\x00", 1, False)
 def test_gossip_rpc(data: bytes, peer: int, async_validation: bool) -> None:

@@ -169,7 +169,7 @@ class Secp256k1Signer:
 
 
 def _verify_with_cryptography(key_type: KeyType, key: bytes, data: bytes, sig: bytes) -> bool:
-    from cryptography.exceptions import InvalidSignature
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
@@ -184,7 +184,7 @@ def _verify_with_cryptography(key_type: KeyType, key: bytes, data: bytes, sig: b
         if key_type is KeyType.ECDSA and isinstance(pub, ec.EllipticCurvePublicKey):
             pub.verify(sig, data, ec.ECDSA(hashes.SHA256()))
             return True
-    except (InvalidSignature, ValueError, TypeError):
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):  # e.g. an unsupported curve
         return False
     return False
 
