@@ -22,9 +22,20 @@ def _install(session: nox.Session, extras: str = "test") -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
+    """ruff, and the layering contract (pyproject.toml [tool.importlinter]) with import-linter."""
     session.install("ruff>=0.6")
     session.run("ruff", "check", "p2pshard", "tests", "benchmarks", "interop", "tools", "noxfile.py")
     session.run("ruff", "format", "--check", "p2pshard", "tests", "benchmarks", "interop", "tools")
+    _install(session)
+    session.run("lint-imports")
+
+
+@nox.session
+def simulate(session: nox.Session) -> None:
+    """The round protocol simulator: 1,000 rounds of 16 nodes with churn, invariants printed."""
+    _install(session)
+    args = session.posargs or ["--nodes", "16", "--rounds", "1000", "--churn"]
+    session.run("python", "-m", "tests.rounds.sim", *args)
 
 
 @nox.session
