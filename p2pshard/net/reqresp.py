@@ -7,6 +7,11 @@ Wire (specs/framing.md): the client opens a stream for the protocol id, writes o
 Errors are answered with a status code when the stream still allows it, otherwise the stream is
 reset. Every rejection is counted under ``reqresp.rejected.<reason>``.
 
+Slots are guarded against slow and greedy peers (specs/limits.md): a client has
+``request_timeout_s`` (1 s) from opening the stream to send its whole request, or the stream is
+reset unanswered (``request_timeout``); one peer holds at most ``peer_share`` (a quarter) of a
+protocol's ``max_concurrent`` slots, further requests get RESOURCE_EXHAUSTED (``peer_share``).
+
 py-libp2p's own ``request_response`` module is not used: it fails above ~6.5 MiB (FACTS.md).
 """
 
@@ -86,6 +91,18 @@ class ProtocolSpec:
     default_deadline_s: float = 10.0
     max_deadline_s: float = 120.0
     max_concurrent: int = 64
+    request_timeout_s: float | None = None
+    """Time a client has to send its whole request frame once the stream is open; past it the
+    stream is reset (``reqresp.rejected.request_timeout``). None: the server's default (1 s)."""
+
+
+DEFAULT_REQUEST_TIMEOUT_S = 1.0
+DEFAULT_PEER_SHARE = 0.25
+"""The fraction of a protocol's ``max_concurrent`` slots one peer may hold at once."""
+
+
+class _SlowRequest(Exception):
+    """The client did not send its request in time: the stream is reset, not answered."""
 
 
 def _encode_response(code: Code, message: str = "", body: bytes = b"", stream_length: int = 0) -> bytes:
@@ -100,10 +117,23 @@ def _encode_response(code: Code, message: str = "", body: bytes = b"", stream_le
 class ReqRespServer:
     """Dispatches inbound streams to protocol handlers; never lets a handler's error escape."""
 
-    def __init__(self, host: IHost, counters: Counters) -> None:
+    def __init__(
+        self,
+        host: IHost,
+        counters: Counters,
+        request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+        peer_share: float = DEFAULT_PEER_SHARE,
+    ) -> None:
         self.host = host
         self.counters = counters
+        self.request_timeout_s = request_timeout_s
+        self.peer_share = peer_share
         self._limits: dict[str, trio.Semaphore] = {}
+        self._by_peer: dict[tuple[str, ID], int] = {}
+        """Requests in progress per (protocol, peer): one peer holds at most its share of slots."""
+
+    def peer_limit(self, spec: ProtocolSpec) -> int:
+        return max(1, int(spec.max_concurrent * self.peer_share))
 
     def register(self, spec: ProtocolSpec) -> None:
         self._limits[spec.protocol_id] = trio.Semaphore(spec.max_concurrent)
@@ -121,6 +151,8 @@ class ReqRespServer:
         framed = FramedStream(stream, spec.max_request_size)
         try:
             await self._serve_one(spec, framed, stream.muxed_conn.peer_id)
+        except _SlowRequest:
+            await framed.reset()
         except Exception as exc:  # the peer went away mid-answer, or a bug: never kill the host
             self.counters.incr("reqresp.stream_errors")
             log.debug("%s: stream error: %r", spec.protocol_id, exc)
@@ -130,23 +162,27 @@ class ReqRespServer:
 
     async def _serve_one(self, spec: ProtocolSpec, framed: FramedStream, peer: ID) -> None:
         limit = self._limits[spec.protocol_id]
+        key = (spec.protocol_id, peer)
+        held = self._by_peer.get(key, 0)
         try:
             limit.acquire_nowait()
         except trio.WouldBlock:
             self._reject(spec, "too_many_requests")
-            await framed.write_frame(
-                _encode_response(Code.RESOURCE_EXHAUSTED, "too many concurrent requests")
-            )
+            await self._refuse(framed, "too many concurrent requests")
             return
+        if held >= self.peer_limit(spec):
+            limit.release()
+            self._reject(spec, "peer_share")
+            await self._refuse(framed, f"this peer already has {held} requests in progress")
+            return
+        self._by_peer[key] = held + 1
         try:
-            with trio.move_on_after(spec.default_deadline_s) as read_scope:
+            request_timeout = spec.request_timeout_s or self.request_timeout_s
+            with trio.move_on_after(min(request_timeout, spec.default_deadline_s)) as read_scope:
                 request = await self._read_request(spec, framed)
             if read_scope.cancelled_caught:
                 self._reject(spec, "request_timeout")
-                await framed.write_frame(
-                    _encode_response(Code.DEADLINE_EXCEEDED, "request not received in time")
-                )
-                return
+                raise _SlowRequest
             if isinstance(request, RpcError):
                 await framed.write_frame(_encode_response(request.code, request.message))
                 return
@@ -176,6 +212,17 @@ class ReqRespServer:
             await self._write_reply(spec, framed, reply)
         finally:
             limit.release()
+            left = self._by_peer.pop(key) - 1
+            if left:
+                self._by_peer[key] = left
+
+    async def _refuse(self, framed: FramedStream, message: str) -> None:
+        """Answer RESOURCE_EXHAUSTED without reading the request; a client that does not take the
+        answer in time is reset."""
+        with trio.move_on_after(self.request_timeout_s) as scope:
+            await framed.write_frame(_encode_response(Code.RESOURCE_EXHAUSTED, message))
+        if scope.cancelled_caught:
+            raise _SlowRequest
 
     async def _read_request(self, spec: ProtocolSpec, framed: FramedStream) -> pb.Request | RpcError:
         try:

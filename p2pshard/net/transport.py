@@ -248,6 +248,8 @@ class TunedYamux(Yamux):
         self._refused: set[int] = set()
         self.peak_stream_buffer = 0
         """The most bytes one stream of this connection was allowed to have buffered (for tests)."""
+        self.peak_inbound_streams = 0
+        """The most streams the remote side held open at once on this connection."""
         tap = _HeaderTap(self._check_header)
         if isinstance(secured_conn, BufferedSecureSession):
             secured_conn.tap = tap
@@ -274,6 +276,8 @@ class TunedYamux(Yamux):
             inbound = sum(1 for s in self.streams.values() if not s.is_initiator)
             if inbound >= self.limits.yamux.max_inbound_streams:
                 self._refused.add(sid)
+            else:
+                self.peak_inbound_streams = max(self.peak_inbound_streams, inbound + 1)
 
     async def accept_stream(self) -> IMuxedStream:
         """The next stream the remote side opened, resetting those refused at their SYN."""

@@ -89,8 +89,9 @@ async def test_a_syn_flood_is_reset_beyond_the_stream_limit() -> None:
         headers = [_frame(_yamux.TYPE_WINDOW_UPDATE, _yamux.FLAG_SYN, first + 2 * i, 0) for i in range(syns)]
         for start in range(0, syns, 4000):  # several thousand SYNs per Noise write
             await ours.secured_conn.write(b"".join(headers[start : start + 4000]))
+        # Streams the server accepted end when their protocol negotiation times out, and then
+        # later SYNs fit again; most of a burst this size is refused all the same.
         refused = "limits.refused.yamux_streams"
-        await eventually(lambda: server.counters.get(refused) >= syns - limit, within_s=60)
-        inbound = [s for s in theirs.streams.values() if not s.is_initiator]
-        assert len(inbound) <= limit
+        await eventually(lambda: server.counters.get(refused) >= syns // 2, within_s=60)
+        assert theirs.peak_inbound_streams == limit
         await _serves_honest_clients(server)
