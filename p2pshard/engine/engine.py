@@ -168,9 +168,13 @@ class TorchEngine:
         cls, data: bytes, genesis: Genesis, cfg: EngineConfig | None = None
     ) -> TorchEngine:
         state = CheckpointState.from_bytes(data)
-        model_cfg = ModelConfig(**state.meta["model_config"])
+        try:
+            model_cfg = ModelConfig(**state.meta["model_config"])
+            seed = int(state.meta["seed"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError("bad-model-config") from exc
         base = cfg or EngineConfig()
-        engine = cls(replace(base, model=model_cfg, seed=int(state.meta["seed"])), genesis)
+        engine = cls(replace(base, model=model_cfg, seed=seed), genesis)
         engine._restore(state)
         return engine
 

@@ -311,12 +311,17 @@ class RoundIO:
         await self.run_sync(self._load_verified, bytes(data), cmd)
 
     def _load_verified(self, data: bytes, cmd: LoadCheckpoint) -> None:
+        """Load, and keep it only if it is what the providers said; whatever goes wrong (a bad
+        checkpoint may fail half-way through loading), our own state is put back."""
         ours = self.engine.checkpoint_bytes()
-        self.engine.load_checkpoint_bytes(data)
-        if self.engine.round != cmd.round or self.engine.model_hash() != cmd.model_hash:
+        try:
+            self.engine.load_checkpoint_bytes(data)
+            if self.engine.round != cmd.round or self.engine.model_hash() != cmd.model_hash:
+                self.node.counters.incr("training.rejected.checkpoint_mismatch")
+                raise ValueError("the checkpoint served is not the one its info describes")
+        except Exception:
             self.engine.load_checkpoint_bytes(ours)
-            self.node.counters.incr("training.rejected.checkpoint_mismatch")
-            raise ValueError("the checkpoint served is not the one its info describes")
+            raise
 
     async def snapshot(self, r: int) -> None:
         if self.write_snapshot is not None:

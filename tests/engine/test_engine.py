@@ -179,6 +179,21 @@ def test_checkpoint_verification(make_engine: EngineFactory) -> None:
     assert e.model_hash() == other.model_hash()
 
 
+def test_a_checkpoint_with_a_bad_model_config_is_a_checkpoint_error(
+    make_engine: EngineFactory, genesis: Genesis
+) -> None:
+    """Found by the fuzzers: unknown model_config keys or a missing seed escaped as TypeError or
+    KeyError from from_checkpoint_bytes."""
+    e = make_engine()
+    state = CheckpointState.from_bytes(e.checkpoint_bytes())
+    for meta in (
+        {**state.meta, "model_config": {"x": 1}},
+        {k: v for k, v in state.meta.items() if k != "seed"},
+    ):
+        with pytest.raises(CheckpointError, match="bad-model-config"):
+            TorchEngine.from_checkpoint_bytes(CheckpointState(state.groups, meta).to_bytes(), genesis, e.cfg)
+
+
 def test_hot_snapshots_keep_the_newest(make_engine: EngineFactory, tmp_path: Path) -> None:
     e = make_engine()
     snaps = HotSnapshots(tmp_path / "snaps", keep=2)

@@ -15,7 +15,7 @@ import trio.testing
 
 from p2pshard.core import topics as core_topics
 from p2pshard.core.gossip import GossipMessage
-from p2pshard.core.rounds import Stage, Timing
+from p2pshard.core.rounds import LoadCheckpoint, Stage, Timing
 from p2pshard.core.wire import topics_pb2
 from p2pshard.protocols.training import TrainingOptions
 from tests.training.fakenet import NETWORK, FakeNet, FakeNode, fake_network
@@ -207,3 +207,26 @@ async def test_every_node_ends_on_the_same_model(autojump_clock: trio.testing.Mo
         await done(nodes)
         assert len(hashes(nodes)) == 1
         assert all(n.trainer.proto.stage is Stage.DONE for n in nodes)
+
+
+async def test_a_checkpoint_that_fails_half_way_through_loading_leaves_our_model_as_it_was(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_network() as net:
+        (node,) = await start(net, 1, rounds=1)
+        await done([node])
+        before = node.engine.model_hash(), node.engine.round
+        real_load = node.engine.load_checkpoint_bytes
+
+        def half_load(data: bytes) -> None:
+            if data != ours:
+                node.engine.master[:] = 7.0  # state changed, then the checkpoint turns out bad
+                raise ValueError("bad tensor")
+            real_load(data)
+
+        ours = node.engine.checkpoint_bytes()
+        node.engine.load_checkpoint_bytes = half_load  # type: ignore[method-assign]
+        bad = LoadCheckpoint(5, b"\x01" * 32, b"\x02" * 32, 10, (), "test")
+        with pytest.raises(ValueError, match="bad tensor"):
+            node.trainer.io._load_verified(b"not ours", bad)
+        assert (node.engine.model_hash(), node.engine.round) == before
