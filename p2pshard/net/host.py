@@ -73,13 +73,15 @@ def build_host(
         high_watermark=ceiling,
         max_connections=ceiling,
     )
-    return new_host(
+    host = new_host(
         key_pair=identity.key_pair,
         muxer_opt=muxer_opt,
         sec_opt=sec_opt,
         listen_addrs=list(listen),
         connection_config=config,
     )
+    host.get_network().p2pshard_handshake_gate = limits  # type: ignore[attr-defined]
+    return host
 
 
 def parse_multiaddr(text: str) -> multiaddr.Multiaddr:

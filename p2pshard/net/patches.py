@@ -108,8 +108,9 @@ def _use_tuned_yamux() -> None:
 class HandshakeGate(Protocol):
     """Admits an inbound TCP connection to its security handshake (see :mod:`p2pshard.net.limits`)."""
 
-    def admit(self, remote_ip: str | None) -> Callable[[], None] | None:
-        """A release callback if admitted, None if refused (the gate counts the refusal)."""
+    def admit(self, remote_ip: str | None, cancel: Callable[[], None]) -> Callable[[], None] | None:
+        """A release callback if admitted, None if refused (the gate counts the refusal);
+        ``cancel`` abandons the handshake, should the gate evict it for a newer one."""
 
     @property
     def handshake_timeout_s(self) -> float: ...
@@ -132,9 +133,10 @@ async def _handle_inbound_connection(self: Any, read_write_closer: Any, maddr: A
     the gate's handshake timeout → wait until the connection closes → release the slot.
     """
     gate: HandshakeGate | None = getattr(self, "p2pshard_handshake_gate", None)
+    handshake = trio.CancelScope()  # cancelled if the gate evicts this handshake for a newer one
     release_handshake: Callable[[], None] | None = None
     if gate is not None:
-        release_handshake = gate.admit(_remote_ip(read_write_closer))
+        release_handshake = gate.admit(_remote_ip(read_write_closer), handshake.cancel)
         if release_handshake is None:
             await _close_quietly(read_write_closer)
             return
@@ -148,13 +150,16 @@ async def _handle_inbound_connection(self: Any, read_write_closer: Any, maddr: A
         await _close_quietly(read_write_closer)
         return
     try:
-        muxed = await _upgrade_inbound(self, read_write_closer, maddr, gate, release_handshake)
-        release_handshake = None  # _upgrade_inbound released it
+        muxed = None
+        with handshake:
+            muxed = await _upgrade_inbound(self, read_write_closer, maddr, gate, release_handshake)
+        if handshake.cancelled_caught:
+            await _close_quietly(read_write_closer)
         if muxed is not None:
             await _wait_closed(self, muxed)
     finally:
         if release_handshake is not None:
-            release_handshake()
+            release_handshake()  # idempotent: _upgrade_inbound released it already
         self._inbound_limiter.release()
 
 
