@@ -336,7 +336,8 @@ class Soak:
             self.start_counters = self.read_counters(first)
         self.wait_until(time.time() + args.settle_seconds)
         self.sample()
-        self.final = self.samples[-1] if self.samples else None
+        alive = self.node is not None and self.node.running()
+        self.final = self.samples[-1] if self.samples and alive else None  # none once the node died
 
     def spawn_attack(self, phase: Phase, window: bool) -> Proc:
         assert phase.attack is not None
@@ -678,7 +679,7 @@ def report(soak: Soak, phases: list[Phase], args: argparse.Namespace) -> str:
         (
             "open files back to baseline",
             fds_plus is not None and fds_plus <= 0,
-            f"{fds_plus:+d}" if fds_plus is not None else "-",
+            f"{fds_plus:+d}" if fds_plus is not None else "not measured: the node was not running at the end",
         ),
         ("0 tracebacks", tb_count == 0, str(tb_count)),
         ("every attack phase ran", attacks_ran, "" if attacks_ran else "see the attack column"),
