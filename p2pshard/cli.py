@@ -291,6 +291,24 @@ def status(address: str, as_json: bool, timeout: float) -> None:
     from p2pshard.ui import print_status
 
     print_status(result)
+    _print_limits(result)
+
+
+def _print_limits(status: dict[str, Any]) -> None:
+    """What the node's resource manager holds of each resource, and what it refused (by reason)."""
+    used = [
+        f"{r['resource']} {int(r.get('used', 0))}/{int(r['limit']) if int(r['limit']) < 1 << 62 else '-'}"
+        for r in status.get("resources", [])
+    ]
+    if used:
+        click.echo("resources: " + ", ".join(used))
+    refused = {
+        k.removeprefix("limits.refused."): v
+        for k, v in status.get("counters", {}).items()
+        if k.startswith("limits.refused.")
+    }
+    if refused:
+        click.echo("refused: " + ", ".join(f"{k}={v}" for k, v in sorted(refused.items())))
 
 
 def _hex_hashes(status: dict[str, Any]) -> dict[str, Any]:

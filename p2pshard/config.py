@@ -34,6 +34,35 @@ class NodeConfig:
     blob_store_bytes: int = 2 << 30
     dial_timeout_s: float = 5.0
     gossip_heartbeat_s: float = 1.0
+    # limits on what remote peers may use (specs/limits.md); 0 = sized to the machine
+    max_inbound_connections: int = 0
+    max_outbound_connections: int = 0
+    max_connections_per_ip: int = 0
+    """Inbound connections from one IP address."""
+    max_connections_per_subnet: int = 0
+    """Inbound connections from one /24 (IPv4) or /48 (IPv6)."""
+    max_streams_per_connection: int = 0
+    """Streams the remote side may hold open on one connection (0 = 256)."""
+    max_memory_bytes: int = 0
+    """Memory that peers can make us fill with buffers (0 = an eighth of the machine's, 128 MiB to 8 GiB)."""
+    max_fds: int = 0
+    """File descriptors for connections (0 = half the process limit)."""
+    max_pending_handshakes: int = 0
+    max_pending_handshakes_per_ip: int = 0
+    """Inbound connections in their Noise + yamux handshake, in all and from one IP (0 = 32)."""
+    handshake_timeout_s: float = 5.0
+    request_timeout_s: float = 1.0
+    """Time a client has to send its whole request once it opened a request stream."""
+    request_peer_share: float = 0.25
+    """The fraction of a protocol's concurrent request slots one peer may hold."""
+    conn_low_water: int = 0
+    conn_high_water: int = 0
+    """Connection manager: above ``conn_high_water`` connections, trim to ``conn_low_water``
+    (0 = ``max_peers`` and twice ``max_peers``)."""
+    conn_grace_s: float = 30.0
+    """A new connection is not trimmed for this long."""
+    bootstrap_grace_s: float = 300.0
+    """Bootstrap peers are not trimmed for this long after the node starts."""
     # training (see p2pshard/protocols/training.py)
     train: bool = False
     preset: str = "tiny"
@@ -66,6 +95,17 @@ class NodeConfig:
             raise ConfigError("round_s must be positive, inner_steps >= 1 and rounds >= 0")
         if self.gossip_heartbeat_s <= 0:
             raise ConfigError("gossip_heartbeat_s must be positive")
+        for name in _LIMIT_COUNTS:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 (sized to the machine) or positive")
+        if self.handshake_timeout_s <= 0 or self.request_timeout_s <= 0:
+            raise ConfigError("handshake_timeout_s and request_timeout_s must be positive")
+        if not 0 < self.request_peer_share <= 1:
+            raise ConfigError("request_peer_share must be in (0, 1]")
+        if self.conn_high_water and self.conn_low_water > self.conn_high_water:
+            raise ConfigError("conn_low_water must not exceed conn_high_water")
+        if self.conn_grace_s < 0 or self.bootstrap_grace_s < 0:
+            raise ConfigError("conn_grace_s and bootstrap_grace_s must not be negative")
 
     @classmethod
     def load(
@@ -89,6 +129,21 @@ class NodeConfig:
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
         return cls(**{k: _coerce(k, v, fields[k].type) for k, v in values.items()})
+
+
+_LIMIT_COUNTS = (
+    "max_inbound_connections",
+    "max_outbound_connections",
+    "max_connections_per_ip",
+    "max_connections_per_subnet",
+    "max_streams_per_connection",
+    "max_memory_bytes",
+    "max_fds",
+    "max_pending_handshakes",
+    "max_pending_handshakes_per_ip",
+    "conn_low_water",
+    "conn_high_water",
+)
 
 
 def _coerce(name: str, value: Any, typ: Any) -> Any:

@@ -33,6 +33,7 @@ from p2pshard.core.gossip import (
     Secp256k1Signer,
     TopicScoreParams,
 )
+from p2pshard.core.resources import ResourceLimits, ResourceManager
 from p2pshard.core.rounds import Timing
 from p2pshard.core.wire import status_pb2
 from p2pshard.identity import Identity
@@ -41,7 +42,7 @@ from p2pshard.net.blob import BlobService, BlobStore
 from p2pshard.net.connector import Connector
 from p2pshard.net.discovery import Discovery
 from p2pshard.net.host import build_host, full_addrs, parse_multiaddr, parse_peer_addr
-from p2pshard.net.limits import NetLimits
+from p2pshard.net.limits import HandshakeLimits, NetLimits, machine_limits
 from p2pshard.net.pubsub import PubSub, PubSubConfig
 from p2pshard.net.reqresp import ProtocolSpec, ReqRespClient, ReqRespServer
 from p2pshard.protocols.engine_api import Engine
@@ -102,6 +103,8 @@ class Node:
     trainer: Trainer | None = None
     round_listeners: list[Callable[[RoundReport], None]] = field(default_factory=list)
     status_extensions: list[StatusExtension] = field(default_factory=list)
+    limits: NetLimits | None = None
+    """The host's resource limits (what status reports as ``resources``)."""
 
     @property
     def peer_id(self) -> ID:
@@ -152,6 +155,9 @@ class Node:
             resp.peers.add(peer_id=peer.to_base58(), addrs=self._peer_addrs(store, peer))
         for name, count in self.counters.snapshot().items():
             resp.counters[name] = count
+        if self.limits is not None:
+            for resource, (used, limit) in self.limits.resources.usage().items():
+                resp.resources.add(resource=resource, used=max(used, 0), limit=limit)
         if self.pubsub is not None:
             for topic, size in self.pubsub.mesh_sizes().items():
                 resp.mesh.add(topic=topic, mesh_peers=size)
@@ -180,7 +186,10 @@ async def open_node(
     listen = [parse_multiaddr(a) for a in config.listen]
     bootstrap = [parse_peer_addr(a) for a in config.bootstrap]
     counters = Counters()
-    limits = NetLimits(counters)
+    resources = ResourceManager(_resource_limits(config))
+    limits = NetLimits(
+        counters, resources=resources, handshakes=HandshakeLimits(timeout_s=config.handshake_timeout_s)
+    )
     host = build_host(
         identity,
         listen,
@@ -191,7 +200,9 @@ async def open_node(
     )
     connector = Connector(host, counters, dial_timeout_s=config.dial_timeout_s)
     client = ReqRespClient(connector, counters)
-    server = ReqRespServer(host, counters)
+    server = ReqRespServer(
+        host, counters, request_timeout_s=config.request_timeout_s, peer_share=config.request_peer_share
+    )
     discovery = Discovery(
         host, identity, connector, counters, max_peers=config.max_peers, rng=random.Random()
     )
@@ -220,6 +231,7 @@ async def open_node(
                 topics=None if pubsub is None else Topics(pubsub, config.network_id, counters),
                 started_at=trio.current_time(),
                 app_penalties=penalties,
+                limits=limits,
             )
             server.register(status_spec(node.status))
             server.register(node.blobs.spec())
@@ -357,6 +369,21 @@ def _is_shutdown_noise(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_is_shutdown_noise(e) for e in exc.exceptions)
     return isinstance(exc, RuntimeError) and "Nursery is closed" in str(exc)
+
+
+def _resource_limits(config: NodeConfig) -> ResourceLimits:
+    """Limits sized to this machine, with those the configuration sets (non-zero) in their place."""
+    return machine_limits().overridden(
+        conns_inbound=config.max_inbound_connections,
+        conns_outbound=config.max_outbound_connections,
+        conns_per_ip=config.max_connections_per_ip,
+        conns_per_subnet=config.max_connections_per_subnet,
+        streams_per_conn=config.max_streams_per_connection,
+        memory=config.max_memory_bytes,
+        fds=config.max_fds,
+        handshakes=config.max_pending_handshakes,
+        handshakes_per_ip=config.max_pending_handshakes_per_ip,
+    )
 
 
 def _count_failed_negotiations(host: IHost, counters: Counters) -> None:

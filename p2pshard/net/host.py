@@ -10,6 +10,9 @@ py-libp2p is used for connections and raw streams only. Its defects are handled 
 * Its auto-connector dials peers from the peerstore until it holds 100 connections (its low
   watermark). Our discovery decides whom to connect to (up to ``max_peers``), so the
   auto-connector's watermarks are set to 0; the pruner still trims above ``4 * max_peers``.
+  (Its auto-connector still aims at half its high watermark, so it dials up to ``2 * max_peers``
+  peers from the peerstore; and its inbound slots, ``4 * max_peers``, cap inbound connections
+  below the resource manager's limit when that is higher.)
 * Its Noise and yamux read and write paths held one stream to ~250 MiB/s; the host uses the
   tuned session and muxer of :mod:`p2pshard.net.transport` (same wire format, ~3x the throughput).
 * Everything that changes py-libp2p's own code is in :mod:`p2pshard.net.patches`, applied here.
@@ -80,7 +83,9 @@ def build_host(
         listen_addrs=list(listen),
         connection_config=config,
     )
-    host.get_network().p2pshard_handshake_gate = limits  # type: ignore[attr-defined]
+    network = host.get_network()
+    network.p2pshard_handshake_gate = limits  # type: ignore[attr-defined]
+    network.register_notifee(limits.notifee())
     return host
 
 

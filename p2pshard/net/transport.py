@@ -40,6 +40,7 @@ from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
+from p2pshard.core.resources import Refusal, Span
 from p2pshard.net.limits import DEFAULT_LIMITS, NetLimits
 
 __all__ = ["YAMUX_FRAME_SIZE", "BufferedNoiseTransport", "TunedYamux", "YamuxViolation"]
@@ -236,16 +237,20 @@ class TunedYamux(Yamux):
       a protocol violation: the connection is closed, ``limits.refused.yamux_window`` counted and
       the peer reported (py-libp2p buffers such data without limit: 512 MiB sent past the window
       added 511 MB of resident memory);
-    * at most ``limits.yamux.max_inbound_streams`` streams opened by the remote side at once; a
-      SYN beyond is answered with a reset and counted as ``limits.refused.yamux_streams``.
+    * each stream the remote side opens is reserved with the resource manager, with its initial
+      receive window's memory, against the connection (256 streams), the peer and the system; a SYN
+      refused is answered with a reset and counted as ``limits.refused.yamux_streams`` and under the
+      refusal's reason (e.g. ``streams_inbound.conn``).
 
-    So a connection buffers at most the sum of its streams' windows.
+    So a connection buffers at most the sum of its streams' windows. (The windows py-libp2p grows
+    by auto-tuning, up to 16 MiB a stream, are not reserved yet.)
     """
 
     def __init__(self, secured_conn: ISecureConn, peer_id: ID, *args: Any, **kwargs: Any) -> None:
         self.limits: NetLimits = getattr(secured_conn, "p2pshard_limits", DEFAULT_LIMITS)
         self._session = secured_conn
         self._refused: set[int] = set()
+        self._stream_spans: dict[int, Span] = {}  # streams the remote side opened, as reserved
         self.peak_stream_buffer = 0
         """The most bytes one stream of this connection was allowed to have buffered (for tests)."""
         self.peak_inbound_streams = 0
@@ -273,11 +278,49 @@ class TunedYamux(Yamux):
                 raise YamuxViolation(f"stream {sid}: {length} bytes sent against a window of {window}")
             self.peak_stream_buffer = max(self.peak_stream_buffer, buffered + length)
         if opening and typ in (_yamux.TYPE_DATA, _yamux.TYPE_WINDOW_UPDATE):
-            inbound = sum(1 for s in self.streams.values() if not s.is_initiator)
+            self._admit_stream(sid)
+
+    def _admit_stream(self, sid: int) -> None:
+        """Reserve a stream the remote side opens (and its receive window's memory), or mark it
+        to be reset when accepted."""
+        for gone in [s for s in self._stream_spans if s not in self.streams]:
+            self._stream_spans.pop(gone).close()
+        inbound = sum(1 for s in self.streams.values() if not s.is_initiator)
+        conn_span: Span | None = getattr(self, "p2pshard_span", None)
+        if conn_span is None:  # not yet reserved by the swarm's notifee: a plain count
             if inbound >= self.limits.yamux.max_inbound_streams:
                 self._refused.add(sid)
-            else:
-                self.peak_inbound_streams = max(self.peak_inbound_streams, inbound + 1)
+                return
+        else:
+            span = self.limits.resources.open_stream(conn_span, "inbound", str(self.peer_id))
+            if isinstance(span, Span):
+                refusal = span.reserve("memory", _yamux.DEFAULT_WINDOW_SIZE)
+                if refusal is not None:
+                    span.close()
+                    span = refusal
+            if isinstance(span, Refusal):
+                self.limits.refused(span.reason)
+                self._refused.add(sid)
+                return
+            self._stream_spans[sid] = span
+        self.peak_inbound_streams = max(self.peak_inbound_streams, inbound + 1)
+
+    def _release_streams(self) -> None:
+        for span in self._stream_spans.values():
+            span.close()
+        self._stream_spans.clear()
+
+    async def close(self, error_code: int = _yamux.GO_AWAY_NORMAL) -> None:
+        try:
+            await super().close(error_code)
+        finally:
+            self._release_streams()
+
+    async def _cleanup_on_error(self) -> None:
+        try:
+            await super()._cleanup_on_error()
+        finally:
+            self._release_streams()
 
     async def accept_stream(self) -> IMuxedStream:
         """The next stream the remote side opened, resetting those refused at their SYN."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import trio
 from libp2p.peer.peerinfo import PeerInfo
 
@@ -27,3 +29,20 @@ async def test_status_lists_a_connected_peer_missing_from_the_peerstore() -> Non
         assert silent.get_id().to_base58() in listed
         addrs = listed[silent.get_id().to_base58()]  # where its connection comes from
         assert addrs and all(a.startswith("/ip4/127.0.0.1/tcp/") for a in addrs)
+
+
+async def test_status_reports_resource_use_and_refusals() -> None:
+    config = NodeConfig(max_connections_per_ip=1)
+    async with open_node(config) as server, open_node(NodeConfig(), client_only=True) as asker:
+        await asker.connector.connect(parse_peer_addr(server.addrs[0]))
+        second = build_host(Identity.generate(), [])  # a second connection from 127.0.0.1: refused
+        async with second.run([]):
+            with contextlib.suppress(Exception):  # refused after its handshake: closed under it
+                with trio.fail_after(10):
+                    await second.connect(PeerInfo(server.peer_id, server.host.get_addrs()))
+            await eventually(lambda: server.counters.get("limits.refused.conns_inbound.ip") == 1)
+        status = await fetch_status(asker.client, server.peer_id)
+    use = {r.resource: (r.used, r.limit) for r in status.resources}
+    assert use["conns_inbound"][0] == 1 and use["fds"][0] >= 1
+    assert use["memory"][1] == server.limits.resources.limits.system.memory  # type: ignore[union-attr]
+    assert status.counters["limits.refused.conns_inbound.ip"] == 1

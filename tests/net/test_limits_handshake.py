@@ -32,7 +32,7 @@ async def test_half_open_connections_do_not_keep_fresh_clients_out() -> None:
                 for _ in range(count):
                     sockets.append(await trio.open_tcp_stream("127.0.0.1", port))
             await trio.sleep(limits.handshakes.evict_after_s)  # the flood's survivors are now evictable
-            assert limits.pending_handshakes <= limits.handshakes.max_pending
+            assert limits.pending_handshakes <= limits.resources.limits.system.handshakes
             for _ in range(3):  # fresh clients, each with a new identity, while the sockets are held
                 async with open_node(NodeConfig(), client_only=True) as fresh:
                     with trio.fail_after(10):
@@ -45,6 +45,6 @@ async def test_half_open_connections_do_not_keep_fresh_clients_out() -> None:
                     await sock.aclose()
         refused = sum(
             server.counters.get(f"limits.refused.{r}")
-            for r in ("handshakes_per_ip", "pending_handshakes", "handshake_evicted")
+            for r in ("handshakes.ip", "handshakes.subnet", "handshakes.system", "handshake_evicted")
         )
-        assert refused >= count - limits.handshakes.max_pending_per_ip
+        assert refused >= count - limits.resources.limits.ip.handshakes

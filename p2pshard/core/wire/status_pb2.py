@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cstatus.proto\x12\x0fp2pshard.status\"\x0f\n\rStatusRequest\"+\n\tPeerEntry\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x02 \x03(\t\".\n\tTopicMesh\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x12\n\nmesh_peers\x18\x02 \x01(\r\"+\n\tPeerScore\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"K\n\x08Training\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0c\n\x04loss\x18\x02 \x01(\x01\x12\x12\n\nmodel_hash\x18\x03 \x01(\x0c\x12\x0e\n\x06tokens\x18\x04 \x01(\x04\"\xb0\x03\n\x0eStatusResponse\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x11\n\tprotocols\x18\x04 \x03(\t\x12\x14\n\x0clisten_addrs\x18\x05 \x03(\t\x12)\n\x05peers\x18\x06 \x03(\x0b\x32\x1a.p2pshard.status.PeerEntry\x12\x10\n\x08uptime_s\x18\x07 \x01(\x01\x12\x12\n\nnetwork_id\x18\x08 \x01(\t\x12(\n\x04mesh\x18\t \x03(\x0b\x32\x1a.p2pshard.status.TopicMesh\x12*\n\x06scores\x18\n \x03(\x0b\x32\x1a.p2pshard.status.PeerScore\x12+\n\x08training\x18\x0b \x01(\x0b\x32\x19.p2pshard.status.Training\x12?\n\x08\x63ounters\x18\x0c \x03(\x0b\x32-.p2pshard.status.StatusResponse.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cstatus.proto\x12\x0fp2pshard.status\"\x0f\n\rStatusRequest\"+\n\tPeerEntry\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x02 \x03(\t\".\n\tTopicMesh\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x12\n\nmesh_peers\x18\x02 \x01(\r\"+\n\tPeerScore\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"K\n\x08Training\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0c\n\x04loss\x18\x02 \x01(\x01\x12\x12\n\nmodel_hash\x18\x03 \x01(\x0c\x12\x0e\n\x06tokens\x18\x04 \x01(\x04\"<\n\x0bResourceUse\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0c\n\x04used\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\x04\"\xe1\x03\n\x0eStatusResponse\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x11\n\tprotocols\x18\x04 \x03(\t\x12\x14\n\x0clisten_addrs\x18\x05 \x03(\t\x12)\n\x05peers\x18\x06 \x03(\x0b\x32\x1a.p2pshard.status.PeerEntry\x12\x10\n\x08uptime_s\x18\x07 \x01(\x01\x12\x12\n\nnetwork_id\x18\x08 \x01(\t\x12(\n\x04mesh\x18\t \x03(\x0b\x32\x1a.p2pshard.status.TopicMesh\x12*\n\x06scores\x18\n \x03(\x0b\x32\x1a.p2pshard.status.PeerScore\x12+\n\x08training\x18\x0b \x01(\x0b\x32\x19.p2pshard.status.Training\x12?\n\x08\x63ounters\x18\x0c \x03(\x0b\x32-.p2pshard.status.StatusResponse.CountersEntry\x12/\n\tresources\x18\r \x03(\x0b\x32\x1c.p2pshard.status.ResourceUse\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,8 +43,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PEERSCORE']._serialized_end=186
   _globals['_TRAINING']._serialized_start=188
   _globals['_TRAINING']._serialized_end=263
-  _globals['_STATUSRESPONSE']._serialized_start=266
-  _globals['_STATUSRESPONSE']._serialized_end=698
-  _globals['_STATUSRESPONSE_COUNTERSENTRY']._serialized_start=651
-  _globals['_STATUSRESPONSE_COUNTERSENTRY']._serialized_end=698
+  _globals['_RESOURCEUSE']._serialized_start=265
+  _globals['_RESOURCEUSE']._serialized_end=325
+  _globals['_STATUSRESPONSE']._serialized_start=328
+  _globals['_STATUSRESPONSE']._serialized_end=809
+  _globals['_STATUSRESPONSE_COUNTERSENTRY']._serialized_start=762
+  _globals['_STATUSRESPONSE_COUNTERSENTRY']._serialized_end=809
 # @@protoc_insertion_point(module_scope)

@@ -129,6 +129,34 @@ class Training(_message.Message):
 Global___Training: _TypeAlias = Training  # noqa: Y015
 
 @_typing.final
+class ResourceUse(_message.Message):
+    """One resource of the node's resource manager, system-wide (specs/limits.md)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    USED_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    resource: _builtins.str
+    """handshakes, conns_inbound, conns_outbound, streams_inbound, streams_outbound, memory, fds"""
+    used: _builtins.int
+    limit: _builtins.int
+    def __init__(
+        self,
+        *,
+        resource: _builtins.str = ...,
+        used: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "resource", b"resource", "used", b"used"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResourceUse: _TypeAlias = ResourceUse  # noqa: Y015
+
+@_typing.final
 class StatusResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -164,6 +192,7 @@ class StatusResponse(_message.Message):
     SCORES_FIELD_NUMBER: _builtins.int
     TRAINING_FIELD_NUMBER: _builtins.int
     COUNTERS_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
     peer_id: _builtins.str
     version: _builtins.str
     agent: _builtins.str
@@ -182,7 +211,11 @@ class StatusResponse(_message.Message):
     @_builtins.property
     def training(self) -> Global___Training: ...
     @_builtins.property
-    def counters(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    def counters(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """refusals of the limits are counted as limits.refused.<reason>"""
+
+    @_builtins.property
+    def resources(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResourceUse]: ...
     def __init__(
         self,
         *,
@@ -198,10 +231,11 @@ class StatusResponse(_message.Message):
         scores: _abc.Iterable[Global___PeerScore] | None = ...,
         training: Global___Training | None = ...,
         counters: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        resources: _abc.Iterable[Global___ResourceUse] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "counters", b"counters", "listen_addrs", b"listen_addrs", "mesh", b"mesh", "network_id", b"network_id", "peer_id", b"peer_id", "peers", b"peers", "protocols", b"protocols", "scores", b"scores", "training", b"training", "uptime_s", b"uptime_s", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "counters", b"counters", "listen_addrs", b"listen_addrs", "mesh", b"mesh", "network_id", b"network_id", "peer_id", b"peer_id", "peers", b"peers", "protocols", b"protocols", "resources", b"resources", "scores", b"scores", "training", b"training", "uptime_s", b"uptime_s", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
