@@ -19,11 +19,13 @@ from typing import Any
 import trio
 from libp2p.abc import IHost, INetConn, IPeerStore
 from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
 from libp2p.peer.peerstore import PeerStoreError
 
 import p2pshard
 from p2pshard.config import NodeConfig
 from p2pshard.core import topics as core_topics
+from p2pshard.core.connmgr import ConnMgrConfig
 from p2pshard.core.counters import Counters
 from p2pshard.core.gossip import (
     GossipConfig,
@@ -40,6 +42,7 @@ from p2pshard.identity import Identity
 from p2pshard.net import patches
 from p2pshard.net.blob import BlobService, BlobStore
 from p2pshard.net.connector import Connector
+from p2pshard.net.connmgr import ConnManager
 from p2pshard.net.discovery import Discovery
 from p2pshard.net.host import build_host, full_addrs, parse_multiaddr, parse_peer_addr
 from p2pshard.net.limits import HandshakeLimits, NetLimits, machine_limits
@@ -105,6 +108,8 @@ class Node:
     status_extensions: list[StatusExtension] = field(default_factory=list)
     limits: NetLimits | None = None
     """The host's resource limits (what status reports as ``resources``)."""
+    connmgr: ConnManager | None = None
+    """Closes connections above the high watermark and Sybils of one IP (not in client-only nodes)."""
 
     @property
     def peer_id(self) -> ID:
@@ -240,6 +245,8 @@ async def open_node(
                 await nursery.start(node.topics.run)
             if not client_only:
                 await nursery.start(discovery.run)
+                node.connmgr = _make_connmgr(config, host, counters, pubsub, bootstrap)
+                await nursery.start(node.connmgr.run)
             if bootstrap and not client_only:
                 errors = await discovery.bootstrap(bootstrap)
                 if len(errors) == len(bootstrap):
@@ -369,6 +376,34 @@ def _is_shutdown_noise(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_is_shutdown_noise(e) for e in exc.exceptions)
     return isinstance(exc, RuntimeError) and "Nursery is closed" in str(exc)
+
+
+def _make_connmgr(
+    config: NodeConfig, host: IHost, counters: Counters, pubsub: PubSub | None, bootstrap: list[PeerInfo]
+) -> ConnManager:
+    """The connection manager, protecting our gossip mesh peers and, for a while, the bootstrap peers."""
+    low = config.conn_low_water or config.max_peers
+    high = config.conn_high_water or max(2 * config.max_peers, low)
+    mesh_peers = None
+    if pubsub is not None:
+        router = pubsub.router
+
+        def mesh_peers() -> set[bytes]:
+            return {p for topic in router.subscriptions for p in router.mesh_peers(topic)}
+
+    return ConnManager(
+        host,
+        counters,
+        ConnMgrConfig(
+            low_water=low,
+            high_water=high,
+            grace_s=config.conn_grace_s,
+            bootstrap_grace_s=config.bootstrap_grace_s,
+        ),
+        scores=pubsub.scores if pubsub is not None else None,
+        mesh_peers=mesh_peers,
+        bootstrap=frozenset(info.peer_id for info in bootstrap),
+    )
 
 
 def _resource_limits(config: NodeConfig) -> ResourceLimits:

@@ -1,0 +1,34 @@
+"""The connection manager closes connections above its high watermark, down to its low one."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+import trio
+from libp2p.peer.peerinfo import PeerInfo
+
+from p2pshard import NodeConfig, open_node
+from p2pshard.identity import Identity
+from p2pshard.net.host import build_host
+from tests.util import eventually
+
+
+async def test_a_node_trims_to_its_low_watermark_and_keeps_protected_peers() -> None:
+    config = NodeConfig(conn_low_water=2, conn_high_water=3, conn_grace_s=0)
+    async with open_node(config) as node, AsyncExitStack() as stack:
+        assert node.connmgr is not None
+        hosts = []
+        for _ in range(5):
+            host = build_host(Identity.generate(), [])
+            await stack.enter_async_context(host.run([]))
+            with trio.fail_after(10):
+                await host.connect(PeerInfo(node.peer_id, node.host.get_addrs()))
+            hosts.append(host)
+        await eventually(lambda: len(node.connector.connected_peers()) == 5)
+        keep = hosts[0].get_id()
+        node.connmgr.protect(keep, "test")
+        assert await node.connmgr.trim_once() == 3
+        await eventually(lambda: len(node.connector.connected_peers()) == 2)
+        assert node.connector.is_connected(keep)
+        assert node.counters.get("connmgr.closed.trim") == 3
+        assert await node.connmgr.trim_once() == 0  # at the low watermark: nothing more
