@@ -91,12 +91,11 @@ class ProtocolSpec:
     default_deadline_s: float = 10.0
     max_deadline_s: float = 120.0
     max_concurrent: int = 64
-    request_timeout_s: float | None = None
-    """Time a client has to send its whole request frame once the stream is open; past it the
-    stream is reset (``reqresp.rejected.request_timeout``). None: the server's default (1 s)."""
 
 
 DEFAULT_REQUEST_TIMEOUT_S = 1.0
+"""Time a client has to send its whole request frame once the stream is open; past it the stream
+is reset unanswered (``reqresp.rejected.request_timeout``)."""
 DEFAULT_PEER_SHARE = 0.25
 """The fraction of a protocol's ``max_concurrent`` slots one peer may hold at once."""
 
@@ -177,8 +176,7 @@ class ReqRespServer:
             return
         self._by_peer[key] = held + 1
         try:
-            request_timeout = spec.request_timeout_s or self.request_timeout_s
-            with trio.move_on_after(min(request_timeout, spec.default_deadline_s)) as read_scope:
+            with trio.move_on_after(min(self.request_timeout_s, spec.default_deadline_s)) as read_scope:
                 request = await self._read_request(spec, framed)
             if read_scope.cancelled_caught:
                 self._reject(spec, "request_timeout")
