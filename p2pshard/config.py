@@ -91,8 +91,8 @@ class NodeConfig:
             raise ConfigError("max_peers must be at least 1")
         if self.dial_timeout_s <= 0:
             raise ConfigError("dial_timeout_s must be positive")
-        if self.round_s <= 0 or self.inner_steps < 1 or self.rounds < 0:
-            raise ConfigError("round_s must be positive, inner_steps >= 1 and rounds >= 0")
+        if self.round_s < 0.5 or self.inner_steps < 1 or self.rounds < 0:
+            raise ConfigError("round_s must be at least 0.5 s, inner_steps >= 1 and rounds >= 0")
         if self.gossip_heartbeat_s <= 0:
             raise ConfigError("gossip_heartbeat_s must be positive")
         for name in _LIMIT_COUNTS:

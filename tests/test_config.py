@@ -28,6 +28,7 @@ def test_env_lists_are_comma_separated() -> None:
         ({"P2PSHARD_MAX_PEERS": "many"}, "max_peers"),
         ({"P2PSHARD_MUXERS": "quic"}, "muxers"),
         ({"P2PSHARD_MAX_PEERS": "0"}, "max_peers"),
+        ({"P2PSHARD_ROUND_S": "0.3"}, "round_s must be at least 0.5 s"),
     ],
 )
 def test_bad_values_are_clear_errors(env: dict[str, str], match: str) -> None:

@@ -11,6 +11,8 @@ import hashlib
 from collections.abc import Sequence
 from typing import TypeVar
 
+import pytest
+
 from p2pshard.core.rounds import (
     Aggregate,
     Announce,
@@ -375,3 +377,20 @@ def test_announcements_ahead_are_kept_and_bounded() -> None:
     out = commit_round(p, 0, peers=("c",))
     assert one(out, Commit).round == 0
     assert p.current is not None and "a" in p.current.announced  # heard before round 1 was ours
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"period_s": 3.96, "announce_deadline_s": 1.8, "fetch_timeout_s": 2.17},  # windows past the period
+        {"period_s": 0.1, "announce_deadline_s": 0.05, "fetch_timeout_s": 0.02},
+        {"fetch_timeout_s": 0.0},
+        {"ask_retry_s": 0.0},
+        {"snapshot_interval_s": -1.0},
+    ],
+)
+def test_timing_that_no_schedule_could_be_made_from_is_refused_up_front(bad: dict[str, float]) -> None:
+    """Found by the averaging benchmark: such a Timing was accepted and the first node's schedule
+    then raised inside the protocol, stopping the node."""
+    with pytest.raises(ValueError):
+        Timing(**bad)  # type: ignore[arg-type]

@@ -48,7 +48,7 @@ from p2pshard.core.rounds.commands import (
     Trained,
 )
 from p2pshard.core.rounds.machine import Announcement, Phase, Resync, RoundConfig, RoundMachine
-from p2pshard.core.rounds.schedule import RoundSchedule
+from p2pshard.core.rounds.schedule import MAX_PERIOD_S, MIN_PERIOD_S, RoundSchedule
 
 __all__ = ["RoundProtocol", "Stage", "Timing", "choose_checkpoint"]
 
@@ -83,6 +83,25 @@ class Timing:
     """Announcements for rounds up to this far ahead of ours are judged and kept."""
     recent_trainings: int = 3
     """Training times remembered; the fastest decides whether the next round can be made."""
+
+    def __post_init__(self) -> None:
+        """Values a schedule could not be made from are refused here, with what is wrong, and not
+        when the first node makes its schedule (where they would stop the node)."""
+        if not MIN_PERIOD_S <= self.period_s <= MAX_PERIOD_S:
+            raise ValueError(f"period_s {self.period_s} is outside [{MIN_PERIOD_S}, {MAX_PERIOD_S}]")
+        if not (self.announce_deadline_s > 0 and self.fetch_timeout_s > 0):
+            raise ValueError("announce_deadline_s and fetch_timeout_s must be positive")
+        if self.announce_deadline_s + self.fetch_timeout_s > self.period_s:
+            raise ValueError(
+                f"announce_deadline_s + fetch_timeout_s ({self.announce_deadline_s} + "
+                f"{self.fetch_timeout_s}) must fit in period_s ({self.period_s})"
+            )
+        if self.start_delay_s < 0 or self.schedule_wait_s < 0 or self.ask_retry_s <= 0:
+            raise ValueError("start_delay_s and schedule_wait_s must be >= 0, ask_retry_s > 0")
+        if self.catch_up_tries < 1 or self.rounds_ahead < 0 or self.recent_trainings < 1:
+            raise ValueError("catch_up_tries and recent_trainings must be >= 1, rounds_ahead >= 0")
+        if self.snapshot_interval_s is not None and self.snapshot_interval_s <= 0:
+            raise ValueError("snapshot_interval_s must be positive (or None: no snapshots)")
 
 
 @dataclass
