@@ -46,3 +46,19 @@ async def test_status_reports_resource_use_and_refusals() -> None:
     assert use["conns_inbound"][0] == 1 and use["fds"][0] >= 1
     assert use["memory"][1] == server.limits.resources.limits.system.memory  # type: ignore[union-attr]
     assert status.counters["limits.refused.conns_inbound.ip"] == 1
+
+
+def test_the_limits_spec_states_the_configuration_defaults() -> None:
+    from pathlib import Path
+
+    from p2pshard.config import NodeConfig
+    from p2pshard.conformance.spec_tables import all_tables, literal, name_of
+
+    specs = Path(__file__).resolve().parents[2] / "specs"
+    header = ("Parameter", "Type", "Description", "Default")
+    rows = [row for t in all_tables(specs) if t.doc == "limits.md" and t.header == header for row in t.rows]
+    defaults = NodeConfig()
+    assert len(rows) >= 16
+    for row in rows:
+        name = name_of(row["Parameter"])
+        assert literal(row["Default"]) == getattr(defaults, name), name
