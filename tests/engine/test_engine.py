@@ -336,3 +336,26 @@ def test_default_engine_is_sparseloco_with_its_outer_step() -> None:
     # Another kind keeps the preset's own outer step.
     dense = TorchEngine.create("micro", device="cpu", compression=CompressionConfig(kind="none"))
     assert not dense.cfg.diloco.outer_sum and dense.network_id != e.network_id
+
+
+def test_the_outer_step_in_place_gives_the_formulas_bits_and_the_norm_is_blockwise() -> None:
+    """OuterNesterov.step writes into kept buffers; it must give exactly the bits of the formula
+    m <- mu m + g; p <- p - lr (g + mu m) computed one float32 operation at a time."""
+    from p2pshard.engine.diloco import OuterNesterov
+    from p2pshard.engine.engine import l2_norm
+
+    rng = np.random.default_rng(3)
+    n = 3 * (1 << 20) + 17  # several norm blocks and a short tail
+    for mu in (0.0, 0.9):
+        outer = OuterNesterov(0.7, mu, {"w": (n,)})
+        params = {"w": rng.standard_normal(n).astype(np.float32)}
+        want, m = params["w"].copy(), np.zeros(n, np.float32)
+        for _ in range(3):
+            g = rng.standard_normal(n).astype(np.float32)
+            outer.step(params, {"w": g})
+            m = np.add(np.multiply(np.float32(mu), m), g, dtype=np.float32)
+            d = np.add(g, np.multiply(np.float32(mu), m), dtype=np.float32)
+            want = np.subtract(want, np.multiply(np.float32(0.7), d), dtype=np.float32)
+        assert np.array_equal(params["w"].view(np.uint32), want.view(np.uint32))
+    v = rng.standard_normal(n).astype(np.float32)
+    assert abs(l2_norm(v) - float(np.linalg.norm(v.astype(np.float64)))) < 1e-9 * l2_norm(v)
