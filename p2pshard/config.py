@@ -2,6 +2,8 @@
 
 Environment variables are ``P2PSHARD_<FIELD>`` (e.g. ``P2PSHARD_LISTEN``, ``P2PSHARD_KEY``);
 list fields take comma-separated values. The TOML file holds the same field names at top level.
+The keys that bound what remote peers may use (connections, streams, handshakes, memory, request
+timing, the connection manager's watermarks) are described, with their defaults, in specs/limits.md.
 """
 
 from __future__ import annotations

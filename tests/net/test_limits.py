@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import trio
 from libp2p.peer.peerinfo import PeerInfo
 
@@ -62,3 +63,20 @@ def test_the_limits_spec_states_the_configuration_defaults() -> None:
     for row in rows:
         name = name_of(row["Parameter"])
         assert literal(row["Default"]) == getattr(defaults, name), name
+
+
+def test_p2pshard_status_prints_resources_and_refusals(capsys: pytest.CaptureFixture[str]) -> None:
+    from p2pshard.cli import _print_limits
+
+    _print_limits(
+        {
+            "resources": [
+                {"resource": "conns_inbound", "used": "3", "limit": "502"},
+                {"resource": "memory", "used": "0", "limit": str(1 << 62)},
+            ],
+            "counters": {"limits.refused.conns_inbound.ip": "2", "reqresp.answered.ok": "9"},
+        }
+    )
+    out = capsys.readouterr().out
+    assert "conns_inbound 3/502" in out and "memory 0/-" in out
+    assert "refused: conns_inbound.ip=2" in out and "answered" not in out
