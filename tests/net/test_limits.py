@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import pytest
 import trio
@@ -80,3 +81,19 @@ def test_p2pshard_status_prints_resources_and_refusals(capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     assert "conns_inbound 3/502" in out and "memory 0/-" in out
     assert "refused: conns_inbound.ip=2" in out and "answered" not in out
+
+
+async def test_limit_keys_of_the_configuration_reach_the_node(tmp_path: Path) -> None:
+    file = tmp_path / "node.toml"
+    file.write_text(
+        "max_connections_per_ip = 3\nmax_fds = 77\nmax_streams_per_connection = 9\n"
+        "request_timeout_s = 0.5\nrequest_peer_share = 0.5\nconn_low_water = 4\nconn_high_water = 6\n"
+        "handshake_timeout_s = 2.0\n"
+    )
+    async with open_node(NodeConfig.load(file, env={})) as node:
+        assert node.limits is not None and node.connmgr is not None
+        limits = node.limits.resources.limits
+        assert (limits.ip.conns_inbound, limits.system.fds, limits.conn.streams_inbound) == (3, 77, 9)
+        assert node.limits.handshake_timeout_s == 2.0
+        assert (node.server.request_timeout_s, node.server.peer_share) == (0.5, 0.5)
+        assert (node.connmgr.config.low_water, node.connmgr.config.high_water) == (4, 6)
