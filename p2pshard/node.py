@@ -246,6 +246,7 @@ async def open_node(
             if not client_only:
                 await nursery.start(discovery.run)
                 node.connmgr = _make_connmgr(config, host, counters, pubsub, bootstrap)
+                client.activity = server.activity = node.connmgr  # transfers protect, answers count
                 await nursery.start(node.connmgr.run)
             if bootstrap and not client_only:
                 errors = await discovery.bootstrap(bootstrap)

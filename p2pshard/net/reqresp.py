@@ -17,12 +17,14 @@ py-libp2p's own ``request_response`` module is not used: it fails above ~6.5 MiB
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 from google.protobuf.message import DecodeError
@@ -100,6 +102,19 @@ DEFAULT_PEER_SHARE = 0.25
 """The fraction of a protocol's ``max_concurrent`` slots one peer may hold at once."""
 
 
+class PeerActivity(Protocol):
+    """Told what peers do for us (the connection manager: a peer in a transfer is not trimmed, and
+    a useful one is trimmed last)."""
+
+    def transfer(self, peer: ID) -> AbstractContextManager[None]: ...
+
+    def note_useful(self, peer: ID, amount: float = 1.0) -> None: ...
+
+
+def _transferring(activity: PeerActivity | None, peer: ID, streaming: bool) -> AbstractContextManager[None]:
+    return activity.transfer(peer) if activity is not None and streaming else contextlib.nullcontext()
+
+
 class _SlowRequest(Exception):
     """The client did not send its request in time: the stream is reset, not answered."""
 
@@ -130,6 +145,7 @@ class ReqRespServer:
         self._limits: dict[str, trio.Semaphore] = {}
         self._by_peer: dict[tuple[str, ID], int] = {}
         """Requests in progress per (protocol, peer): one peer holds at most its share of slots."""
+        self.activity: PeerActivity | None = None
 
     def peer_limit(self, spec: ProtocolSpec) -> int:
         return max(1, int(spec.max_concurrent * self.peer_share))
@@ -207,7 +223,8 @@ class ReqRespServer:
                 self.counters.incr(f"reqresp.answered.{reply.code.name.lower()}")
                 await framed.write_frame(_encode_response(reply.code, reply.message))
                 return
-            await self._write_reply(spec, framed, reply)
+            with _transferring(self.activity, peer, reply.payload is not None):
+                await self._write_reply(spec, framed, reply)
         finally:
             limit.release()
             left = self._by_peer.pop(key) - 1
@@ -279,6 +296,7 @@ class ReqRespClient:
         self.connector = connector
         self.counters = counters
         self.rng = rng or random.Random()
+        self.activity: PeerActivity | None = None
 
     async def call(
         self,
@@ -301,14 +319,17 @@ class ReqRespClient:
         before the payload, so that the caller can size where the payload goes.
         """
         last: RpcError = RpcError(Code.UNAVAILABLE, "no attempt made")
-        with trio.move_on_after(timeout_s) as scope:
+        with _transferring(self.activity, peer, sink is not None), trio.move_on_after(timeout_s) as scope:
             deadline = trio.current_time() + timeout_s
             for attempt in range(retry.attempts):
                 remaining = deadline - trio.current_time()
                 try:
-                    return await self._attempt(
+                    answer = await self._attempt(
                         peer, protocol, body, remaining, max_response_size, sink, max_stream_length, on_header
                     )
+                    if self.activity is not None:
+                        self.activity.note_useful(peer)
+                    return answer
                 except RpcError as exc:
                     last = exc
                     if exc.code != Code.UNAVAILABLE or isinstance(exc, UnsupportedProtocol):
