@@ -32,13 +32,13 @@ from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
-from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
+from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 
 from p2pshard.identity import Identity
 from p2pshard.net import patches
 from p2pshard.net.limits import NetLimits
-from p2pshard.net.transport import BufferedNoiseTransport, TunedYamux
+from p2pshard.net.transport import BufferedNoiseTransport, TunedMplex, TunedYamux
 
 Muxer = Literal["yamux", "mplex"]
 
@@ -59,7 +59,7 @@ def build_host(
     connections hold remote peers to ``limits`` (see :mod:`p2pshard.net.limits`)."""
     available = {
         "yamux": (TProtocol(YAMUX_PROTOCOL_ID), TunedYamux),
-        "mplex": (TProtocol(MPLEX_PROTOCOL_ID), Mplex),
+        "mplex": (TProtocol(MPLEX_PROTOCOL_ID), TunedMplex),
     }
     muxer_opt: dict[TProtocol, Any] = dict(available[m] for m in muxers)
     noise_static = new_x25519_key_pair().private_key

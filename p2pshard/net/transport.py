@@ -37,13 +37,14 @@ from libp2p.peer.id import ID
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWriter
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.security.secure_session import SecureSession
+from libp2p.stream_muxer.mplex.mplex import Mplex
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from p2pshard.core.resources import Refusal, Span
 from p2pshard.net.limits import DEFAULT_LIMITS, NetLimits
 
-__all__ = ["YAMUX_FRAME_SIZE", "BufferedNoiseTransport", "TunedYamux", "YamuxViolation"]
+__all__ = ["YAMUX_FRAME_SIZE", "BufferedNoiseTransport", "TunedMplex", "TunedYamux", "YamuxViolation"]
 
 SOCKET_READ_SIZE = 256 * 1024
 NOISE_LENGTH_BYTES = 2
@@ -345,3 +346,27 @@ class TunedYamux(Yamux):
             # yamux only measures and appends the body, so the bytearray needs no copy into bytes
             body: bytes = await conn.read_exactly(length)  # type: ignore[assignment]
             return body
+
+
+class TunedMplex(Mplex):
+    """py-libp2p's mplex (the fallback muxer) with the streams the remote side holds open on one
+    connection bounded by ``limits.yamux.max_inbound_streams``: a stream beyond is reset and counted
+    as ``limits.refused.mplex_streams``. (mplex has no flow control; py-libp2p reads each stream's
+    messages through a one-slot channel, so a stream that is not read stalls the connection instead
+    of growing a buffer.)"""
+
+    def __init__(self, secured_conn: ISecureConn, peer_id: ID, *args: Any, **kwargs: Any) -> None:
+        self.limits: NetLimits = getattr(secured_conn, "p2pshard_limits", DEFAULT_LIMITS)
+        self.peak_inbound_streams = 0
+        super().__init__(secured_conn, peer_id, *args, **kwargs)
+
+    async def accept_stream(self) -> IMuxedStream:
+        while True:
+            stream = await super().accept_stream()
+            inbound = sum(1 for sid in self.streams if not sid.is_initiator)
+            if inbound <= self.limits.yamux.max_inbound_streams:
+                self.peak_inbound_streams = max(self.peak_inbound_streams, inbound)
+                return stream
+            self.limits.refused("mplex_streams")
+            with contextlib.suppress(Exception):  # the connection may be closing under us
+                await stream.reset()

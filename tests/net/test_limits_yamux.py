@@ -95,3 +95,29 @@ async def test_a_syn_flood_is_reset_beyond_the_stream_limit() -> None:
         await eventually(lambda: server.counters.get(refused) >= syns // 2, within_s=60)
         assert theirs.peak_inbound_streams == limit
         await _serves_honest_clients(server)
+
+
+async def test_a_new_stream_flood_over_mplex_is_reset_beyond_the_stream_limit() -> None:
+    from libp2p.utils import encode_uvarint, encode_varint_prefixed
+
+    from p2pshard.net.transport import TunedMplex
+
+    floods = 2000
+    async with open_node(NodeConfig()) as server:
+        host = build_host(Identity.generate(), [], muxers=("mplex",))
+        async with host.run([]):
+            with trio.fail_after(10):
+                await host.connect(PeerInfo(server.peer_id, server.host.get_addrs()))
+            ours = host.get_network().connections[server.peer_id][0].muxed_conn
+            await eventually(lambda: bool(server.host.get_network().connections.get(host.get_id())))
+            theirs = server.host.get_network().connections[host.get_id()][0].muxed_conn
+            assert isinstance(theirs, TunedMplex)
+            limit = theirs.limits.yamux.max_inbound_streams
+            first = ours.next_channel_id
+            new_streams = [
+                encode_uvarint((first + i) << 3) + encode_varint_prefixed(b"x") for i in range(floods)
+            ]
+            await ours.write_to_stream(b"".join(new_streams))
+            await eventually(lambda: server.counters.get("limits.refused.mplex_streams") >= floods // 2, 60)
+            assert theirs.peak_inbound_streams == limit
+            await _serves_honest_clients(server)
