@@ -10,7 +10,8 @@ import pytest
 import trio
 
 from p2pshard import NodeConfig, open_node
-from p2pshard.core.gossip import MESHSUB_V11, GossipMessage
+from p2pshard.core.gossip import MESHSUB_V11, GossipMessage, ValidationResult
+from p2pshard.core.topics import TOPICS, topic_name
 from p2pshard.core.wire import topics_pb2
 from p2pshard.core.wire.framing import encode_frame, encode_uvarint
 from p2pshard.net.pubsub_io import PeerQueue
@@ -26,8 +27,15 @@ VOTES = "/p2pshard/test/votes/proto"
 async def four_nodes() -> AsyncIterator[list[Node]]:
     """Four nodes of network "test"; the first one misbehaves (forwards whatever it gets)."""
     async with AsyncExitStack() as stack:
-        config = NodeConfig(network_id="test", gossip_heartbeat_s=0.2, fault="forward-invalid")
+        config = NodeConfig(network_id="test", gossip_heartbeat_s=0.2)
         first = await stack.enter_async_context(open_node(config))
+        assert first.pubsub is not None
+
+        async def accept_everything(msg: GossipMessage) -> ValidationResult:
+            return ValidationResult.ACCEPT
+
+        for name in TOPICS:  # in place of the validators its Topics installed
+            first.pubsub.set_validator(topic_name("test", name), accept_everything)
         rest = [
             await stack.enter_async_context(
                 open_node(NodeConfig(network_id="test", gossip_heartbeat_s=0.2, bootstrap=[first.addrs[0]]))
