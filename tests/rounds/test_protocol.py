@@ -296,6 +296,36 @@ def test_off_the_majority_resyncs_and_aggregates_with_the_announcements_already_
     assert one(out, Aggregate) == Aggregate(0, ("a", "c", "d"))
 
 
+def test_an_announced_update_from_a_model_off_the_majority_is_said_to_not_count() -> None:
+    """Regression (found by tests/training/test_late_round.py): a node whose update was late in
+    one round committed that round on its own (a different model), announced the next round's
+    update from it, resynced at that round's close and committed it with ``contributed: false``
+    without a ``not contributing`` line: a skipped round that did not say why."""
+    p, _ = joined()
+    p.trained(60.0, trained(p, 0))
+    assert one(p.tick(opens(0)), Announce).round == 0  # trained from H0, which we hold
+    other = h("the majority's model")
+    for who in ("a", "c", "d"):
+        p.announcement(ann(who, 0, other), opens(0) + 1)
+    out = p.tick(deadline(0) + SKEW + 0.01)
+    skipped = one(out, Skipped)
+    assert (skipped.round, skipped.reason) == (0, "behind")
+    assert one(out, AskCheckpoints).want == other
+    load = one(
+        p.checkpoints(deadline(0) + 1.2, one(out, AskCheckpoints).ask, [peer("a", 0, other)]), LoadCheckpoint
+    )
+    out = p.loaded(deadline(0) + 1.8, load.round, load.model_hash)
+    for a in one(out, Fetch).contributions:
+        out = p.fetched(deadline(0) + 2.5, 0, a.contributor, a.content_hash)
+    out = p.aggregated(deadline(0) + 2.6, 0, h("model 1"))
+    assert not one(out, Commit).contributed and not of(out, Skipped)  # said once, at the resync
+    # not announced (nothing trained yet): nothing of ours is lost, nothing to say
+    q, _ = joined()
+    for who in ("a", "c", "d"):
+        q.announcement(ann(who, 0, other), opens(0) + 1)
+    assert not of(q.tick(deadline(0) + SKEW + 0.01), Skipped)
+
+
 def test_a_split_without_a_strict_majority_heals_on_the_most_stated_model() -> None:
     """Regression: 8 peers on one model, 7 on another and one alone: no hash holds more than
     half, and the network used to stay split for the rest of the run."""

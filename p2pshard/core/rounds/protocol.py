@@ -379,6 +379,13 @@ class RoundProtocol:
         for i, cmd in enumerate(commands):
             if isinstance(cmd, Resync):
                 rest = [c for c in commands[i + 1 :] if not isinstance(c, Resync)]
+                if machine is not None and machine.round in self._announced:
+                    # Our update was trained from the model we are leaving: nobody aggregates it.
+                    why = (
+                        f"the majority holds model {cmd.model_hash.hex()[:12]}, we trained from "
+                        f"{self.model_hash.hex()[:12]}; loading the majority's model"
+                    )
+                    out.append(Skipped(machine.round, "behind", why))
                 out.extend(self._catch_up(now, cmd.model_hash, "the majority holds another model"))
                 self._resume = list(rest)
                 return out
