@@ -284,8 +284,7 @@ class TunedYamux(Yamux):
     def _admit_stream(self, sid: int) -> None:
         """Reserve a stream the remote side opens (and its receive window's memory), or mark it
         to be reset when accepted."""
-        for gone in [s for s in self._stream_spans if s not in self.streams]:
-            self._stream_spans.pop(gone).close()
+        self._release_finished_streams()
         inbound = sum(1 for s in self.streams.values() if not s.is_initiator)
         conn_span: Span | None = getattr(self, "p2pshard_span", None)
         if conn_span is None:  # not yet reserved by the swarm's notifee: a plain count
@@ -305,6 +304,23 @@ class TunedYamux(Yamux):
                 return
             self._stream_spans[sid] = span
         self.peak_inbound_streams = max(self.peak_inbound_streams, inbound + 1)
+
+    def _release_finished_streams(self) -> None:
+        """Release the reservations of streams that are gone, reset or closed both ways.
+
+        py-libp2p keeps a closed stream whose buffer still holds data for 60 s (so that it can be
+        read), and a stream the peer reset that way too, although nothing can read it any more: a
+        peer that sends a request, is refused unread and resets its stream would otherwise hold a
+        slot for a minute. The data of a reset stream is dropped at once."""
+        for sid in list(self._stream_spans):
+            stream = self.streams.get(sid)
+            if stream is not None and not (stream.reset_received or stream.closed):
+                continue
+            if stream is not None and stream.reset_received:
+                buffer = self.stream_buffers.get(sid)
+                if buffer:
+                    buffer.clear()
+            self._stream_spans.pop(sid).close()
 
     def _release_streams(self) -> None:
         for span in self._stream_spans.values():

@@ -121,3 +121,34 @@ async def test_a_new_stream_flood_over_mplex_is_reset_beyond_the_stream_limit() 
             await eventually(lambda: server.counters.get("limits.refused.mplex_streams") >= floods // 2, 60)
             assert theirs.peak_inbound_streams == limit
             await _serves_honest_clients(server)
+
+
+async def test_streams_refused_unread_and_reset_do_not_hold_stream_slots() -> None:
+    """py-libp2p keeps a reset stream whose request nobody read for 60 s; counted against the
+    connection's stream limit, refused requests used to lock a client out within a few calls."""
+    from p2pshard.net.reqresp import Code, ProtocolSpec, Reply, RequestContext, RetryPolicy, RpcError
+
+    config = NodeConfig(max_streams_per_connection=16)
+    async with open_node(config) as server, open_node(NodeConfig(), client_only=True) as client:
+        await client.connector.connect(parse_peer_addr(server.addrs[0]))
+        release = trio.Event()
+
+        async def held(ctx: RequestContext, body: bytes) -> Reply:
+            await release.wait()
+            return Reply()
+
+        server.register(ProtocolSpec("/test/held/1.0.0", held, max_concurrent=4))  # one per peer
+        codes: list[Code] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.client.call, server.peer_id, "/test/held/1.0.0", b"")
+            await eventually(lambda: server.server._limits["/test/held/1.0.0"].value == 3)
+            for _ in range(40):  # each refused unread (the peer's share is taken), then reset
+                try:
+                    await client.client.call(
+                        server.peer_id, "/test/held/1.0.0", b"x", timeout_s=5, retry=RetryPolicy(attempts=1)
+                    )
+                except RpcError as exc:
+                    codes.append(exc.code)
+            release.set()
+        assert codes == [Code.RESOURCE_EXHAUSTED] * 40
+        assert server.counters.get("limits.refused.yamux_streams") == 0
