@@ -61,10 +61,10 @@ def test_schedule_windows() -> None:
     [
         (ann(), OPEN + 1, ValidationResult.ACCEPT, "ok"),
         (ann(), OPEN - 0.5, ValidationResult.ACCEPT, "ok"),  # within the clock-skew allowance
-        (ann(), OPEN - 1.5, ValidationResult.REJECT, "too_early"),
+        (ann(), OPEN - 1.5, ValidationResult.IGNORE, "too_early"),
         (ann(), DEADLINE + 0.9, ValidationResult.ACCEPT, "ok"),
-        (ann(), DEADLINE + 1.1, ValidationResult.REJECT, "too_late"),
-        (ann(round=R - 1), OPEN + 1, ValidationResult.REJECT, "stale_round"),
+        (ann(), DEADLINE + 1.1, ValidationResult.IGNORE, "too_late"),
+        (ann(round=R - 1), OPEN + 1, ValidationResult.IGNORE, "stale_round"),
         (ann(round=R + 1), OPEN + 1, ValidationResult.IGNORE, "future_round"),
         (ann(model_hash=b"short"), OPEN + 1, ValidationResult.REJECT, "bad_hash_length"),
         (ann(content_hash=b""), OPEN + 1, ValidationResult.REJECT, "bad_hash_length"),

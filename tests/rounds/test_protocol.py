@@ -392,7 +392,7 @@ def test_stale_events_are_ignored() -> None:
     assert p.aggregated(130.0, 1, h("not yet")) == []  # round 1 is not aggregating
     assert p.checkpoints(130.0, 1, [peer("a", 9, h("m9"))]) == []
     v = p.announcement(ann("a", 0), opens(1) + 1)
-    assert (v.result.value, v.reason) == ("reject", "stale_round")
+    assert (v.result.value, v.reason) == ("ignore", "stale_round")
     assert p.model_round == 1 and p.stage is Stage.ROUND
 
 
@@ -424,3 +424,73 @@ def test_timing_that_no_schedule_could_be_made_from_is_refused_up_front(bad: dic
     then raised inside the protocol, stopping the node."""
     with pytest.raises(ValueError):
         Timing(**bad)  # type: ignore[arg-type]
+
+
+def test_a_node_stalled_through_the_announce_window_takes_the_rounds_result_from_peers() -> None:
+    """A suspended process hears the round's announcements only after their window (IGNOREd as
+    too_late, so the honest senders are not penalised); aggregating what is left would fork it, so
+    it asks its peers for the round's result instead. Woken on time, it aggregates as usual."""
+    for stalled in (True, False):
+        p = RoundProtocol("me", T)
+        p.start(90.0, 0, H0)
+        p.checkpoints(90.0, 1, [peer("peer")])
+        p.tick(opens(0))
+        p.trained(opens(0) + 0.5, trained(p, 0))
+        p.tick(opens(0) + 0.5)
+        due = p.wakeup()
+        assert due is not None and deadline(0) + SKEW < due < deadline(0) + SKEW + 0.01
+        woken = due + 5.0 if stalled else due  # suspended through the window's end, or on time
+        p.announcement(ann("peer", 0), woken if stalled else opens(0) + 1.0)
+        out = p.tick(woken)
+        assert bool(of(out, AskCheckpoints)) == stalled
+        assert bool(of(out, Fetch)) != stalled
+
+
+def test_a_node_restored_from_a_snapshot_waits_for_the_networks_schedule_then_continues_its_numbering() -> (
+    None
+):
+    """Found by the simulator: a node restarted while cut off from everyone started a schedule at
+    round 0 and waited ~19 periods for its round 19 to open (and never met the network again)."""
+    p = RoundProtocol("me", T)
+    p.start(500.0, 19, H0)
+    assert p.checkpoints(500.0, 1, []) == []  # nobody answered: ask again, for a while
+    t = 500.0
+    while p.schedule is None:
+        t += T.ask_retry_s
+        ask = one(p.tick(t), AskCheckpoints)
+        p.checkpoints(t, ask.ask, [])
+        assert t <= 500.0 + T.schedule_wait_s + T.ask_retry_s
+    assert p.schedule.opens_at(19) == t + T.start_delay_s  # its round opens after the usual delay
+
+
+def test_peers_on_another_schedule_make_a_node_adopt_the_one_most_of_them_keep() -> None:
+    p = RoundProtocol("me", T)
+    p.start(90.0, 0, H0)
+    p.checkpoints(90.0, 1, [])  # alone: it starts its own schedule
+    own = p.schedule
+    assert own is not None and p.stage is Stage.ROUND
+    theirs = ScheduleOffer(own.genesis_time - 40 * 12.0, 12.0, 7.2, 3.6)
+    now = own.opens_at(0) + 1.0
+    for who in ("a", "b"):  # they are at round 40 of their schedule
+        assert p.announcement(ann(who, 40), now).reason == "future_round"
+    ask = one(p.tick(now), AskCheckpoints)
+    answers = [peer(who, 40, h("their model"), theirs) for who in ("a", "b")]
+    out = p.checkpoints(now + 0.1, ask.ask, answers)
+    assert [s.reason for s in of(out, Skipped)] == ["other_schedule", "behind"]
+    assert p.schedule is not None and p.schedule.genesis_time == theirs.genesis_time
+    assert p.stage is Stage.CATCHING_UP  # round 0 of theirs is long over: load their checkpoint
+
+
+def test_a_lone_stranger_does_not_move_a_node_off_its_schedule() -> None:
+    p = RoundProtocol("me", T)
+    p.start(90.0, 0, H0)
+    p.checkpoints(90.0, 1, [peer("a"), peer("b")])
+    mine = p.schedule
+    assert mine is not None
+    now = mine.opens_at(0) + 1.0
+    p.announcement(ann("x", 40), now)
+    ask = one(p.tick(now), AskCheckpoints)
+    other = ScheduleOffer(mine.genesis_time - 480.0, 12.0, 7.2, 3.6)
+    answers = [peer("a"), peer("b"), peer("x", 40, h("x"), other)]
+    assert p.checkpoints(now + 0.1, ask.ask, answers) == []
+    assert p.schedule == mine

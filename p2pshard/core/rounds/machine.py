@@ -14,8 +14,8 @@ the machines; this module holds the rules of one round.
 Announcement checks are one table (:data:`ANNOUNCEMENT_RULES`), applied in order, the first broken
 rule deciding: early and late announcements, and those for rounds we hold no machine for, are
 judged by the same table. REJECT means the sender broke a rule (gossip scoring penalises it, P4);
-IGNORE means the message is of no use to us but not wrong (a duplicate, an update from another
-model). Every reason is snake_case, a metric label.
+IGNORE means the message is of no use to us but not provably wrong (a duplicate, an update from
+another model, or one outside its time window). Every reason is snake_case, a metric label.
 """
 
 from __future__ import annotations
@@ -141,10 +141,13 @@ def _other_model(m: RoundMachine, a: Announcement, now: float) -> bool:
 
 
 ANNOUNCEMENT_RULES: tuple[Rule, ...] = (
-    Rule(ValidationResult.REJECT, "stale_round", lambda m, a, now: a.round < m.round),
+    # Timing rules IGNORE: a message outside its window is not provably its sender's fault (clocks
+    # differ, gossip delays it, our own process may have been suspended), and a REJECT would lower
+    # the score of every honest peer that forwarded it.
+    Rule(ValidationResult.IGNORE, "stale_round", lambda m, a, now: a.round < m.round),
     Rule(ValidationResult.IGNORE, "future_round", lambda m, a, now: a.round > m.round),
-    Rule(ValidationResult.REJECT, "too_early", lambda m, a, now: now < m.window[0]),
-    Rule(ValidationResult.REJECT, "too_late", _too_late),
+    Rule(ValidationResult.IGNORE, "too_early", lambda m, a, now: now < m.window[0]),
+    Rule(ValidationResult.IGNORE, "too_late", _too_late),
     Rule(ValidationResult.REJECT, "bad_hash_length", _bad_hash_length),
     Rule(ValidationResult.REJECT, "bad_size_or_tokens", _bad_number),
     Rule(ValidationResult.REJECT, "bad_loss", lambda m, a, now: not (math.isfinite(a.loss) and a.loss >= 0)),

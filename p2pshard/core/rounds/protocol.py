@@ -25,6 +25,7 @@ skipped one round for time always tries the next.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from p2pshard.core.rounds.commands import (
     LoadCheckpoint,
     PeerCheckpoint,
     Penalise,
+    ScheduleOffer,
     Skipped,
     Snapshot,
     Train,
@@ -83,6 +85,9 @@ class Timing:
     """Announcements for rounds up to this far ahead of ours are judged and kept."""
     recent_trainings: int = 3
     """Training times remembered; the fastest decides whether the next round can be made."""
+    stall_s: float = 1.0
+    """A tick this long after the wakeup the protocol asked for means the node was stalled (its
+    process suspended, or starved of CPU): announcements of that time reached it late."""
 
     def __post_init__(self) -> None:
         """Values a schedule could not be made from are refused here, with what is wrong, and not
@@ -100,6 +105,8 @@ class Timing:
             raise ValueError("start_delay_s and schedule_wait_s must be >= 0, ask_retry_s > 0")
         if self.catch_up_tries < 1 or self.rounds_ahead < 0 or self.recent_trainings < 1:
             raise ValueError("catch_up_tries and recent_trainings must be >= 1, rounds_ahead >= 0")
+        if self.stall_s <= 0:
+            raise ValueError("stall_s must be positive")
         if self.snapshot_interval_s is not None and self.snapshot_interval_s <= 0:
             raise ValueError("snapshot_interval_s must be positive (or None: no snapshots)")
 
@@ -123,6 +130,11 @@ class RoundProtocol:
     _asked_at: float = 0.0
     _retry_at: float | None = None
     _joining_since: float = 0.0
+    _deaf: tuple[float, float] = (-math.inf, -math.inf)  # the last time we were not listening
+    _due: float | None = None  # the wakeup we last asked for
+    _last_tick: float = -math.inf
+    _strangers: set[str] = field(default_factory=set)  # peers announcing rounds far from ours
+    _realigning: bool = False
     _want: bytes | None = None
     _tries: int = 0
     _resume: list[Command] = field(default_factory=list)  # a round's commands held while we resync
@@ -142,6 +154,7 @@ class RoundProtocol:
         self.model_round, self.model_hash = model_round, model_hash
         self.stage = Stage.JOINING
         self._joining_since = now
+        self._deaf = (-math.inf, now)
         return [self._ask_checkpoints(now, None)]
 
     def checkpoints(
@@ -157,15 +170,25 @@ class RoundProtocol:
             return self._catch_up_answer(now, answers)
         if self.stage is Stage.FINISHING:
             return self._finish_answer(now, answers)
+        if self._realigning:
+            return self._realign_answer(now, answers)
         return []
 
     def tick(self, now: float) -> list[Command]:
+        if self._due is not None and now > self._due + self.timing.stall_s:
+            # Stalled since some time after our last tick: what peers said meanwhile reached us late.
+            self._deaf = (self._last_tick, now)
+        self._due = None
+        self._last_tick = now
         out: list[Command] = []
         if self._retry_at is not None and now >= self._retry_at:
             self._retry_at = None
             out.append(self._ask_checkpoints(now, self._want))
         if self.stage is Stage.FINISHING and self._finish_at is not None and now >= self._finish_at:
             self._finish_at = None
+            out.append(self._ask_checkpoints(now, None))
+        if self.stage is Stage.ROUND and self._strangers and not self._realigning:
+            self._realigning = True
             out.append(self._ask_checkpoints(now, None))
         if self.stage is Stage.ROUND and self.current is not None:
             out.extend(self._announce_ready(now))
@@ -177,7 +200,11 @@ class RoundProtocol:
         machine = self._machine_for(a.round, now)
         if machine is None:
             return ignore("no_schedule")
-        return machine.announce(a, now)
+        verdict = machine.announce(a, now)
+        far = self.current is not None and abs(a.round - self.current.round) > self.timing.rounds_ahead + 1
+        if far and verdict.reason in ("stale_round", "future_round"):
+            self._strangers.add(a.contributor)  # far from any round of ours: another schedule?
+        return verdict
 
     def trained(self, now: float, update: Trained) -> list[Command]:
         if self._training == (update.round, update.base_model_hash):
@@ -255,13 +282,15 @@ class RoundProtocol:
     # -- what the driver asks ----------------------------------------------------------------
 
     def wakeup(self) -> float | None:
-        """When the driver must call :meth:`tick` next (None: only an event can move us now)."""
+        """When the driver must call :meth:`tick` next (None: only an event can move us now).
+        A tick much later than this (``Timing.stall_s``) tells the protocol it was stalled."""
         times = [self._retry_at, self._finish_at]
         if self.stage is Stage.ROUND and self.current is not None:
             times.append(self.current.next_change())
             if self._ready is not None:
                 times.append(self._open_time(self.current))
-        return min((t for t in times if t is not None), default=None)
+        self._due = min((t for t in times if t is not None), default=None)
+        return self._due
 
     @property
     def skew(self) -> float:
@@ -270,27 +299,71 @@ class RoundProtocol:
     # -- joining -----------------------------------------------------------------------------
 
     def _join(self, now: float, answers: Sequence[PeerCheckpoint], undecided_elders: bool) -> list[Command]:
-        for answer in answers:
-            if not answer.same_network or answer.schedule is None:
-                continue
-            s = answer.schedule
-            try:
-                self.schedule = RoundSchedule.offered(
-                    s.genesis_time, s.period, s.announce_deadline, s.fetch_timeout, now
-                )
-            except ValueError:
-                continue
-            if s.last_round:
-                self.rounds = s.last_round
-            return self._next_round(now)
-        if undecided_elders and now - self._joining_since < self.timing.schedule_wait_s:
+        adopted = self._network_schedule(answers, now)
+        if adopted is not None:
+            return self._adopt(now, adopted)
+        # Nobody told us a schedule. Wait (bounded) for an elder that is deciding one, or, when we
+        # hold a model of a network already under way (restored from a snapshot), for its peers.
+        waiting = undecided_elders or self.model_round > 0
+        if waiting and now - self._joining_since < self.timing.schedule_wait_s:
             self._retry_at = now + self.timing.ask_retry_s
             return []
+        # Start one; its numbering continues from our model, so our round opens after the delay.
         t = self.timing
+        genesis = now + t.start_delay_s - self.model_round * t.period_s
         self.schedule = RoundSchedule.offered(
-            now + t.start_delay_s, t.period_s, t.announce_deadline_s, t.fetch_timeout_s, now
+            genesis, t.period_s, t.announce_deadline_s, t.fetch_timeout_s, now
         )
         return self._next_round(now)
+
+    def _network_schedule(self, answers: Sequence[PeerCheckpoint], now: float) -> ScheduleOffer | None:
+        """The schedule most of our network's answering peers state (None: none states a valid one)."""
+        counts: dict[ScheduleOffer, int] = {}
+        for answer in answers:
+            s = answer.schedule
+            if not answer.same_network or s is None:
+                continue
+            try:
+                RoundSchedule.offered(s.genesis_time, s.period, s.announce_deadline, s.fetch_timeout, now)
+            except ValueError:
+                continue
+            counts[s] = counts.get(s, 0) + 1
+        if not counts:
+            return None
+        return max(counts, key=lambda s: (counts[s], -s.genesis_time))
+
+    def _adopt(self, now: float, s: ScheduleOffer) -> list[Command]:
+        self.schedule = RoundSchedule.offered(
+            s.genesis_time, s.period, s.announce_deadline, s.fetch_timeout, now
+        )
+        if s.last_round:
+            self.rounds = s.last_round
+        self.ahead.clear()
+        self.current = None
+        self._strangers.clear()
+        return self._next_round(now)
+
+    def _realign_answer(self, now: float, answers: Sequence[PeerCheckpoint]) -> list[Command]:
+        """Peers announced rounds far from ours: if most of those who answer keep another schedule
+        (we started one while cut off from them), take theirs and catch up; else they are the odd
+        ones and we go on."""
+        self._realigning = False
+        self._strangers.clear()
+        ours = self.schedule
+        theirs = self._network_schedule(answers, now)
+        if (
+            theirs is None
+            or ours is None
+            or ((theirs.genesis_time, theirs.period) == (ours.genesis_time, ours.period))
+        ):
+            return []
+        stating = sum(1 for a in answers if a.same_network and a.schedule == theirs)
+        if stating * 2 <= sum(1 for a in answers if a.same_network and a.schedule is not None):
+            return []
+        out: list[Command] = [
+            Skipped(self.model_round, "other_schedule", "most peers keep another round schedule: adopting it")
+        ]
+        return out + self._adopt(now, theirs)
 
     # -- rounds ------------------------------------------------------------------------------
 
@@ -369,11 +442,21 @@ class RoundProtocol:
     def _run_machine(self, now: float, commands: Sequence[Fetch | Aggregate | Resync]) -> list[Command]:
         machine = self.current
         fetching = any(isinstance(cmd, Fetch) for cmd in commands)
-        if machine is not None and fetching and self._joining_since > machine.window[0]:
-            # We were not listening when this round opened: announcements we never heard would
-            # make our aggregate differ from everyone's. Our own update was announced (the others
-            # use it); take the round's result from them instead.
-            why = f"joined round {machine.round} after it opened; taking its result from peers"
+        deaf_from, deaf_until = self._deaf
+        if (
+            machine is not None
+            and fetching
+            and deaf_from <= machine.window[1]
+            and deaf_until > machine.window[0]
+        ):
+            # We were not listening during this round's announce window (we joined after it
+            # opened, or the process was stalled): announcements we never heard, or heard late,
+            # would make our aggregate differ from everyone's. Our own update, if announced, is
+            # used by the others; take the round's result from them instead.
+            why = (
+                f"not listening from {deaf_from:.1f} to {deaf_until:.1f} (joined, or stalled) during "
+                f"round {machine.round}'s announcements; taking its result from peers"
+            )
             return self._catch_up(now, None, why, say_skipped=False)
         out: list[Command] = []
         for i, cmd in enumerate(commands):
