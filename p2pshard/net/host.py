@@ -83,6 +83,7 @@ def build_host(
         listen_addrs=list(listen),
         connection_config=config,
     )
+    patches.protect_connected_peers(host)
     network = host.get_network()
     network.p2pshard_handshake_gate = limits  # type: ignore[attr-defined]
     network.register_notifee(limits.notifee())

@@ -23,6 +23,14 @@ The patches:
   (:mod:`p2pshard.net.limits`).
 * **negotiation failures** (:func:`count_failed_negotiations`, per host): py-libp2p answers "na" to
   an unknown protocol and resets the stream inside its multiselect, where no handler of ours sees it.
+* **stream handler errors** (:func:`_contain_stream_handler_errors`): an exception from a stream
+  handler (py-libp2p's own identify included) went up through the connection's task into the
+  swarm and ended the node. It is now logged and counted, the stream reset, the node kept.
+* **peerstore eviction** (:func:`_keep_own_and_connected_peers`, :func:`protect_connected_peers`):
+  above 1,000 peers the peerstore evicts entries without addresses first, and our own entry (our
+  keys) has none: identify then failed on ``host.get_public_key()`` for every later connection,
+  and that exception ended the node after about 1,000 distinct peers. Our own entry and the peers
+  we are connected to are never evicted.
 """
 
 from __future__ import annotations
@@ -75,6 +83,8 @@ def apply() -> None:
     _tune_yamux_frames()
     _use_tuned_yamux()
     _release_inbound_slot_on_close()
+    _contain_stream_handler_errors()
+    _keep_own_and_connected_peers()
     _applied = True
 
 
@@ -243,3 +253,61 @@ def count_failed_negotiations(host: Any, on_failure: Callable[[], None]) -> None
             raise
 
     mux.negotiate = counted
+
+
+def protect_connected_peers(host: Any) -> None:
+    """Tell ``host``'s peerstore which peers it must not evict: those we are connected to."""
+    network = host.get_network()
+    host.get_peerstore().p2pshard_protected = lambda: network.connections.keys()
+
+
+# -- stream handlers and the peerstore -----------------------------------------------------------
+
+STREAM_HANDLER_ERRORS = "p2pshard_stream_handler_errors"
+"""Attribute of a swarm counting the stream handler errors it contained."""
+
+
+def _contain_stream_handler_errors() -> None:
+    from libp2p.network.swarm import Swarm
+
+    original = Swarm.set_stream_handler
+
+    def set_stream_handler(self: Any, stream_handler: Callable[[Any], Awaitable[None]]) -> None:
+        async def contained(stream: Any) -> None:
+            try:
+                await stream_handler(stream)
+            except Exception as exc:  # trio.Cancelled is a BaseException and passes through
+                setattr(self, STREAM_HANDLER_ERRORS, getattr(self, STREAM_HANDLER_ERRORS, 0) + 1)
+                log.warning("a stream handler failed (stream reset, node kept): %r", exc)
+                with contextlib.suppress(Exception):
+                    await stream.reset()
+
+        original(self, contained)
+
+    Swarm.set_stream_handler = set_stream_handler  # type: ignore[method-assign]
+
+
+def _keep_own_and_connected_peers() -> None:
+    from libp2p.peer.peerstore import PeerStore
+
+    def enforce_peer_limit(self: Any) -> None:
+        over = len(self.peer_data_map) - self.max_peers
+        if over <= 0:
+            return
+        protected = set(getattr(self, "p2pshard_protected", lambda: ())())
+
+        def evictable(item: tuple[Any, Any]) -> bool:
+            peer_id, data = item
+            return data.privkey is None and peer_id not in protected
+
+        # py-libp2p's order among the rest: entries without addresses, then expired ones, first.
+        candidates = sorted(
+            filter(evictable, self.peer_data_map.items()),
+            key=lambda item: (not item[1].get_addrs(), item[1].is_expired()),
+            reverse=True,
+        )
+        for peer_id, _ in candidates[:over]:
+            self.peer_record_map.pop(peer_id, None)
+            del self.peer_data_map[peer_id]
+
+    PeerStore._enforce_peer_limit = enforce_peer_limit  # type: ignore[method-assign]

@@ -106,3 +106,48 @@ async def test_inbound_slots_come_back_when_connections_close() -> None:
                 nursery.start_soon(cycles, server, 54)
         assert not failures, failures
         await eventually(lambda: limiter.borrowed_tokens == 0)
+
+
+def test_the_peerstore_never_evicts_our_own_keys_or_connected_peers() -> None:
+    """Past max_peers py-libp2p evicted entries without addresses first, our own (our keys) among
+    them: identify then failed on host.get_public_key() and ended the node after ~1,000 peers."""
+    import multiaddr
+    from libp2p.peer.peerstore import PeerStore
+
+    patches.apply()
+    store = PeerStore(max_peers=5)
+    me = Identity.generate()
+    store.add_key_pair(me.peer_id, me.key_pair)
+    other = Identity.generate()
+    connected = other.peer_id
+    store.p2pshard_protected = lambda: {connected}  # type: ignore[attr-defined]
+    store.add_pubkey(connected, other.key_pair.public_key)  # no addresses either
+    for port in range(4001, 4011):
+        store.add_addrs(
+            Identity.generate().peer_id, [multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{port}")], 3600
+        )
+    assert len(store.peer_data_map) == 5
+    assert store.pubkey(me.peer_id) == me.key_pair.public_key
+    assert connected in store.peer_data_map
+
+
+async def test_a_stream_handler_that_raises_resets_its_stream_and_the_node_keeps_serving(
+    two_nodes: tuple[Node, Node],
+) -> None:
+    """An exception from a stream handler used to go up through the connection's task into the
+    swarm and end the node (py-libp2p's identify did so once the peerstore lost our keys)."""
+    from p2pshard.protocols.status import fetch_status
+
+    server, client = two_nodes
+
+    async def boom(stream: object) -> None:
+        raise RuntimeError("a handler bug")
+
+    server.host.set_stream_handler(TProtocol("/test/boom/1.0.0"), boom)  # type: ignore[arg-type]
+    with trio.fail_after(10), pytest.raises(Exception):  # noqa: B017 - reset, EOF or failed open
+        stream = await client.host.new_stream(server.peer_id, [TProtocol("/test/boom/1.0.0")])
+        await stream.write(b"x")
+        await stream.read(1)
+    await eventually(lambda: getattr(server.host.get_network(), patches.STREAM_HANDLER_ERRORS, 0) == 1)
+    status = await fetch_status(client.client, server.peer_id)  # the same connection still works
+    assert status.peer_id == server.peer_id.to_base58()
