@@ -306,6 +306,20 @@ class ResourceManager:
         )
         return self._opened(span, [("handshakes", 1), ("fds", 1)])
 
+    def check_connection(self, direction: Direction, ip: str | None) -> Refusal | None:
+        """Whether a connection from ``ip`` would fit now (the system's, its IP's and its subnet's
+        limits), reserving nothing: so that a connection that will be refused anyway is refused
+        before its handshake costs anything. A refusal is counted."""
+        chain = [self.system, *(self._address_scopes(ip) if direction == "inbound" else [])]
+        for scope in chain:
+            refusal = scope.room(f"conns_{direction}", 1)
+            if refusal is not None:
+                self._refused(refusal)
+                self._tidy(chain)
+                return refusal
+        self._tidy(chain)
+        return None
+
     def open_connection(
         self, direction: Direction, ip: str | None, peer: str | None = None
     ) -> Span | Refusal:

@@ -113,6 +113,10 @@ class NetLimits:
         """Admit an inbound connection to its handshake: a release callback, or None if refused.
         ``cancel`` abandons the handshake (called when it is evicted)."""
         now = trio.current_time()
+        full = self.resources.check_connection("inbound", remote_ip)
+        if full is not None:  # its connection would be refused after the handshake: spare the work
+            self.refused(full.reason)
+            return None
         span = self.resources.open_handshake(remote_ip)
         if isinstance(span, Refusal):
             if not self._evict(now, span):

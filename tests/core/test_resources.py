@@ -142,3 +142,14 @@ def test_overrides_replace_only_what_they_name() -> None:
     assert limits.ip.conns_inbound == 3
     assert limits.conn.streams_inbound == limits.conn.streams_outbound == 10
     assert limits.system == LIMITS.system and limits.subnet == LIMITS.subnet
+
+
+def test_a_connection_that_cannot_fit_is_known_before_it_is_opened() -> None:
+    rm = _manager(ip=ScopeLimits(conns_inbound=1))
+    assert rm.check_connection("inbound", "10.0.0.7") is None
+    held = _span(rm.open_connection("inbound", "10.0.0.7"))
+    refused = rm.check_connection("inbound", "10.0.0.7")
+    assert isinstance(refused, Refusal) and refused.reason == "conns_inbound.ip"
+    assert rm.check_connection("outbound", "10.0.0.7") is None  # outbound is not limited per IP
+    held.close()
+    assert rm.check_connection("inbound", "10.0.0.7") is None and rm.scopes_in_use() == 0

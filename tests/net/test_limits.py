@@ -42,12 +42,12 @@ async def test_status_reports_resource_use_and_refusals() -> None:
             with contextlib.suppress(Exception):  # refused after its handshake: closed under it
                 with trio.fail_after(10):
                     await second.connect(PeerInfo(server.peer_id, server.host.get_addrs()))
-            await eventually(lambda: server.counters.get("limits.refused.conns_inbound.ip") == 1)
+            await eventually(lambda: server.counters.get("limits.refused.conns_inbound.ip") >= 1)
         status = await fetch_status(asker.client, server.peer_id)
     use = {r.resource: (r.used, r.limit) for r in status.resources}
     assert use["conns_inbound"][0] == 1 and use["fds"][0] >= 1
     assert use["memory"][1] == server.limits.resources.limits.system.memory  # type: ignore[union-attr]
-    assert status.counters["limits.refused.conns_inbound.ip"] == 1
+    assert status.counters["limits.refused.conns_inbound.ip"] >= 1  # py-libp2p retries its dial
 
 
 def test_the_limits_spec_states_the_configuration_defaults() -> None:
