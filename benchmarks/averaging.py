@@ -144,6 +144,7 @@ def bench_engine(d: int, case: str, seed: int) -> Any:
             self.wire_shapes = dict(self.shapes)
             dl = self.cfg.diloco
             self.outer = OuterNesterov(dl.outer_lr, dl.outer_momentum, self.shapes)
+            self._sum_out = None  # TorchEngine's kept sum buffer
             self.compressor = Compressor(compression)
             self.limits = DecodeLimits(
                 max_bytes=8 * d + (1 << 20), max_tensors=1, max_elements=d, max_decode_work=64 * d
