@@ -24,7 +24,7 @@ PEER_OWNED_KINDS = frozenset({"peer", "layers", "capacity"})
 """Record kinds whose key ends in the owner's peer id; only the owner may write them."""
 
 
-REASONS: Final = ("too-large", "bad-key-form", "not-signed-record", "bad-signature", "not-owner")
+REASONS: Final = ("too_large", "bad_key_form", "not_signed_record", "bad_signature", "not_owner")
 """The stable reason codes of :class:`RecordError`, in the order the rules are applied."""
 
 
@@ -60,26 +60,26 @@ def parse_key(key: str) -> tuple[str, str]:
     """``/p2pshard/<kind>/<name>`` → (kind, name)."""
     parts = key.split("/")
     if len(parts) != 4 or parts[0] != "" or parts[1] != NAMESPACE or not parts[2] or not parts[3]:
-        raise RecordError("bad-key-form", f"key {key!r} is not of the form /{NAMESPACE}/<kind>/<name>")
+        raise RecordError("bad_key_form", f"key {key!r} is not of the form /{NAMESPACE}/<kind>/<name>")
     return parts[2], parts[3]
 
 
 def verify_record(key: str, value: bytes, verifier: Verifier) -> VerifiedRecord:
     if len(value) > MAX_RECORD_SIZE:
-        raise RecordError("too-large", f"record of {len(value)} bytes exceeds {MAX_RECORD_SIZE}")
+        raise RecordError("too_large", f"record of {len(value)} bytes exceeds {MAX_RECORD_SIZE}")
     kind, name = parse_key(key)
     rec = records_pb2.SignedRecord()
     try:
         rec.ParseFromString(value)
     except DecodeError as exc:
-        raise RecordError("not-signed-record", "value is not a SignedRecord") from exc
+        raise RecordError("not_signed_record", "value is not a SignedRecord") from exc
     try:
         signer = verifier(rec.public_key, signing_bytes(key, rec.seq, rec.payload), rec.signature)
     except Exception as exc:
-        raise RecordError("bad-signature", f"bad signature: {exc}") from exc
+        raise RecordError("bad_signature", f"bad signature: {exc}") from exc
     if kind in PEER_OWNED_KINDS and name != signer:
         raise RecordError(
-            "not-owner", f"{kind} records under {name} may only be written by that peer, not {signer}"
+            "not_owner", f"{kind} records under {name} may only be written by that peer, not {signer}"
         )
     return VerifiedRecord(key, rec.seq, bytes(rec.payload), signer)
 

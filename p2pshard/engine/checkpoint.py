@@ -60,17 +60,17 @@ class CheckpointState:
     @staticmethod
     def from_bytes(data: bytes) -> CheckpointState:
         if len(data) > MAX_CHECKPOINT_BYTES:
-            raise CheckpointError("checkpoint-too-large")
+            raise CheckpointError("checkpoint_too_large")
         meta = _read_metadata(data)
         try:
             flat = safetensors.numpy.load(data)
         except Exception as exc:  # safetensors raises its own SafetensorError
-            raise CheckpointError(f"bad-safetensors: {exc}") from exc
+            raise CheckpointError(f"bad_safetensors: {exc}") from exc
         groups: dict[str, dict[str, F32]] = {}
         for key, arr in flat.items():
             group, _, name = key.partition("/")
             if not name or arr.dtype != np.float32:
-                raise CheckpointError(f"bad-tensor: {key}")
+                raise CheckpointError(f"bad_tensor: {key}")
             groups.setdefault(group, {})[name] = arr
         return CheckpointState(groups, meta)
 
@@ -81,20 +81,20 @@ def _read_metadata(data: bytes) -> dict[str, Any]:
         raise CheckpointError("truncated")
     (n,) = struct.unpack_from("<Q", data)
     if n > MAX_HEADER_BYTES or 8 + n > len(data):
-        raise CheckpointError("bad-header-length")
+        raise CheckpointError("bad_header_length")
     try:
         header = json.loads(data[8 : 8 + n])
         meta = json.loads(header["__metadata__"][_META_KEY])
     except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: deep nesting
-        raise CheckpointError(f"bad-metadata: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        raise CheckpointError(f"bad_metadata: {type(exc).__name__}: {str(exc)[:200]}") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError("unknown-format")
+        raise CheckpointError("unknown_format")
     for key, kind in _META_TYPES.items():
         if key in meta and not _is(meta[key], kind):
-            raise CheckpointError(f"bad-metadata: {key} is not a {kind.__name__}")
+            raise CheckpointError(f"bad_metadata: {key} is not a {kind.__name__}")
     steps = meta.get("inner_steps", {})
     if not all(_is(v, int) for v in steps.values()):
-        raise CheckpointError("bad-metadata: inner_steps holds a value that is not a count")
+        raise CheckpointError("bad_metadata: inner_steps holds a value that is not a count")
     return meta
 
 

@@ -182,7 +182,7 @@ class TorchEngine:
             model_cfg = ModelConfig(**state.meta["model_config"])
             seed = int(state.meta["seed"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError("bad-model-config") from exc
+            raise CheckpointError("bad_model_config") from exc
         base = cfg or EngineConfig()
         engine = cls(replace(base, model=model_cfg, seed=seed), genesis)
         engine._restore(state)
@@ -258,7 +258,7 @@ class TorchEngine:
         try:
             tensors = decode_sparse(payload, self.limits)
         except TensorDecodeError as exc:
-            raise UpdateRejected("decode_" + exc.reason.replace("-", "_"), exc.detail) from exc
+            raise UpdateRejected(f"decode_{exc.reason}", exc.detail) from exc
         shapes = self.wire_shapes if UPDATE_TENSOR in tensors else self.shapes
         return screen_update(tensors, shapes, self.max_update_norm)
 
@@ -377,12 +377,12 @@ class TorchEngine:
     def _restore(self, state: CheckpointState) -> None:
         meta = state.meta
         if meta.get("manifest_digest") != self.genesis.manifest.digest:
-            raise CheckpointError("manifest-mismatch")
+            raise CheckpointError("manifest_mismatch")
         if meta.get("model_config") != self.cfg.model.to_json():
-            raise CheckpointError("model-config-mismatch")
+            raise CheckpointError("model_config_mismatch")
         model = self._check_group(state, "model", required=True)
         if model_hash(model).hex() != meta.get("model_hash"):
-            raise CheckpointError("model-hash-mismatch")
+            raise CheckpointError("model_hash_mismatch")
         momentum = self._check_group(state, "outer_momentum", required=True)
         residual = self._check_group(state, "error_feedback", required=False)
         inner = state.groups.get("inner", {})
@@ -402,7 +402,7 @@ class TorchEngine:
             if n in steps:
                 avg, sq = inner.get(f"{n}/exp_avg"), inner.get(f"{n}/exp_avg_sq")
                 if avg is None or sq is None or self.shapes[n] not in (avg.shape, sq.shape):
-                    raise CheckpointError(f"bad-optimizer-state: {n}")
+                    raise CheckpointError(f"bad_optimizer_state: {n}")
                 self.inner_opt.state[self._params[n]] = {
                     "step": torch.tensor(float(steps[n])),
                     "exp_avg": torch.from_numpy(avg.copy()).to(self.device),
@@ -427,10 +427,10 @@ class TorchEngine:
         r = self.cfg.compression.rank
         for n, a in tensors.items():
             if n not in self.shapes or len(self.shapes[n]) < 2:
-                raise CheckpointError(f"lowrank_subspace-unknown-tensor: {n}")
+                raise CheckpointError(f"lowrank_subspace_unknown_tensor: {n}")
             cols = int(np.prod(self.shapes[n][1:]))
             if a.shape != (cols, r) or not np.isfinite(a).all():
-                raise CheckpointError(f"lowrank_subspace-bad-tensor: {n}")
+                raise CheckpointError(f"lowrank_subspace_bad_tensor: {n}")
             out[n] = a.copy()
         return out
 
@@ -439,10 +439,10 @@ class TorchEngine:
         if not tensors and not required:
             return {}
         if set(tensors) != set(self.names):
-            raise CheckpointError(f"{group}-names-mismatch")
+            raise CheckpointError(f"{group}_names_mismatch")
         for n, a in tensors.items():
             if a.shape != self.shapes[n] or not np.isfinite(a).all():
-                raise CheckpointError(f"{group}-bad-tensor: {n}")
+                raise CheckpointError(f"{group}_bad_tensor: {n}")
         return tensors
 
     def load_checkpoint_bytes(self, data: bytes) -> None:

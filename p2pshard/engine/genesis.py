@@ -111,15 +111,15 @@ class Manifest:
     def from_bytes(data: bytes, max_bytes: int = 1 << 20) -> Manifest:
         """Parse and verify a manifest received from a peer (it must be canonical)."""
         if len(data) > max_bytes:
-            raise GenesisError("manifest-too-large")
+            raise GenesisError("manifest_too_large")
         try:
             obj = json.loads(data)
         except (ValueError, RecursionError) as exc:  # also an int too long to convert; deep nesting
-            raise GenesisError(f"manifest-not-json: {type(exc).__name__}: {str(exc)[:200]}") from exc
+            raise GenesisError(f"manifest_not_json: {type(exc).__name__}: {str(exc)[:200]}") from exc
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-            raise GenesisError("manifest-format")
+            raise GenesisError("manifest_format")
         if obj.get("tokenizer") != TOKENIZER_BYTES:
-            raise GenesisError("unsupported-tokenizer")
+            raise GenesisError("unsupported_tokenizer")
         try:
             train = tuple(_shard_entries(obj["train_shards"]))
             evals = tuple(_shard_entries(obj["eval_shards"]))
@@ -130,11 +130,11 @@ class Manifest:
                 shard_sizes=dict(train + evals),
             )
         except (KeyError, TypeError) as exc:
-            raise GenesisError(f"manifest-fields: {exc}") from exc
+            raise GenesisError(f"manifest_fields: {exc}") from exc
         if not m.train_shards:
-            raise GenesisError("no-train-shards")
+            raise GenesisError("no_train_shards")
         if m.to_bytes() != data:
-            raise GenesisError("manifest-not-canonical")  # also catches a wrong dataset_digest
+            raise GenesisError("manifest_not_canonical")  # also catches a wrong dataset_digest
         return m
 
 
@@ -142,9 +142,9 @@ def _shard_entries(entries: Any) -> Iterable[tuple[str, int]]:
     for e in entries:
         h, n = e["sha256"], e["bytes"]
         if not (isinstance(h, str) and len(h) == 64 and all(c in "0123456789abcdef" for c in h)):
-            raise GenesisError("bad-shard-hash")
+            raise GenesisError("bad_shard_hash")
         if type(n) is not int or n <= 0:  # not a bool
-            raise GenesisError("bad-shard-size")
+            raise GenesisError("bad_shard_size")
         yield h, n
 
 
@@ -185,7 +185,7 @@ class Genesis:
 def load_shard(data: bytes, expected_sha256: str) -> npt.NDArray[np.uint8]:
     """Verify a shard's hash and return its tokens (byte-level: one token per byte)."""
     if sha256_hex(data) != expected_sha256:
-        raise GenesisError("shard-hash-mismatch")
+        raise GenesisError("shard_hash_mismatch")
     return np.frombuffer(data, dtype=np.uint8)
 
 
@@ -203,7 +203,7 @@ def assign_shard(manifest: Manifest, peer_id: str, round_index: int) -> str:
 
 def _genesis_from_chunks(name: str, chunks: list[bytes], n_eval: int) -> Genesis:
     if len(chunks) < n_eval + 1:
-        raise GenesisError("not-enough-data")
+        raise GenesisError("not_enough_data")
     hashes = [sha256_hex(c) for c in chunks]
     split = len(chunks) - n_eval
     manifest = Manifest(

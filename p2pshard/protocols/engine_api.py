@@ -29,7 +29,7 @@ __all__ = ["Engine", "LocalUpdate", "RoundOutcome", "UpdateRejected"]
 class UpdateRejected(ValueError):
     """A contribution that must not be aggregated; ``reason`` is short and stable (a metric label).
 
-    Reasons include ``decode_<codec reason>`` (its hyphens as underscores), ``missing_tensor``,
+    Reasons include ``decode_<codec reason>``, ``missing_tensor``,
     ``unexpected_tensor``, ``wrong_shape``, ``non_finite`` and ``norm_too_large``.
     """
 

@@ -56,26 +56,26 @@ def test_each_rule_has_its_reason_in_table_order() -> None:
     big = b"\x00" * (records.MAX_RECORD_SIZE + 1)
     tampered = records_pb2.SignedRecord.FromString(make("/p2pshard/blob/a"))
     tampered.payload = b"changed"
-    assert reason("/elsewhere/x", big) == "too-large"  # size is judged before the key
-    assert reason("/p2pshard/a/b/c", b"") == "bad-key-form"
-    assert reason("/p2pshard//name", b"") == "bad-key-form"
-    assert reason("/p2pshard/blob/a", b"\xff\xff") == "not-signed-record"
-    assert reason("/p2pshard/blob/a", tampered.SerializeToString()) == "bad-signature"
-    assert reason("/p2pshard/blob/b", make("/p2pshard/blob/a")) == "bad-signature"
+    assert reason("/elsewhere/x", big) == "too_large"  # size is judged before the key
+    assert reason("/p2pshard/a/b/c", b"") == "bad_key_form"
+    assert reason("/p2pshard//name", b"") == "bad_key_form"
+    assert reason("/p2pshard/blob/a", b"\xff\xff") == "not_signed_record"
+    assert reason("/p2pshard/blob/a", tampered.SerializeToString()) == "bad_signature"
+    assert reason("/p2pshard/blob/b", make("/p2pshard/blob/a")) == "bad_signature"
     assert reason(
         f"/p2pshard/layers/{_pid(OWNER)}", make(f"/p2pshard/layers/{_pid(OWNER)}", signer=OTHER)
-    ) == ("not-owner")
+    ) == ("not_owner")
 
 
 def test_reasons_are_a_closed_set_and_errors_stay_value_errors() -> None:
     with pytest.raises(ValueError, match="unknown record error reason"):
         records.RecordError("nope", "x")
-    err = records.RecordError("too-large", "record of 9 bytes exceeds 8")
+    err = records.RecordError("too_large", "record of 9 bytes exceeds 8")
     assert isinstance(err, ValueError)  # py-libp2p's validator contract and older callers
-    assert (err.reason, str(err)) == ("too-large", "record of 9 bytes exceeds 8")
+    assert (err.reason, str(err)) == ("too_large", "record of 9 bytes exceeds 8")
     with pytest.raises(records.RecordError) as info:
         make("/not/a/key/shape")
-    assert info.value.reason == "bad-key-form"
+    assert info.value.reason == "bad_key_form"
 
 
 def test_select_skips_invalid_values_whatever_their_seq() -> None:

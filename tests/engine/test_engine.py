@@ -166,10 +166,10 @@ def test_checkpoint_verification(make_engine: EngineFactory) -> None:
     model = {n: a.copy() for n, a in state.groups["model"].items()}
     model[e.names[0]].flat[0] += 1.0  # one weight changed, the stated hash kept
     tampered = CheckpointState({**state.groups, "model": model}, state.meta).to_bytes()
-    with pytest.raises(CheckpointError, match="model-hash-mismatch"):
+    with pytest.raises(CheckpointError, match="model_hash_mismatch"):
         e.load_checkpoint_bytes(tampered)
     wrong_net = CheckpointState(state.groups, {**state.meta, "manifest_digest": "00" * 32})
-    with pytest.raises(CheckpointError, match="manifest-mismatch"):
+    with pytest.raises(CheckpointError, match="manifest_mismatch"):
         e.load_checkpoint_bytes(wrong_net.to_bytes())
     for junk in (b"", b"\xff" * 8 + b"{}", b"\x02\x00\x00\x00\x00\x00\x00\x00{}"):
         with pytest.raises(CheckpointError):
@@ -190,7 +190,7 @@ def test_a_checkpoint_with_a_bad_model_config_is_a_checkpoint_error(
         {**state.meta, "model_config": {"x": 1}},
         {k: v for k, v in state.meta.items() if k != "seed"},
     ):
-        with pytest.raises(CheckpointError, match="bad-model-config"):
+        with pytest.raises(CheckpointError, match="bad_model_config"):
             TorchEngine.from_checkpoint_bytes(CheckpointState(state.groups, meta).to_bytes(), genesis, e.cfg)
 
 

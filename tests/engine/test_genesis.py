@@ -37,15 +37,15 @@ def test_manifest_round_trips_and_rejects_tampering(genesis: Genesis) -> None:
     obj = json.loads(data)
     obj["train_shards"] = obj["train_shards"][1:]  # dataset_digest no longer matches
     tampered = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-    with pytest.raises(GenesisError, match="not-canonical"):
+    with pytest.raises(GenesisError, match="not_canonical"):
         Manifest.from_bytes(tampered)
-    with pytest.raises(GenesisError, match="not-canonical"):
+    with pytest.raises(GenesisError, match="not_canonical"):
         Manifest.from_bytes(json.dumps(json.loads(data), indent=1).encode())
     obj = json.loads(data)
     obj["tokenizer"] = {"kind": "bpe", "vocab_size": 50257}
-    with pytest.raises(GenesisError, match="unsupported-tokenizer"):
+    with pytest.raises(GenesisError, match="unsupported_tokenizer"):
         Manifest.from_bytes(json.dumps(obj).encode())
-    with pytest.raises(GenesisError, match="manifest-not-json"):
+    with pytest.raises(GenesisError, match="manifest_not_json"):
         Manifest.from_bytes(b"\xff{")
 
 
@@ -53,7 +53,7 @@ def test_shards_are_verified_by_hash(genesis: Genesis) -> None:
     h = genesis.manifest.train_shards[3]
     data = genesis.shard_bytes(h)
     assert load_shard(data, h).size == len(data)
-    with pytest.raises(GenesisError, match="shard-hash-mismatch"):
+    with pytest.raises(GenesisError, match="shard_hash_mismatch"):
         load_shard(data[:-1] + b"!", h)
 
 

@@ -112,29 +112,29 @@ def test_valid_handmade_record_decodes() -> None:
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
-        (b"", "truncated-header"),
-        (b"XXXX" + bytes(5), "bad-magic"),
-        (struct.pack("<4sBI", MAGIC, 9, 0), "unknown-compression"),
-        (struct.pack("<4sBI", MAGIC, 0, 10) + b"abc", "length-mismatch"),
-        (struct.pack("<4sBI", MAGIC, 1, 0xFFFFFFFF) + b"abc", "claimed-size-too-large"),
-        (struct.pack("<4sBI", MAGIC, 1, 100) + b"\xff\xff\xff", "bad-lz4"),
+        (b"", "truncated_header"),
+        (b"XXXX" + bytes(5), "bad_magic"),
+        (struct.pack("<4sBI", MAGIC, 9, 0), "unknown_compression"),
+        (struct.pack("<4sBI", MAGIC, 0, 10) + b"abc", "length_mismatch"),
+        (struct.pack("<4sBI", MAGIC, 1, 0xFFFFFFFF) + b"abc", "claimed_size_too_large"),
+        (struct.pack("<4sBI", MAGIC, 1, 100) + b"\xff\xff\xff", "bad_lz4"),
         (
             struct.pack("<4sBI", MAGIC, 1, 50) + lz4.block.compress(bytes(10), store_size=False),
-            "length-mismatch",
+            "length_mismatch",
         ),
-        (struct.pack("<4sBI", MAGIC, 0, 3) + b"\xff\xff\xff", "malformed-protobuf"),
-        (envelope(record(shape=[1 << 20, 1 << 20])), "too-many-elements"),
-        (envelope(record(shape=[1] * 9)), "rank-too-large"),
-        (envelope(record(shape=[5])), "values-length-mismatch"),
-        (envelope(record(chunk_size=0)), "bad-chunk-size"),
-        (envelope(record(chunk_size=1 << 17)), "bad-chunk-size"),
-        (envelope(record(encoding=42)), "unknown-encoding"),
-        (envelope(record(layout=7)), "unknown-layout"),
-        (envelope(record(name="")), "bad-name"),
-        (envelope(record(indices=b"\x00\x00")), "unexpected-indices"),
+        (struct.pack("<4sBI", MAGIC, 0, 3) + b"\xff\xff\xff", "malformed_protobuf"),
+        (envelope(record(shape=[1 << 20, 1 << 20])), "too_many_elements"),
+        (envelope(record(shape=[1] * 9)), "rank_too_large"),
+        (envelope(record(shape=[5])), "values_length_mismatch"),
+        (envelope(record(chunk_size=0)), "bad_chunk_size"),
+        (envelope(record(chunk_size=1 << 17)), "bad_chunk_size"),
+        (envelope(record(encoding=42)), "unknown_encoding"),
+        (envelope(record(layout=7)), "unknown_layout"),
+        (envelope(record(name="")), "bad_name"),
+        (envelope(record(indices=b"\x00\x00")), "unexpected_indices"),
         (
             envelope(record(encoding=pb.VALUE_ENCODING_INT8, values=bytes(4), scales=b"")),
-            "scales-length-mismatch",
+            "scales_length_mismatch",
         ),
         (
             envelope(
@@ -144,7 +144,7 @@ def test_valid_handmade_record_decodes() -> None:
                     scales=np.ones(1, "<f4").tobytes(),
                 )
             ),
-            "int8-out-of-range",
+            "int8_out_of_range",
         ),
     ],
 )
@@ -169,13 +169,13 @@ def topk_record(indices: list[int], shape: int = 8, chunk: int = 4, k: int = 2) 
     ("bundle", "reason"),
     [
         (topk_record([0, 3, 1, 2]), None),
-        (topk_record([0, 4, 1, 2]), "index-out-of-range"),  # 4 is outside a 4-element chunk
-        (topk_record([0, 3, 0, 2], shape=6), "index-out-of-range"),  # last chunk has 2 elements
-        (topk_record([3, 0, 1, 2]), "indices-not-increasing"),
-        (topk_record([1, 1, 1, 2]), "indices-not-increasing"),  # a duplicate
-        (topk_record([0, 3, 1]), "values-length-mismatch"),
-        (topk_record([0, 1, 2, 3], k=0), "bad-k"),
-        (topk_record([0, 1, 2, 3], k=5), "bad-k"),
+        (topk_record([0, 4, 1, 2]), "index_out_of_range"),  # 4 is outside a 4-element chunk
+        (topk_record([0, 3, 0, 2], shape=6), "index_out_of_range"),  # last chunk has 2 elements
+        (topk_record([3, 0, 1, 2]), "indices_not_increasing"),
+        (topk_record([1, 1, 1, 2]), "indices_not_increasing"),  # a duplicate
+        (topk_record([0, 3, 1]), "values_length_mismatch"),
+        (topk_record([0, 1, 2, 3], k=0), "bad_k"),
+        (topk_record([0, 1, 2, 3], k=5), "bad_k"),
     ],
 )
 def test_topk_index_checks(bundle: pb.TensorBundle, reason: str | None) -> None:
@@ -191,11 +191,11 @@ def test_topk_index_checks(bundle: pb.TensorBundle, reason: str | None) -> None:
 def test_limits_on_count_and_duplicates() -> None:
     two = record()
     two.tensors.add().CopyFrom(two.tensors[0])
-    with pytest.raises(TensorDecodeError, match="duplicate-name"):
+    with pytest.raises(TensorDecodeError, match="duplicate_name"):
         decode_tensors(envelope(two))
-    with pytest.raises(TensorDecodeError, match="too-many-tensors"):
+    with pytest.raises(TensorDecodeError, match="too_many_tensors"):
         decode_tensors(envelope(two), DecodeLimits(max_tensors=1))
-    with pytest.raises(TensorDecodeError, match="payload-too-large"):
+    with pytest.raises(TensorDecodeError, match="payload_too_large"):
         decode_tensors(envelope(record()), DecodeLimits(max_bytes=8))
 
 
@@ -278,27 +278,27 @@ def low_rank_record(**fields: object) -> pb.TensorBundle:
     ("bundle", "reason"),
     [
         (low_rank_record(), None),
-        (low_rank_record(shape=[12]), "low-rank-needs-matrix"),
-        (low_rank_record(encoding=pb.VALUE_ENCODING_FLOAT32), "low-rank-needs-int-encoding"),
-        (low_rank_record(rank=0), "bad-rank"),
-        (low_rank_record(rank=4, chunk_size=4), "bad-rank"),  # rank above min(rows, cols) = 3
-        (low_rank_record(chunk_size=3), "bad-rank"),  # one scale per factor row: chunk == rank
-        (low_rank_record(k=1), "unexpected-indices"),
-        (low_rank_record(values=bytes(13)), "values-length-mismatch"),
-        (low_rank_record(scales=bytes(4)), "scales-length-mismatch"),
-        (low_rank_record(scales=np.array([1, 3, 1, 1], "<f4").tobytes()), "scale-not-power-of-two"),
-        (low_rank_record(scales=np.array([1, 1, 0, 1], "<f4").tobytes()), "scale-not-power-of-two"),
-        (low_rank_record(scales=np.array([1, np.inf, 1, 1], "<f4").tobytes()), "scale-not-power-of-two"),
-        (low_rank_record(scales=np.array([2.0**20, 1, 2.0**5, 1], "<f4").tobytes()), "scale-range-too-large"),
+        (low_rank_record(shape=[12]), "low_rank_needs_matrix"),
+        (low_rank_record(encoding=pb.VALUE_ENCODING_FLOAT32), "low_rank_needs_int_encoding"),
+        (low_rank_record(rank=0), "bad_rank"),
+        (low_rank_record(rank=4, chunk_size=4), "bad_rank"),  # rank above min(rows, cols) = 3
+        (low_rank_record(chunk_size=3), "bad_rank"),  # one scale per factor row: chunk == rank
+        (low_rank_record(k=1), "unexpected_indices"),
+        (low_rank_record(values=bytes(13)), "values_length_mismatch"),
+        (low_rank_record(scales=bytes(4)), "scales_length_mismatch"),
+        (low_rank_record(scales=np.array([1, 3, 1, 1], "<f4").tobytes()), "scale_not_power_of_two"),
+        (low_rank_record(scales=np.array([1, 1, 0, 1], "<f4").tobytes()), "scale_not_power_of_two"),
+        (low_rank_record(scales=np.array([1, np.inf, 1, 1], "<f4").tobytes()), "scale_not_power_of_two"),
+        (low_rank_record(scales=np.array([2.0**20, 1, 2.0**5, 1], "<f4").tobytes()), "scale_range_too_large"),
         (low_rank_record(scales=np.array([2.0**20, 1, 2.0**4, 1], "<f4").tobytes()), None),
-        (low_rank_record(values=b"\x80" + bytes(13)), "int8-out-of-range"),
-        (low_rank_record(shape=[1 << 10, 1 << 10], rank=1, chunk_size=1), "values-length-mismatch"),
+        (low_rank_record(values=b"\x80" + bytes(13)), "int8_out_of_range"),
+        (low_rank_record(shape=[1 << 10, 1 << 10], rank=1, chunk_size=1), "values_length_mismatch"),
         (
             low_rank_record(encoding=pb.VALUE_ENCODING_INT4, values=bytes([0x88] * 7)),
             None,
         ),
-        (low_rank_record(encoding=pb.VALUE_ENCODING_INT4, values=bytes([0x80] * 7)), "int4-out-of-range"),
-        (record(rank=2), "unexpected-rank"),
+        (low_rank_record(encoding=pb.VALUE_ENCODING_INT4, values=bytes([0x80] * 7)), "int4_out_of_range"),
+        (record(rank=2), "unexpected_rank"),
     ],
 )
 def test_low_rank_checks(bundle: pb.TensorBundle, reason: str | None) -> None:
@@ -322,7 +322,7 @@ def test_low_rank_decode_work_is_bounded() -> None:
     lim = DecodeLimits(max_bytes=1 << 20, max_elements=1 << 20, max_decode_work=1 << 25)
     with pytest.raises(TensorDecodeError) as info:
         decode_tensors(envelope(big), lim)
-    assert info.value.reason == "too-much-decode-work"
+    assert info.value.reason == "too_much_decode_work"
 
 
 def test_int4_padding_nibble_must_be_zero() -> None:
@@ -335,7 +335,7 @@ def test_int4_padding_nibble_must_be_zero() -> None:
     )
     with pytest.raises(TensorDecodeError) as info:
         decode_tensors(envelope(bad))
-    assert info.value.reason == "int4-out-of-range"
+    assert info.value.reason == "int4_out_of_range"
     good = record(
         shape=[3],
         encoding=pb.VALUE_ENCODING_INT4,
@@ -380,10 +380,10 @@ def test_int2_codes_decode_to_the_four_levels_times_the_chunk_scale() -> None:
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [
-        ({"values": bytes([0xFF, 0x04])}, "int2-bad-padding"),  # bits past the 5th value set
-        ({"values": bytes([0xFF])}, "values-length-mismatch"),
-        ({"values": bytes([0xFF, 0x03, 0x00])}, "values-length-mismatch"),
-        ({"scales": np.ones(1, "<f4").tobytes()}, "scales-length-mismatch"),
+        ({"values": bytes([0xFF, 0x04])}, "int2_bad_padding"),  # bits past the 5th value set
+        ({"values": bytes([0xFF])}, "values_length_mismatch"),
+        ({"values": bytes([0xFF, 0x03, 0x00])}, "values_length_mismatch"),
+        ({"scales": np.ones(1, "<f4").tobytes()}, "scales_length_mismatch"),
     ],
 )
 def test_int2_rejects_bad_padding_and_lengths(fields: dict[str, object], reason: str) -> None:
@@ -464,12 +464,12 @@ def test_packed_offsets_by_hand() -> None:
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [
-        ({"index_bits": 17}, "bad-index-bits"),
-        ({"index_bits": 1}, "bad-index-bits"),  # chunks of 4 need 2 bits
-        ({"indices": bytes([0b01001100, 0])}, "indices-length-mismatch"),
-        ({"index_bits": 3, "indices": bytes([0b00011000, 0b10010])}, "indices-bad-padding"),
-        ({"indices": bytes([0b01011100])}, "indices-not-increasing"),  # 0, 3 | 1, 1
-        ({"layout": pb.LAYOUT_DENSE, "k": 0, "indices": b""}, "unexpected-indices"),
+        ({"index_bits": 17}, "bad_index_bits"),
+        ({"index_bits": 1}, "bad_index_bits"),  # chunks of 4 need 2 bits
+        ({"indices": bytes([0b01001100, 0])}, "indices_length_mismatch"),
+        ({"index_bits": 3, "indices": bytes([0b00011000, 0b10010])}, "indices_bad_padding"),
+        ({"indices": bytes([0b01011100])}, "indices_not_increasing"),  # 0, 3 | 1, 1
+        ({"layout": pb.LAYOUT_DENSE, "k": 0, "indices": b""}, "unexpected_indices"),
     ],
 )
 def test_packed_offsets_are_checked(fields: dict[str, object], reason: str) -> None:

@@ -315,7 +315,7 @@ def generate() -> list[Case]:
         False,
         "/p2pshard/layers/16Uiu2HAmSomeoneElse",
         make("/p2pshard/layers/16Uiu2HAmSomeoneElse", 1, b"x"),
-        {"valid": False, "reason": "not-owner"},
+        {"valid": False, "reason": "not_owner"},
     )
     rec(
         "bad_signature",
@@ -330,7 +330,7 @@ def generate() -> list[Case]:
                 make("/p2pshard/checkpoint/r12", 1, b"x")
             ).signature,
         ).SerializeToString(),
-        {"valid": False, "reason": "bad-signature"},
+        {"valid": False, "reason": "bad_signature"},
     )
     rec(
         "seq_changed",
@@ -338,7 +338,7 @@ def generate() -> list[Case]:
         False,
         "/p2pshard/checkpoint/r12",
         _with_seq(make("/p2pshard/checkpoint/r12", 1, b"x"), 2),
-        {"valid": False, "reason": "bad-signature"},
+        {"valid": False, "reason": "bad_signature"},
     )
     rec(
         "other_key_name",
@@ -346,7 +346,7 @@ def generate() -> list[Case]:
         False,
         "/p2pshard/checkpoint/r13",
         make("/p2pshard/checkpoint/r12", 1, b"x"),
-        {"valid": False, "reason": "bad-signature"},
+        {"valid": False, "reason": "bad_signature"},
     )
     rec(
         "bad_key_shape",
@@ -354,7 +354,7 @@ def generate() -> list[Case]:
         False,
         "/other/kind/name",
         make("/other/kind/name", 1, b"x", check=False),
-        {"valid": False, "reason": "bad-key-form"},
+        {"valid": False, "reason": "bad_key_form"},
     )
     rec(
         "nested_key",
@@ -362,7 +362,7 @@ def generate() -> list[Case]:
         False,
         "/p2pshard/a/b/c",
         make("/p2pshard/a/b/c", 1, b"x", check=False),
-        {"valid": False, "reason": "bad-key-form"},
+        {"valid": False, "reason": "bad_key_form"},
     )
     rec(
         "undecodable",
@@ -370,7 +370,7 @@ def generate() -> list[Case]:
         False,
         "/p2pshard/checkpoint/r12",
         b"\x0a\x09ab",
-        {"valid": False, "reason": "not-signed-record"},
+        {"valid": False, "reason": "not_signed_record"},
     )
     rec(
         "oversized",
@@ -378,7 +378,7 @@ def generate() -> list[Case]:
         False,
         "/p2pshard/checkpoint/big",
         make("/p2pshard/checkpoint/big", 1, b"\x00" * records.MAX_RECORD_SIZE),
-        {"valid": False, "reason": "too-large"},
+        {"valid": False, "reason": "too_large"},
     )
     rec(
         "bad_public_key",
@@ -388,7 +388,7 @@ def generate() -> list[Case]:
         records_pb2.SignedRecord(
             public_key=b"\x08\x02\x12\x01\x00", payload=b"x", seq=1, signature=b"\x30\x00"
         ).SerializeToString(),
-        {"valid": False, "reason": "bad-signature"},
+        {"valid": False, "reason": "bad_signature"},
     )
     rec(
         "empty_kind",
@@ -396,7 +396,7 @@ def generate() -> list[Case]:
         False,
         "/p2pshard//name",
         make("/p2pshard//name", 1, b"x", check=False),
-        {"valid": False, "reason": "bad-key-form"},
+        {"valid": False, "reason": "bad_key_form"},
     )
     rec(
         "oversized_bad_key",
@@ -404,7 +404,7 @@ def generate() -> list[Case]:
         False,
         "/other/kind/name",
         b"\x00" * (records.MAX_RECORD_SIZE + 1),
-        {"valid": False, "reason": "too-large"},
+        {"valid": False, "reason": "too_large"},
     )
     rec(
         "undecodable_not_owner",
@@ -412,7 +412,7 @@ def generate() -> list[Case]:
         False,
         f"/p2pshard/peer/{owner_pid}",
         b"\xff\xff",
-        {"valid": False, "reason": "not-signed-record"},
+        {"valid": False, "reason": "not_signed_record"},
     )
     return cases + topic_signing.generate()
 

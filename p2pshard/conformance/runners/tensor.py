@@ -195,28 +195,28 @@ def generate() -> list[Case]:
         {"tensors": _tensors_json({"w": np.zeros((0, 3), dtype=np.float32)})},
     )
     good = envelope(_bundle(_dense()))
-    decode("truncated_header", "fewer than 9 bytes", False, good[:8], err("truncated-header"))
-    decode("bad_magic", "magic P2T2", False, envelope(_bundle(_dense()), magic=b"P2T2"), err("bad-magic"))
+    decode("truncated_header", "fewer than 9 bytes", False, good[:8], err("truncated_header"))
+    decode("bad_magic", "magic P2T2", False, envelope(_bundle(_dense()), magic=b"P2T2"), err("bad_magic"))
     decode(
         "unknown_compression",
         "compression byte 2",
         False,
         envelope(_bundle(_dense()), 2),
-        err("unknown-compression"),
+        err("unknown_compression"),
     )
     decode(
         "length_mismatch",
         "uncompressed length one more than the body",
         False,
         envelope(_bundle(_dense()), 0, len(_bundle(_dense())) + 1),
-        err("length-mismatch"),
+        err("length_mismatch"),
     )
     decode(
         "bad_lz4",
         "compression 1 with a body that is not lz4",
         False,
         envelope(b"\xff" * 16, 1, 64),
-        err("bad-lz4"),
+        err("bad_lz4"),
     )
     body = _bundle(_dense())
     decode(
@@ -224,14 +224,14 @@ def generate() -> list[Case]:
         "lz4 body that inflates to fewer bytes than claimed",
         False,
         envelope(lz4.block.compress(body, store_size=False), 1, len(body) + 10),
-        err("length-mismatch"),
+        err("length_mismatch"),
     )
     decode(
         "claimed_too_large",
         "claimed length above max_bytes, refused before inflating",
         False,
         envelope(b"\x00" * 4, 1, 1 << 31),
-        err("claimed-size-too-large"),
+        err("claimed_size_too_large"),
         {"max_bytes": 1 << 20},
     )
     decode(
@@ -239,7 +239,7 @@ def generate() -> list[Case]:
         "payload above max_bytes",
         False,
         good,
-        err("payload-too-large"),
+        err("payload_too_large"),
         {"max_bytes": 16},
     )
     decode(
@@ -247,38 +247,38 @@ def generate() -> list[Case]:
         "the body is not a TensorBundle",
         False,
         envelope(b"\x0a\x50ab"),
-        err("malformed-protobuf"),
+        err("malformed_protobuf"),
     )
     decode(
         "too_many_tensors",
         "two tensors, max_tensors 1",
         False,
         envelope(_bundle(_dense("a"), _dense("b"))),
-        err("too-many-tensors"),
+        err("too_many_tensors"),
         {"max_tensors": 1},
     )
-    decode("empty_name", "a tensor without a name", False, envelope(_bundle(_dense(""))), err("bad-name"))
-    decode("long_name", "a 300-character name", False, envelope(_bundle(_dense("n" * 300))), err("bad-name"))
+    decode("empty_name", "a tensor without a name", False, envelope(_bundle(_dense(""))), err("bad_name"))
+    decode("long_name", "a 300-character name", False, envelope(_bundle(_dense("n" * 300))), err("bad_name"))
     decode(
         "duplicate_name",
         "two tensors named w",
         False,
         envelope(_bundle(_dense(), _dense())),
-        err("duplicate-name"),
+        err("duplicate_name"),
     )
     decode(
         "rank_too_large",
         "rank 9",
         False,
         envelope(_bundle(_dense(shape=(1,) * 9, values=_f32([1.0])))),
-        err("rank-too-large"),
+        err("rank_too_large"),
     )
     decode(
         "too_many_elements",
         "one tensor above max_elements",
         False,
         good,
-        err("too-many-elements"),
+        err("too_many_elements"),
         {"max_elements": 3},
     )
     decode(
@@ -286,7 +286,7 @@ def generate() -> list[Case]:
         "two tensors whose sum is above max_elements",
         False,
         envelope(_bundle(_dense("a"), _dense("b"))),
-        err("too-many-elements"),
+        err("too_many_elements"),
         {"max_elements": 6},
     )
     decode(
@@ -294,52 +294,52 @@ def generate() -> list[Case]:
         "a shape claiming (2^32 - 1)^2 elements with no values",
         False,
         envelope(_bundle(_dense(shape=(0xFFFFFFFF, 0xFFFFFFFF), values=b""))),
-        err("too-many-elements"),
+        err("too_many_elements"),
     )
-    decode("chunk_zero", "chunk_size 0", False, envelope(_bundle(_dense(chunk=0))), err("bad-chunk-size"))
+    decode("chunk_zero", "chunk_size 0", False, envelope(_bundle(_dense(chunk=0))), err("bad_chunk_size"))
     decode(
         "chunk_too_large",
         "chunk_size 65537",
         False,
         envelope(_bundle(_dense(chunk=65537))),
-        err("bad-chunk-size"),
+        err("bad_chunk_size"),
     )
     decode(
         "unknown_encoding",
         "encoding 9",
         False,
         envelope(_bundle(_dense(encoding=9))),
-        err("unknown-encoding"),
+        err("unknown_encoding"),
     )
     decode(
         "unspecified_encoding",
         "encoding 0 (UNSPECIFIED)",
         False,
         envelope(_bundle(_dense(encoding=0))),
-        err("unknown-encoding"),
+        err("unknown_encoding"),
     )
     decode(
         "unknown_layout",
         "layout 0 (UNSPECIFIED)",
         False,
         envelope(_bundle(_rec(name="w", shape=[1], encoding=1, chunk_size=1, values=_f32([1.0])))),
-        err("unknown-layout"),
+        err("unknown_layout"),
     )
-    decode("k_zero", "top-k with k 0", False, envelope(_bundle(_topk(k=0))), err("bad-k"))
-    decode("k_above_chunk", "top-k with k > chunk_size", False, envelope(_bundle(_topk(k=5))), err("bad-k"))
+    decode("k_zero", "top-k with k 0", False, envelope(_bundle(_topk(k=0))), err("bad_k"))
+    decode("k_above_chunk", "top-k with k > chunk_size", False, envelope(_bundle(_topk(k=5))), err("bad_k"))
     decode(
         "values_short",
         "dense values one element short",
         False,
         envelope(_bundle(_dense(values=_f32([1, 2, 3])))),
-        err("values-length-mismatch"),
+        err("values_length_mismatch"),
     )
     decode(
         "values_odd_f16",
         "float16 values of odd byte length",
         False,
         envelope(_bundle(_dense(encoding=2, values=b"\x00" * 7))),
-        err("values-length-mismatch"),
+        err("values_length_mismatch"),
     )
     decode(
         "dense_with_indices",
@@ -358,49 +358,49 @@ def generate() -> list[Case]:
                 )
             )
         ),
-        err("unexpected-indices"),
+        err("unexpected_indices"),
     )
     decode(
         "indices_short",
         "top-k indices one short",
         False,
         envelope(_bundle(_topk(indices=struct.pack("<3H", 0, 3, 0)))),
-        err("indices-length-mismatch"),
+        err("indices_length_mismatch"),
     )
     decode(
         "index_out_of_range",
         "offset 4 in a chunk of 4",
         False,
         envelope(_bundle(_topk(indices=struct.pack("<4H", 0, 4, 0, 1)))),
-        err("index-out-of-range"),
+        err("index_out_of_range"),
     )
     decode(
         "index_past_tail",
         "offset 2 in the 2-element last chunk",
         False,
         envelope(_bundle(_topk(indices=struct.pack("<4H", 0, 3, 0, 2)))),
-        err("index-out-of-range"),
+        err("index_out_of_range"),
     )
     decode(
         "indices_not_increasing",
         "offsets 3, 0 inside one chunk",
         False,
         envelope(_bundle(_topk(indices=struct.pack("<4H", 3, 0, 0, 1)))),
-        err("indices-not-increasing"),
+        err("indices_not_increasing"),
     )
     decode(
         "indices_duplicate",
         "offset 1 twice in one chunk",
         False,
         envelope(_bundle(_topk(indices=struct.pack("<4H", 1, 1, 0, 1)))),
-        err("indices-not-increasing"),
+        err("indices_not_increasing"),
     )
     decode(
         "int8_no_scales",
         "int8 values without scales",
         False,
         envelope(_bundle(_dense(encoding=4, values=b"\x01\x02\x03\x04"))),
-        err("scales-length-mismatch"),
+        err("scales_length_mismatch"),
     )
     decode(
         "int8_minus_128",
@@ -419,7 +419,7 @@ def generate() -> list[Case]:
                 )
             )
         ),
-        err("int8-out-of-range"),
+        err("int8_out_of_range"),
     )
     _int2_cases(decode, err)
     _packed_offsets_cases(decode, err)
@@ -446,20 +446,20 @@ def _packed_offsets_cases(decode: Any, err: Any) -> None:
         {"tensors": _tensors_json({"s": np.array([1, 0, 0, -2, 3, 4], dtype=np.float32)})},
     )
     bad: list[tuple[str, str, dict[str, object], str]] = [
-        ("packed_bits_17", "index_bits 17", {"index_bits": 17}, "bad-index-bits"),
-        ("packed_bits_too_few", "1-bit offsets for chunks of 4", {"index_bits": 1}, "bad-index-bits"),
-        ("packed_long", "one byte too many", {"indices": bytes([0b01001100, 0])}, "indices-length-mismatch"),
+        ("packed_bits_17", "index_bits 17", {"index_bits": 17}, "bad_index_bits"),
+        ("packed_bits_too_few", "1-bit offsets for chunks of 4", {"index_bits": 1}, "bad_index_bits"),
+        ("packed_long", "one byte too many", {"indices": bytes([0b01001100, 0])}, "indices_length_mismatch"),
         (
             "packed_padding",
             "a set unused bit",
             {"indices": bytes([0x18, 0x12]), "index_bits": 3},
-            "indices-bad-padding",
+            "indices_bad_padding",
         ),
         (
             "packed_range",
             "3-bit offset 4 in a chunk of 4",
             {"indices": bytes([0x18, 0x08]), "index_bits": 3},
-            "index-out-of-range",
+            "index_out_of_range",
         ),
     ]
     for name, desc, fields, reason in bad:
@@ -476,7 +476,7 @@ def _packed_offsets_cases(decode: Any, err: Any) -> None:
                 )
             )
         ),
-        err("unexpected-indices"),
+        err("unexpected_indices"),
     )
 
 
@@ -500,7 +500,7 @@ def _int2_cases(decode: Any, err: Any) -> None:
         "a set bit past the last INT2 value",
         False,
         envelope(_bundle(padded)),
-        err("int2-bad-padding"),
+        err("int2_bad_padding"),
     )
     topk = _topk(
         encoding=pb.VALUE_ENCODING_INT2,
@@ -587,87 +587,87 @@ def _low_rank_cases(decode: Any, err: Any) -> None:
             "low_rank_vector",
             "a low-rank record of 1 dimension",
             _low_rank(shape=[6]),
-            "low-rank-needs-matrix",
+            "low_rank_needs_matrix",
             None,
         ),
         (
             "low_rank_float",
             "low-rank with FLOAT32 values",
             _low_rank(encoding=pb.VALUE_ENCODING_FLOAT32),
-            "low-rank-needs-int-encoding",
+            "low_rank_needs_int_encoding",
             None,
         ),
-        ("low_rank_rank_zero", "rank 0", _low_rank(rank=0), "bad-rank", None),
+        ("low_rank_rank_zero", "rank 0", _low_rank(rank=0), "bad_rank", None),
         (
             "low_rank_rank_above_rows",
             "rank 3 of a 2 x 3 matrix",
             _low_rank(rank=3, chunk_size=3),
-            "bad-rank",
+            "bad_rank",
             None,
         ),
-        ("low_rank_chunk_not_rank", "chunk_size 2 with rank 1", _low_rank(chunk_size=2), "bad-rank", None),
-        ("low_rank_with_k", "low-rank with k set", _low_rank(k=1), "unexpected-indices", None),
+        ("low_rank_chunk_not_rank", "chunk_size 2 with rank 1", _low_rank(chunk_size=2), "bad_rank", None),
+        ("low_rank_with_k", "low-rank with k set", _low_rank(k=1), "unexpected_indices", None),
         (
             "low_rank_work",
             "decoding work 6 over a limit of 5",
             _low_rank(),
-            "too-much-decode-work",
+            "too_much_decode_work",
             {"max_decode_work": 5},
         ),
         (
             "low_rank_values_short",
             "4 integers for 5",
             _low_rank(values=bytes([1, 2, 3, 4])),
-            "values-length-mismatch",
+            "values_length_mismatch",
             None,
         ),
         (
             "low_rank_int8_minus_128",
             "an int8 factor of -128",
             _low_rank(values=bytes([1, 0x80, 3, 0, 1])),
-            "int8-out-of-range",
+            "int8_out_of_range",
             None,
         ),
         (
             "low_rank_one_scale",
             "1 scale for rank 1 (2 needed)",
             _low_rank(scales=_f32([0.5])),
-            "scales-length-mismatch",
+            "scales_length_mismatch",
             None,
         ),
         (
             "low_rank_scale_three",
             "a scale of 3",
             _low_rank(scales=_f32([3.0, 4.0])),
-            "scale-not-power-of-two",
+            "scale_not_power_of_two",
             None,
         ),
         (
             "low_rank_scale_negative",
             "a scale of -2",
             _low_rank(scales=_f32([-2.0, 4.0])),
-            "scale-not-power-of-two",
+            "scale_not_power_of_two",
             None,
         ),
         (
             "low_rank_scale_zero",
             "a scale of 0",
             _low_rank(scales=_f32([0.0, 4.0])),
-            "scale-not-power-of-two",
+            "scale_not_power_of_two",
             None,
         ),
         (
             "low_rank_scale_inf",
             "an infinite scale",
             _low_rank(scales=_f32([np.inf, 4.0])),
-            "scale-not-power-of-two",
+            "scale_not_power_of_two",
             None,
         ),
         (
             "low_rank_scale_span",
             "column products 2^0 and 2^25: more than 2^24 apart",
             _low_rank(rank=2, chunk_size=2, values=bytes(10), scales=_f32([1.0, 2.0**25, 1.0, 1.0])),
-            "scale-range-too-large",
+            "scale_range_too_large",
             None,
         ),
         (
@@ -681,21 +681,21 @@ def _low_rank_cases(decode: Any, err: Any) -> None:
             "dense_with_rank",
             "a dense record with rank set",
             _dense(encoding=pb.VALUE_ENCODING_FLOAT32),
-            "unexpected-rank",
+            "unexpected_rank",
             None,
         ),
         (
             "int4_nibble_zero",
             "an int4 nibble 0 (the value -8)",
             _dense(shape=(4,), encoding=pb.VALUE_ENCODING_INT4, values=bytes([0x98, 0x90]), chunk=4),
-            "int4-out-of-range",
+            "int4_out_of_range",
             None,
         ),
         (
             "int4_padding",
             "3 int4 values whose padding nibble is not 0",
             _dense(shape=(3,), encoding=pb.VALUE_ENCODING_INT4, values=bytes([0x98, 0x19]), chunk=4),
-            "int4-out-of-range",
+            "int4_out_of_range",
             None,
         ),
     ]:

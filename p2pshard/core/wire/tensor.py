@@ -396,65 +396,65 @@ def _records(
     try:
         bundle.ParseFromString(body)
     except DecodeError as exc:
-        raise TensorDecodeError("malformed-protobuf", str(exc)) from exc
+        raise TensorDecodeError("malformed_protobuf", str(exc)) from exc
     if len(bundle.tensors) > lim.max_tensors:
-        raise TensorDecodeError("too-many-tensors", str(len(bundle.tensors)))
+        raise TensorDecodeError("too_many_tensors", str(len(bundle.tensors)))
     seen: set[str] = set()
     total = 0
     work = [0]  # low-rank decoding work so far
     for rec in bundle.tensors:
         if not rec.name or len(rec.name) > lim.max_name_len:
-            raise TensorDecodeError("bad-name", rec.name[:64])
+            raise TensorDecodeError("bad_name", rec.name[:64])
         if rec.name in seen:
-            raise TensorDecodeError("duplicate-name", rec.name)
+            raise TensorDecodeError("duplicate_name", rec.name)
         seen.add(rec.name)
         n = _checked_size(rec, lim)
         total += n
         if total > lim.max_elements:
-            raise TensorDecodeError("too-many-elements", str(total))
+            raise TensorDecodeError("too_many_elements", str(total))
         yield rec, n, lim, work
 
 
 def _open_envelope(data: bytes, lim: DecodeLimits) -> bytes:
     if len(data) < _HEADER.size:
-        raise TensorDecodeError("truncated-header")
+        raise TensorDecodeError("truncated_header")
     if len(data) > lim.max_bytes:
-        raise TensorDecodeError("payload-too-large", str(len(data)))
+        raise TensorDecodeError("payload_too_large", str(len(data)))
     magic, compression, raw_len = _HEADER.unpack_from(data)
     if magic != MAGIC:
-        raise TensorDecodeError("bad-magic")
+        raise TensorDecodeError("bad_magic")
     if raw_len > lim.max_bytes:
-        raise TensorDecodeError("claimed-size-too-large", str(raw_len))
+        raise TensorDecodeError("claimed_size_too_large", str(raw_len))
     body = memoryview(data)[_HEADER.size :]
     if compression == _COMPRESSION_NONE:
         if len(body) != raw_len:
-            raise TensorDecodeError("length-mismatch", f"{len(body)} != {raw_len}")
+            raise TensorDecodeError("length_mismatch", f"{len(body)} != {raw_len}")
         return bytes(body)
     if compression != _COMPRESSION_LZ4:
-        raise TensorDecodeError("unknown-compression", str(compression))
+        raise TensorDecodeError("unknown_compression", str(compression))
     if raw_len > _LZ4_MAX_RATIO * len(body) + _LZ4_SLACK:
         # lz4 allocates the claimed size before it reads a byte: a claim that no block of this
         # length can inflate to would cost up to max_bytes for a 10-byte payload.
-        raise TensorDecodeError("claimed-size-too-large", f"{raw_len} from an lz4 block of {len(body)}")
+        raise TensorDecodeError("claimed_size_too_large", f"{raw_len} from an lz4 block of {len(body)}")
     try:
         raw = lz4.block.decompress(body, uncompressed_size=raw_len)
     except lz4.block.LZ4BlockError as exc:
-        raise TensorDecodeError("bad-lz4", str(exc)) from exc
+        raise TensorDecodeError("bad_lz4", str(exc)) from exc
     if len(raw) != raw_len:
-        raise TensorDecodeError("length-mismatch", f"{len(raw)} != {raw_len}")
+        raise TensorDecodeError("length_mismatch", f"{len(raw)} != {raw_len}")
     return bytes(raw)
 
 
 def _checked_size(rec: pb.TensorRecord, lim: DecodeLimits) -> int:
     if len(rec.shape) > lim.max_rank:
-        raise TensorDecodeError("rank-too-large", str(len(rec.shape)))
+        raise TensorDecodeError("rank_too_large", str(len(rec.shape)))
     n = 1
     for d in rec.shape:
         n *= int(d)
         if n > lim.max_elements:
-            raise TensorDecodeError("too-many-elements", rec.name)
+            raise TensorDecodeError("too_many_elements", rec.name)
     if not 1 <= rec.chunk_size <= _MAX_CHUNK:
-        raise TensorDecodeError("bad-chunk-size", str(rec.chunk_size))
+        raise TensorDecodeError("bad_chunk_size", str(rec.chunk_size))
     return n
 
 
@@ -462,7 +462,7 @@ def _encoding(rec: pb.TensorRecord) -> Encoding:
     try:
         return Encoding(rec.encoding)
     except ValueError:
-        raise TensorDecodeError("unknown-encoding", str(rec.encoding)) from None
+        raise TensorDecodeError("unknown_encoding", str(rec.encoding)) from None
 
 
 def _decode_record(rec: pb.TensorRecord, n: int, lim: DecodeLimits, work: list[int]) -> F32:
@@ -471,16 +471,16 @@ def _decode_record(rec: pb.TensorRecord, n: int, lim: DecodeLimits, work: list[i
     if rec.layout == pb.LAYOUT_LOW_RANK:
         return _decode_low_rank(rec, n, encoding, lim, work)
     if rec.rank:
-        raise TensorDecodeError("unexpected-rank", rec.name)
+        raise TensorDecodeError("unexpected_rank", rec.name)
     if rec.layout != pb.LAYOUT_DENSE:
-        raise TensorDecodeError("unknown-layout", str(rec.layout))
+        raise TensorDecodeError("unknown_layout", str(rec.layout))
     chunk = int(rec.chunk_size)
     count = n  # every element is kept
     if len(rec.values) != values_len(encoding, count):
-        raise TensorDecodeError("values-length-mismatch", rec.name)
+        raise TensorDecodeError("values_length_mismatch", rec.name)
     values = _decode_values(rec, encoding, n, chunk, None, count)
     if rec.indices or rec.index_bits:
-        raise TensorDecodeError("unexpected-indices", rec.name)
+        raise TensorDecodeError("unexpected_indices", rec.name)
     return values
 
 
@@ -489,22 +489,22 @@ def _decode_topk(rec: pb.TensorRecord, n: int) -> SparseTensor:
     encoding = _encoding(rec)
     chunk = int(rec.chunk_size)
     if rec.rank:
-        raise TensorDecodeError("unexpected-rank", rec.name)
+        raise TensorDecodeError("unexpected_rank", rec.name)
     if not 1 <= rec.k <= chunk:
-        raise TensorDecodeError("bad-k", str(rec.k))
+        raise TensorDecodeError("bad_k", str(rec.k))
     count = kept_count(n, chunk, int(rec.k))
     if len(rec.values) != values_len(encoding, count):
-        raise TensorDecodeError("values-length-mismatch", rec.name)
+        raise TensorDecodeError("values_length_mismatch", rec.name)
     values = _decode_values(rec, encoding, n, chunk, int(rec.k), count)
     width = int(rec.index_bits)
     if width > 16 or (width and chunk > 1 << width):
-        raise TensorDecodeError("bad-index-bits", f"{width} bits for chunks of {chunk}")
+        raise TensorDecodeError("bad_index_bits", f"{width} bits for chunks of {chunk}")
     if len(rec.indices) != (2 * count if not width else (count * width + 7) // 8):
-        raise TensorDecodeError("indices-length-mismatch", rec.name)
+        raise TensorDecodeError("indices_length_mismatch", rec.name)
     if width:
         unpacked = unpack_bits(rec.indices, count, width)
         if unpacked is None:
-            raise TensorDecodeError("indices-bad-padding", rec.name)
+            raise TensorDecodeError("indices_bad_padding", rec.name)
         offsets = unpacked
     else:
         offsets = np.frombuffer(rec.indices, dtype="<u2")
@@ -520,9 +520,9 @@ def _topk_positions(offsets: npt.NDArray[np.uint16], n: int, chunk: int, k: int,
     head = offsets[: full * k].reshape(full, k)
     rest = offsets[full * k :]  # min(k, tail) offsets of the short last chunk
     if (head.size and int(head.max()) >= chunk) or (rest.size and int(rest.max()) >= tail):
-        raise TensorDecodeError("index-out-of-range", name)
+        raise TensorDecodeError("index_out_of_range", name)
     if not ((head[:, 1:] > head[:, :-1]).all() and (rest[1:] > rest[:-1]).all()):
-        raise TensorDecodeError("indices-not-increasing", name)
+        raise TensorDecodeError("indices_not_increasing", name)
     out = np.empty(offsets.size, dtype=np.int64)
     np.add(
         head,
@@ -537,33 +537,33 @@ def _decode_low_rank(
     rec: pb.TensorRecord, n: int, encoding: Encoding, lim: DecodeLimits, work: list[int]
 ) -> F32:
     if len(rec.shape) < 2:
-        raise TensorDecodeError("low-rank-needs-matrix", rec.name)
+        raise TensorDecodeError("low_rank_needs_matrix", rec.name)
     if encoding not in INT_LEVELS:
-        raise TensorDecodeError("low-rank-needs-int-encoding", rec.name)
+        raise TensorDecodeError("low_rank_needs_int_encoding", rec.name)
     rows = int(rec.shape[0])
     cols = n // rows if rows else 0
     r = int(rec.rank)
     if not 1 <= r <= min(rows, cols, MAX_FACTOR_RANK) or rec.chunk_size != r:
-        raise TensorDecodeError("bad-rank", f"{rec.name}: rank {r}, chunk {rec.chunk_size}")
+        raise TensorDecodeError("bad_rank", f"{rec.name}: rank {r}, chunk {rec.chunk_size}")
     if rec.k or rec.indices or rec.index_bits:
-        raise TensorDecodeError("unexpected-indices", rec.name)
+        raise TensorDecodeError("unexpected_indices", rec.name)
     work[0] += n * r
     if work[0] > lim.max_decode_work:
-        raise TensorDecodeError("too-much-decode-work", rec.name)
+        raise TensorDecodeError("too_much_decode_work", rec.name)
     count = (rows + cols) * r
     if len(rec.values) != values_len(encoding, count):
-        raise TensorDecodeError("values-length-mismatch", rec.name)
+        raise TensorDecodeError("values_length_mismatch", rec.name)
     ints = _decode_ints(rec, encoding, count)
     if len(rec.scales) != 8 * r:
-        raise TensorDecodeError("scales-length-mismatch", rec.name)
+        raise TensorDecodeError("scales_length_mismatch", rec.name)
     scales = np.frombuffer(rec.scales, dtype="<f4").astype(np.float64)
     mantissa, exps = np.frexp(scales)
     if not (np.isfinite(scales).all() and (mantissa == 0.5).all()):
-        raise TensorDecodeError("scale-not-power-of-two", rec.name)
+        raise TensorDecodeError("scale_not_power_of_two", rec.name)
     e = (exps[:r] + exps[r:]).astype(np.int64) - 2  # frexp: 2**k = 0.5 * 2**(k + 1)
     low = int(e.min())
     if int(e.max()) - low > _MAX_SCALE_SPAN:
-        raise TensorDecodeError("scale-range-too-large", rec.name)
+        raise TensorDecodeError("scale_range_too_large", rec.name)
     ip = ints[: rows * r].reshape(rows, r).astype(np.float64) * np.ldexp(1.0, e - low)[None, :]
     iq = ints[rows * r :].reshape(cols, r).astype(np.float64)
     # Every partial sum is an integer below 2**53: exact in float64 in any summation order.
@@ -577,16 +577,16 @@ def _decode_ints(rec: pb.TensorRecord, encoding: Encoding, count: int) -> npt.ND
     if encoding is Encoding.INT4:
         q4 = unpack_int4(rec.values, count)
         if q4 is None:
-            raise TensorDecodeError("int4-out-of-range", rec.name)
+            raise TensorDecodeError("int4_out_of_range", rec.name)
         return q4
     if encoding is Encoding.INT2:
         q2 = unpack_int2(rec.values, count)
         if q2 is None:
-            raise TensorDecodeError("int2-bad-padding", rec.name)
+            raise TensorDecodeError("int2_bad_padding", rec.name)
         return q2
     q = np.frombuffer(rec.values, dtype=np.int8)
     if count and np.any(q == -128):
-        raise TensorDecodeError("int8-out-of-range", rec.name)
+        raise TensorDecodeError("int8_out_of_range", rec.name)
     return q
 
 
@@ -600,7 +600,7 @@ def _decode_values(
         no_chunks = np.zeros(0, dtype=np.int64)  # float values have no per-chunk scale
         return dequantize(np.frombuffer(rec.values, dtype=WIRE_FLOATS[encoding]), encoding, None, no_chunks)
     if len(rec.scales) != 4 * (-(-n // chunk)):
-        raise TensorDecodeError("scales-length-mismatch", rec.name)
+        raise TensorDecodeError("scales_length_mismatch", rec.name)
     scales = np.frombuffer(rec.scales, dtype="<f4").astype(np.float32)
     ints = _decode_ints(rec, encoding, count)
     return dequantize(ints, encoding, scales, kept_per_chunk(n, chunk, k))
