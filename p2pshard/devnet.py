@@ -107,9 +107,20 @@ def _log_file(out: Path, index: int) -> BinaryIO:
     return open(out / f"node-{index}.log", "wb")
 
 
-async def _start(view: NodeView, cmd: list[str], nursery: trio.Nursery, as_json: bool, out: Path) -> None:
-    # One torch thread per node: several nodes share this machine's cores.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+def _node_env(nodes: int) -> dict[str, str]:
+    """One torch thread per node (several nodes share this machine's cores), and room for every
+    other node's connection from this one IP (a node admits 16 from one IP by default)."""
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env["P2PSHARD_MAX_CONNECTIONS_PER_IP"] = os.environ.get(
+        "P2PSHARD_MAX_CONNECTIONS_PER_IP", str(max(16, 2 * nodes))
+    )
+    return env
+
+
+async def _start(
+    view: NodeView, cmd: list[str], nursery: trio.Nursery, as_json: bool, out: Path, nodes: int
+) -> None:
+    env = {**os.environ, **_node_env(nodes)}
     with _log_file(out, view.index) as log:  # the child keeps its own copy of the fd
         proc = await trio.lowlevel.open_process(
             cmd, stdout=subprocess.PIPE, stderr=log, start_new_session=True, env=env
@@ -175,12 +186,12 @@ async def _devnet(
                 live.start()
                 nursery.start_soon(_refresh, live, views)
             try:
-                await _start(views[0], _command(0, base_port, None, node_args), nursery, as_json, out)
+                await _start(views[0], _command(0, base_port, None, node_args), nursery, as_json, out, nodes)
                 first = views[0].addrs[0]
                 async with trio.open_nursery() as starters:
                     for v in views[1:]:
                         cmd = _command(v.index, base_port, first, node_args)
-                        starters.start_soon(_start, v, cmd, nursery, as_json, out)
+                        starters.start_soon(_start, v, cmd, nursery, as_json, out, nodes)
                 if not as_json:  # printed above the live table
                     for v in views:
                         console.print(f"node {v.index}: {v.addrs[0]}", soft_wrap=True)
