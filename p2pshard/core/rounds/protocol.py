@@ -127,7 +127,6 @@ class RoundProtocol:
     current: RoundMachine | None = None
     ahead: dict[int, RoundMachine] = field(default_factory=dict)
     _ask: int = 0
-    _asked_at: float = 0.0
     _retry_at: float | None = None
     _joining_since: float = 0.0
     _deaf: tuple[float, float] = (-math.inf, -math.inf)  # the last time we were not listening
@@ -516,7 +515,6 @@ class RoundProtocol:
 
     def _ask_checkpoints(self, now: float, want: bytes | None) -> AskCheckpoints:
         self._ask += 1
-        self._asked_at = now
         return AskCheckpoints(self._ask, want)
 
     def _catch_up(
