@@ -11,6 +11,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from p2pshard.config import NodeConfig
+from p2pshard.events import NodeEvent
 from p2pshard.node import Node, open_node
 
-__all__ = ["Node", "NodeConfig", "__version__", "open_node"]
+__all__ = ["Node", "NodeConfig", "NodeEvent", "__version__", "open_node"]

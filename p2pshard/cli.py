@@ -14,10 +14,10 @@ import trio
 
 import p2pshard
 from p2pshard.config import DEFAULT_LISTEN, ConfigError, NodeConfig
+from p2pshard.events import EventCallback, NodeEvent
 from p2pshard.identity import Identity, KeyFileError
 from p2pshard.net.host import AddressError, parse_peer_addr
-from p2pshard.node import JoinError, Node, open_node
-from p2pshard.protocols.training import RoundReport
+from p2pshard.node import ConnectError, JoinError, ListenError, Node, open_node
 
 COMPRESSIONS = ("none", "fp16", "bf16", "int8", "int4", "topk", "sparseloco", "lowrank")
 """Pseudo-gradient compressions (p2pshard.engine.compression.KINDS; a test keeps the two equal)."""
@@ -171,69 +171,99 @@ def join(bootstrap: tuple[str, ...], config_file: Path | None, as_json: bool, **
     _run_node(_config(config_file, list(bootstrap), **flags), as_json)
 
 
+EXIT_INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as shells expect; SIGTERM (a service manager's stop)
+exits 0 after the same clean shutdown."""
+
+STOP_GRACE_S = 8.0
+"""Time the shutdown (snapshot included) may take before the node is cancelled: within 10 s."""
+
+
 def _run_node(config: NodeConfig, as_json: bool) -> None:
+    expected = (JoinError, ListenError, KeyFileError, AddressError, OSError)
     try:
-        trio.run(_serve_until_signal, config, as_json)
-    except (JoinError, KeyFileError, AddressError, OSError) as exc:
+        stopped_by = trio.run(_serve_until_signal, config, as_json)
+    except expected as exc:
         raise click.ClickException(str(exc)) from exc
+    except BaseExceptionGroup as group:  # raised from inside the signal watcher's nursery
+        leaves = _leaves(group)
+        if len(leaves) == 1 and isinstance(leaves[0], expected):
+            raise click.ClickException(str(leaves[0])) from None
+        raise
+    if stopped_by == signal.SIGINT:
+        sys.exit(EXIT_INTERRUPTED)
 
 
-async def _serve_until_signal(config: NodeConfig, as_json: bool) -> None:
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
+def _printer(as_json: bool) -> EventCallback:
+    def show(event: NodeEvent) -> None:
+        if as_json:
+            print(json.dumps(event.to_json()), flush=True)
+        else:
+            print(event.text, flush=True)
+
+    return show
+
+
+async def _serve_until_signal(config: NodeConfig, as_json: bool) -> int | None:
+    """Run the node until SIGINT/SIGTERM (returned, after a snapshot when the node keeps them)
+    or until its last round (None). A signal while the node is still starting stops it at once;
+    a second signal stops it without waiting for the snapshot."""
+    signalled: list[int] = []
+    started: list[Node] = []
+    stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_node(config) as node:
-            pid = node.peer_id.to_base58()
-            _emit(
-                "listening",
-                as_json,
-                f"p2pshard node {pid} (network {node.config.network_id}) listening on:\n  "
-                + "\n  ".join(node.addrs),
-                peer_id=pid,
-                addrs=node.addrs,
-                network_id=node.config.network_id,
-            )
-            node.round_listeners.append(lambda report: _emit_round(report, as_json))
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_report_peers, node, as_json)
-                if node.trainer is not None and config.rounds:
-                    nursery.start_soon(_stop_when_trained, node, nursery.cancel_scope, as_json)
-                async for signum in signals:
-                    _emit(
-                        "stopping",
-                        as_json,
-                        f"stopping ({signal.Signals(signum).name})",
-                        signal=signal.Signals(signum).name,
+        async with trio.open_nursery() as outer:
+            with trio.CancelScope() as node_scope:
+
+                async def watch_signals() -> None:
+                    async for signum in signals:
+                        signalled.append(signum)
+                        name = signal.Signals(signum).name
+                        _emit("stopping", as_json, f"stopping ({name})", signal=name)
+                        stop.set()
+                        if not started or len(signalled) > 1:
+                            node_scope.cancel()
+
+                outer.start_soon(watch_signals)
+                async with open_node(config, on_event=_printer(as_json)) as node:
+                    started.append(node)
+                    node.emit(
+                        "ready",
+                        f"ready: network {node.config.network_id}",
+                        peer_id=node.peer_id.to_base58(),
+                        addrs=node.addrs,
+                        network_id=node.config.network_id,
                     )
-                    nursery.cancel_scope.cancel()
-                    break
+                    async with trio.open_nursery() as nursery:
+                        if node.trainer is not None and config.rounds:
+                            nursery.start_soon(_stop_when_trained, node, stop, as_json)
+                        await stop.wait()
+                        nursery.cancel_scope.cancel()
+                    if signalled:
+                        with trio.move_on_after(STOP_GRACE_S):
+                            await _snapshot_before_exit(node, as_json)
+            outer.cancel_scope.cancel()
     _emit("stopped", as_json, "stopped")
+    return signalled[0] if signalled else None
 
 
-def _emit_round(report: RoundReport, as_json: bool) -> None:
-    loss = f"{report.loss:.4f}" if report.loss is not None else "-"
-    text = (
-        f"round {report.round:>4}  loss {loss}  model {report.model_hash.hex()[:12]}  "
-        f"contributors {report.contributors}{'' if report.contributed else ' (not us)'}  "
-        f"{report.tokens_per_s:,.0f} tok/s  "
-        f"sent {report.bytes_sent / 1e6:.2f} MB  received {report.bytes_received / 1e6:.2f} MB"
-    )
-    _emit(
-        "round",
-        as_json,
-        text,
-        round=report.round,
-        loss=report.loss,
-        model_hash=report.model_hash.hex(),
-        tokens=report.tokens,
-        contributors=report.contributors,
-        contributed=report.contributed,
-        rejected=report.rejected,
-        tokens_per_s=report.tokens_per_s,
-        bytes_sent=report.bytes_sent,
-        bytes_received=report.bytes_received,
-    )
+async def _snapshot_before_exit(node: Node, as_json: bool) -> None:
+    try:
+        path = await node.write_snapshot()
+    except Exception as exc:  # a failing disk must not keep the node from stopping
+        _emit("snapshot_failed", as_json, f"could not write a snapshot: {exc}", reason=str(exc))
+        return
+    if path is not None:
+        _emit("snapshot", as_json, f"snapshot written: {path}", path=path)
 
 
-async def _stop_when_trained(node: Node, scope: trio.CancelScope, as_json: bool) -> None:
+async def _stop_when_trained(node: Node, stop: trio.Event, as_json: bool) -> None:
     assert node.trainer is not None
     await node.trainer.done.wait()
     _emit(
@@ -244,17 +274,7 @@ async def _stop_when_trained(node: Node, scope: trio.CancelScope, as_json: bool)
         model_hash=node.trainer.engine.model_hash().hex(),
     )
     await trio.sleep(node.config.round_s * 0.3)  # keep serving our last payload to slower peers
-    scope.cancel()
-
-
-async def _report_peers(node: Node, as_json: bool) -> None:
-    last: list[str] = []
-    while True:
-        peers = [p.to_base58() for p in node.peers()]
-        if peers != last:
-            _emit("peers", as_json, f"peers: {len(peers)}", count=len(peers), peers=peers)
-            last = peers
-        await trio.sleep(0.5)
+    stop.set()
 
 
 @main.command()
@@ -263,8 +283,6 @@ async def _report_peers(node: Node, as_json: bool) -> None:
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the answer.")
 def status(address: str, as_json: bool, timeout: float) -> None:
     """Ask a running node for its peers, protocols, version and uptime."""
-    from google.protobuf.json_format import MessageToDict
-
     from p2pshard.net.reqresp import RpcError
     from p2pshard.protocols.status import fetch_status
 
@@ -275,14 +293,14 @@ def status(address: str, as_json: bool, timeout: float) -> None:
 
     async def ask() -> dict[str, Any]:
         async with open_node(NodeConfig(), client_only=True) as node:
-            await node.connector.connect(info)
+            await node.connect(info)
             resp = await fetch_status(node.client, info.peer_id, timeout_s=timeout)
-            return MessageToDict(
-                resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-            )
+            return status_to_dict(resp)
 
     try:
-        result = _hex_hashes(trio.run(ask))
+        result = trio.run(ask)
+    except ConnectError as exc:
+        raise click.ClickException(str(exc)) from exc
     except (RpcError, OSError, Exception) as exc:
         raise click.ClickException(f"no status from {address}: {exc}") from exc
     if as_json:
@@ -311,14 +329,56 @@ def _print_limits(status: dict[str, Any]) -> None:
         click.echo("refused: " + ", ".join(f"{k}={v}" for k, v in sorted(refused.items())))
 
 
+def status_to_dict(resp: Any) -> dict[str, Any]:
+    """A status answer as JSON-ready data: numbers as numbers (protobuf's JSON form writes 64-bit
+    integers as strings, ``"round": "8"``), hashes as hex (it writes bytes as base64)."""
+    from google.protobuf.json_format import MessageToDict
+
+    data = MessageToDict(resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    typed: dict[str, Any] = _typed(data, resp.DESCRIPTOR)
+    return typed
+
+
 def _hex_hashes(status: dict[str, Any]) -> dict[str, Any]:
-    """protobuf's JSON form writes bytes as base64; a model hash reads better as hex."""
+    """protobuf's JSON form writes bytes as base64; a model hash reads better as hex (kept for
+    callers holding MessageToDict's output; :func:`status_to_dict` does this and the numbers)."""
     import base64
 
     training = status.get("training") or {}
     if training.get("model_hash"):
         training["model_hash"] = base64.b64decode(training["model_hash"]).hex()
     return status
+
+
+def _typed(data: Any, descriptor: Any) -> Any:
+    import base64
+
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    ints = {F.TYPE_INT64, F.TYPE_UINT64, F.TYPE_SINT64, F.TYPE_FIXED64, F.TYPE_SFIXED64}
+
+    def value(field: Any, v: Any) -> Any:
+        if field.type in ints:
+            return int(v)
+        if field.type == F.TYPE_BYTES:
+            return base64.b64decode(v).hex()
+        if field.type == F.TYPE_MESSAGE:
+            return _typed(v, field.message_type)
+        return v
+
+    out = dict(data)
+    for field in descriptor.fields:
+        if field.name not in out:
+            continue
+        v = out[field.name]
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            out[field.name] = {k: value(value_field, x) for k, x in v.items()}
+        elif field.label == F.LABEL_REPEATED:
+            out[field.name] = [value(field, x) for x in v]
+        else:
+            out[field.name] = value(field, v)
+    return out
 
 
 @main.command()

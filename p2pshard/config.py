@@ -26,19 +26,44 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class NodeConfig:
+    """Everything a node is told: build one directly, or with :meth:`load` from a TOML file, the
+    environment and flags (``p2pshard start`` and ``join`` do). Every field has a default; a
+    network's nodes must agree on ``preset``, ``inner_steps``, ``compression``, ``aggregation``
+    and ``genesis`` (they make the network id)::
+
+        NodeConfig(listen=["/ip4/0.0.0.0/tcp/4001"], key=Path("node.key"), train=True)
+        NodeConfig(bootstrap=["/ip4/198.51.100.7/tcp/4001/p2p/16Uiu2…"], train=True)
+    """
+
     listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
+    """Multiaddrs to listen on (``/ip4/<address>/tcp/<port>``; port 0 = any free port). The
+    default listens on 127.0.0.1 only: nothing is reachable from other machines unless asked."""
     key: Path | None = None
     """Key file; created (mode 0600) when absent. None = an ephemeral key."""
     bootstrap: list[str] = field(default_factory=list)
+    """Full addresses (``/ip4/…/tcp/…/p2p/<peer id>``) of nodes to join through; empty = start a
+    network."""
     muxers: list[str] = field(default_factory=lambda: ["yamux", "mplex"])
+    """Stream multiplexers offered, in order of preference."""
     max_peers: int = 50
+    """Stop discovering new peers at this many connections."""
     network_id: str = "devnet"
+    """The network's id for a node that does not train (a training node takes its engine's: a
+    digest of the genesis manifest and the training rules)."""
     blob_store_bytes: int = 2 << 30
+    """Memory for content-addressed blobs (payloads, checkpoints, shards); unpinned ones are
+    evicted oldest first beyond it."""
     dial_timeout_s: float = 5.0
+    """Time one dial may take."""
+    bootstrap_timeout_s: float = 60.0
+    """Keep dialling the bootstrap peers this long (saying so every 10 s), then give up."""
     gossip_heartbeat_s: float = 1.0
+    """Gossipsub heartbeat (mesh upkeep, IHAVE gossip, score decay)."""
     # limits on what remote peers may use (specs/limits.md); 0 = sized to the machine
     max_inbound_connections: int = 0
+    """Connections peers open to us (0 = sized to the machine)."""
     max_outbound_connections: int = 0
+    """Connections we open (0 = sized to the machine)."""
     max_connections_per_ip: int = 0
     """Inbound connections from one IP address."""
     max_connections_per_subnet: int = 0
@@ -50,28 +75,35 @@ class NodeConfig:
     max_fds: int = 0
     """File descriptors for connections (0 = half the process limit)."""
     max_pending_handshakes: int = 0
+    """Inbound connections in their Noise + yamux handshake at once (0 = 32)."""
     max_pending_handshakes_per_ip: int = 0
-    """Inbound connections in their Noise + yamux handshake, in all and from one IP (0 = 32)."""
+    """Inbound connections from one IP in their handshake at once (0 = 32)."""
     handshake_timeout_s: float = 5.0
+    """Time an inbound connection has to finish its handshake."""
     request_timeout_s: float = 1.0
     """Time a client has to send its whole request once it opened a request stream."""
     request_peer_share: float = 0.25
     """The fraction of a protocol's concurrent request slots one peer may hold."""
     conn_low_water: int = 0
+    """Connection manager: trim down to this many connections (0 = ``max_peers``)."""
     conn_high_water: int = 0
-    """Connection manager: above ``conn_high_water`` connections, trim to ``conn_low_water``
-    (0 = ``max_peers`` and twice ``max_peers``)."""
+    """Connection manager: trim when above this many connections (0 = twice ``max_peers``)."""
     conn_grace_s: float = 30.0
     """A new connection is not trimmed for this long."""
     bootstrap_grace_s: float = 300.0
     """Bootstrap peers are not trimmed for this long after the node starts."""
     # training (see p2pshard/protocols/training.py)
     train: bool = False
+    """Train the network's model (``p2pshard start``/``join`` default to True; the library to
+    False, a node that only relays, serves and discovers)."""
     preset: str = "tiny"
+    """Model size: micro, tiny, small or base."""
     rounds: int = 0
     """Stop training after this many rounds (0 = until stopped)."""
     round_s: float = 12.0
+    """Length of one round in seconds (the first node of a network decides; joiners adopt it)."""
     inner_steps: int = 30
+    """Local optimizer steps per round (DiLoCo's H)."""
     compression: str = ""
     """Pseudo-gradient compression: none, fp16, bf16, int8, int4, topk, sparseloco, lowrank ('' = the
     engine's default, sparseloco: top 88 of every 4096 in 2 bits, decaying error feedback). Part of
@@ -79,7 +111,9 @@ class NodeConfig:
     aggregation: str = ""
     """Robust aggregation rule: mean, trimmed_mean, median, krum, multi_krum, centered_clip ('' = default)."""
     snapshot_dir: Path | None = None
+    """Keep hot snapshots here and resume from the newest on restart (None = none kept)."""
     snapshot_interval_s: float = 120.0
+    """Write a snapshot at most this often (also on SIGTERM/Ctrl-C in ``p2pshard start``/``join``)."""
     genesis: Path | None = None
     """Directory written by `p2pshard genesis build` (default: the embedded corpus)."""
 
@@ -91,8 +125,8 @@ class NodeConfig:
             raise ConfigError(f"muxers: choose from yamux, mplex (got {self.muxers})")
         if self.max_peers < 1:
             raise ConfigError("max_peers must be at least 1")
-        if self.dial_timeout_s <= 0:
-            raise ConfigError("dial_timeout_s must be positive")
+        if self.dial_timeout_s <= 0 or self.bootstrap_timeout_s <= 0:
+            raise ConfigError("dial_timeout_s and bootstrap_timeout_s must be positive")
         if self.round_s < 0.5 or self.inner_steps < 1 or self.rounds < 0:
             raise ConfigError("round_s must be at least 0.5 s, inner_steps >= 1 and rounds >= 0")
         if self.gossip_heartbeat_s <= 0:

@@ -89,7 +89,9 @@ async def _follow(view: NodeView, stdout: trio.abc.ReceiveStream, ready: trio.Ev
             kind = event.get("event")
             view.last = event
             if kind == "listening":
-                view.peer_id, view.addrs, view.state = event["peer_id"], event["addrs"], "running"
+                view.peer_id, view.addrs, view.state = event["peer_id"], event["addrs"], "joining"
+            elif kind == "ready":  # its model built and its protocols served: others may join
+                view.state = "running"
                 ready.set()
             elif kind == "peers":
                 view.peers = int(event["count"])

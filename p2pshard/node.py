@@ -1,8 +1,9 @@
 """A p2pshard node: the host, its protocols and its background tasks, in one nursery.
 
-``open_node(config)`` is the embedding API. It starts listening, registers the stream protocols,
-starts discovery, joins through the configured bootstrap peers and yields a :class:`Node`. Leaving
-the block cancels every task and closes the host; nothing of py-libp2p's shutdown noise escapes.
+``open_node(config)`` is the embedding API. It starts listening (and says so at once through
+``on_event``), joins through the configured bootstrap peers while the training engine is built,
+registers the stream protocols, starts discovery and yields a :class:`Node`. Leaving the block
+cancels every task and closes the host; nothing of py-libp2p's shutdown noise escapes.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import re
 import time
-from collections.abc import AsyncIterator, Callable
+import typing
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,10 +41,11 @@ from p2pshard.core.gossip import (
 from p2pshard.core.resources import ResourceLimits, ResourceManager
 from p2pshard.core.rounds import Timing
 from p2pshard.core.wire import status_pb2
+from p2pshard.events import EventCallback, NodeEvent
 from p2pshard.identity import Identity
 from p2pshard.net import patches
-from p2pshard.net.blob import BlobService, BlobStore
-from p2pshard.net.connector import Connector
+from p2pshard.net.blob import BlobService, BlobStore, Buffer
+from p2pshard.net.connector import Connector, DialError
 from p2pshard.net.connmgr import ConnManager
 from p2pshard.net.discovery import Discovery
 from p2pshard.net.host import build_host, full_addrs, parse_multiaddr, parse_peer_addr
@@ -49,7 +53,7 @@ from p2pshard.net.limits import HandshakeLimits, NetLimits, machine_limits
 from p2pshard.net.pubsub import PubSub, PubSubConfig
 from p2pshard.net.reqresp import ProtocolSpec, ReqRespClient, ReqRespServer
 from p2pshard.protocols.engine_api import Engine
-from p2pshard.protocols.status import status_spec
+from p2pshard.protocols.status import fetch_status, status_spec
 from p2pshard.protocols.topics import Topics
 from p2pshard.protocols.training import RoundReport, Trainer, TrainingOptions
 
@@ -84,11 +88,50 @@ class AppPenalties:
 
 
 class JoinError(Exception):
-    """None of the bootstrap peers could be reached."""
+    """None of the bootstrap peers could be reached (the message names each one's reason)."""
+
+
+class ListenError(OSError):
+    """A listen address could not be bound (the port is taken, or the address is not this machine's)."""
+
+
+class ConnectError(Exception):
+    """A peer could not be reached; the message names the peer once and each address's reason."""
+
+
+BOOTSTRAP_NOTICE_S = 10.0
+"""While no bootstrap peer has answered, say so every this many seconds (and keep trying)."""
 
 
 @dataclass
 class Node:
+    """A running p2pshard node: its host, protocols, gossip, DHT and (when training) its trainer.
+
+    Get one from :func:`open_node`; it stops when the ``async with`` block ends::
+
+        import trio
+        from p2pshard import NodeConfig, open_node
+
+        async def main() -> None:
+            async with open_node(NodeConfig(listen=["/ip4/127.0.0.1/tcp/0"])) as a:
+                async with open_node(NodeConfig()) as b:
+                    await b.connect(a.addrs[0])          # a full /ip4/…/tcp/…/p2p/… address
+                    digest = a.put_blob(b"hello" * 1000)  # content-addressed, served to peers
+                    data = await b.fetch_blob(digest, [a.peer_id], max_size=1 << 20)
+                    assert data == b"hello" * 1000
+                    print(b.status().peers)
+
+        trio.run(main)
+
+    Useful members: :attr:`addrs` (addresses to give other nodes), :meth:`peers`,
+    :meth:`connect`, :meth:`put_blob` / :meth:`fetch_blob`, :meth:`status` (what ``p2pshard
+    status`` shows), :attr:`counters` (every event counted by name), :attr:`trainer` (None unless
+    ``config.train``), :attr:`round_listeners` (called with each committed round's report) and
+    :meth:`write_snapshot`. The other fields are the node's parts, for protocol work: ``host``
+    (py-libp2p), ``server``/``client`` (request/response), ``blobs``, ``discovery`` (DHT),
+    ``pubsub`` and ``topics`` (gossip; None in a client-only node).
+    """
+
     config: NodeConfig
     identity: Identity
     host: IHost
@@ -110,9 +153,12 @@ class Node:
     """The host's resource limits (what status reports as ``resources``)."""
     connmgr: ConnManager | None = None
     """Closes connections above the high watermark and Sybils of one IP (not in client-only nodes)."""
+    on_event: EventCallback | None = None
+    """Called with each :class:`~p2pshard.events.NodeEvent` (``open_node``'s ``on_event``)."""
 
     @property
     def peer_id(self) -> ID:
+        """This node's peer id (``16Uiu2…``: its secp256k1 key)."""
         return self.host.get_id()
 
     @property
@@ -121,16 +167,70 @@ class Node:
         return full_addrs(self.host)
 
     def peers(self) -> list[ID]:
+        """Peers connected now, in a stable order."""
         return sorted(self.connector.connected_peers(), key=lambda p: p.to_bytes())
+
+    async def connect(self, addr: str | PeerInfo) -> ID:
+        """Connect to a peer given by its full multiaddr (``/ip4/…/tcp/…/p2p/<peer id>``) and
+        return its peer id. Raises :class:`ConnectError` naming each address's reason (or
+        :class:`~p2pshard.net.host.AddressError` for an address without its /p2p/ part)."""
+        info = parse_peer_addr(addr) if isinstance(addr, str) else addr
+        await connect_or_explain(self.connector, info)
+        return info.peer_id
+
+    def put_blob(self, data: bytes, *, pin: bool = False) -> bytes:
+        """Store ``data`` as a content-addressed blob, served to peers that ask for it; returns
+        its SHA-256 digest (give it to a peer to :meth:`fetch_blob`). ``pin`` keeps it from
+        being evicted when the store (``config.blob_store_bytes``) is full."""
+        return self.blobs.store.put(data, pin=pin)
+
+    async def fetch_blob(
+        self,
+        digest: bytes,
+        providers: Sequence[ID] | None = None,
+        *,
+        max_size: int,
+        timeout_s: float = 120.0,
+    ) -> bytes:
+        """The blob named ``digest`` (from our own store, else fetched in parallel ranges from
+        ``providers`` — default: every connected peer — and verified against the digest).
+        Refuses blobs larger than ``max_size``. Raises ``p2pshard.net.blob.BlobError`` or
+        ``p2pshard.net.reqresp.RpcError`` when no provider serves it."""
+        data: Buffer = await self.blobs.fetch(
+            digest, list(providers) if providers is not None else self.peers(), max_size=max_size,
+            timeout_s=timeout_s,
+        )  # fmt: skip
+        return bytes(data)
+
+    def emit(self, kind: str, text: str, **fields: Any) -> None:
+        """Report a step to ``on_event`` (see :mod:`p2pshard.events`)."""
+        if self.on_event is not None:
+            self.on_event(NodeEvent(kind, text, fields))
+
+    async def write_snapshot(self) -> str | None:
+        """Write a snapshot of the model now (into ``config.snapshot_dir``), after the engine
+        work in progress; returns its path, or None when the node keeps no snapshots."""
+        writer = snapshot_writer(self.config)
+        if writer is None or self.trainer is None:
+            return None
+        engine = self.trainer.engine
+
+        def write() -> str:
+            return str(writer(engine.round, engine.checkpoint_bytes()))
+
+        path: str = await self.trainer.runner.call(lambda: trio.to_thread.run_sync(write))
+        return path
 
     def report_round(self, report: RoundReport) -> None:
         for listener in self.round_listeners:
             listener(report)
 
     def register(self, spec: ProtocolSpec) -> None:
+        """Serve a request/response protocol (see :class:`~p2pshard.net.reqresp.ProtocolSpec`)."""
         self.server.register(spec)
 
     def protocols(self) -> list[str]:
+        """Every protocol id this node answers."""
         return sorted(str(p) for p in self.host.get_mux().get_protocols() if p)
 
     def _peer_addrs(self, store: IPeerStore, peer: ID) -> list[str]:
@@ -175,19 +275,26 @@ class Node:
 
 @asynccontextmanager
 async def open_node(
-    config: NodeConfig, *, identity: Identity | None = None, client_only: bool = False
+    config: NodeConfig,
+    *,
+    identity: Identity | None = None,
+    client_only: bool = False,
+    on_event: EventCallback | None = None,
 ) -> AsyncIterator[Node]:
     """Start a node, join the network through ``config.bootstrap``, and stop it on exit.
+
+    The node listens first and reports its addresses at once (``on_event`` gets a ``listening``
+    event within a fraction of a second); then it dials the bootstrap peers while the training
+    engine (``config.train``) is built, and reports each step (see :mod:`p2pshard.events`).
+    Raises :class:`ListenError` when it cannot listen, :class:`JoinError` when no bootstrap
+    peer answers within ``config.bootstrap_timeout_s``.
 
     ``client_only`` starts no discovery and joins no DHT: for tools that only ask questions
     (``p2pshard status``, ``p2pshard conformance live``).
     """
+    _quiet_normal_closes()
     if identity is None:
         identity = Identity.load_or_create(config.key)[0] if config.key else Identity.generate()
-    engine: Engine | None = None
-    if config.train and not client_only:
-        engine = await trio.to_thread.run_sync(make_engine, config, identity.peer_id.to_base58())
-        config = dataclasses.replace(config, network_id=engine.network_id)
     listen = [parse_multiaddr(a) for a in config.listen]
     bootstrap = [parse_peer_addr(a) for a in config.bootstrap]
     counters = Counters()
@@ -214,8 +321,44 @@ async def open_node(
     if not client_only:
         connector.resolver = discovery.find_peer
     _count_failed_negotiations(host, counters)
+    _check_free(config.listen)
+
+    def emit(kind: str, text: str, **fields: Any) -> None:
+        if on_event is not None:
+            on_event(NodeEvent(kind, text, fields))
+
     try:
         async with host.run(listen), trio.open_nursery() as nursery:
+            addrs = _check_listening(host, config.listen)
+            pid = host.get_id().to_base58()
+            emit(
+                "listening",
+                f"p2pshard node {pid} listening on:\n  " + "\n  ".join(addrs),
+                peer_id=pid,
+                addrs=addrs,
+            )
+            built: list[Engine] = []
+            engine_ready = trio.Event()
+            if config.train and not client_only:
+                nursery.start_soon(_build_engine, config, pid, built, engine_ready)
+            else:
+                engine_ready.set()
+            if not client_only:
+                await nursery.start(discovery.run)
+            if bootstrap and not client_only:
+                await _join(discovery, connector, bootstrap, config.bootstrap_timeout_s, emit)
+            await engine_ready.wait()
+            engine = built[0] if built else None
+            if engine is not None:
+                config = dataclasses.replace(config, network_id=engine.network_id)
+                emit(
+                    "engine_ready",
+                    f"model ready: preset {config.preset}, round {engine.round}, network {engine.network_id}",
+                    network_id=engine.network_id,
+                    preset=config.preset,
+                    round=engine.round,
+                    model_hash=engine.model_hash().hex(),
+                )
             penalties = AppPenalties()
             limits.on_violation = lambda peer, _reason: penalties.add(peer.to_bytes(), VIOLATION_PENALTY)
             pubsub = (
@@ -237,6 +380,7 @@ async def open_node(
                 started_at=trio.current_time(),
                 app_penalties=penalties,
                 limits=limits,
+                on_event=on_event,
             )
             server.register(status_spec(node.status))
             server.register(node.blobs.spec())
@@ -244,14 +388,9 @@ async def open_node(
                 await nursery.start(pubsub.run)
                 await nursery.start(node.topics.run)
             if not client_only:
-                await nursery.start(discovery.run)
                 node.connmgr = _make_connmgr(config, host, counters, pubsub, bootstrap)
                 client.activity = server.activity = node.connmgr  # transfers protect, answers count
                 await nursery.start(node.connmgr.run)
-            if bootstrap and not client_only:
-                errors = await discovery.bootstrap(bootstrap)
-                if len(errors) == len(bootstrap):
-                    raise JoinError("could not reach any bootstrap peer: " + "; ".join(errors))
             if engine is not None:
                 node.trainer = Trainer(
                     node,
@@ -261,6 +400,12 @@ async def open_node(
                     write_snapshot=snapshot_writer(config),
                 )
                 await nursery.start(node.trainer.run)
+                if bootstrap:
+                    nursery.start_soon(_check_network, node, bootstrap)
+            if on_event is not None and not client_only:
+                from p2pshard.progress import watch_progress
+
+                nursery.start_soon(watch_progress, node)
             try:
                 yield node
             finally:
@@ -273,6 +418,179 @@ async def open_node(
         if len(leaves) == 1:
             raise leaves[0] from None
         raise rest from None
+
+
+async def _build_engine(config: NodeConfig, peer_id: str, built: list[Engine], ready: trio.Event) -> None:
+    built.append(await trio.to_thread.run_sync(make_engine, config, peer_id))
+    ready.set()
+
+
+def _check_free(wanted: list[str]) -> None:
+    """Raise ListenError if a fixed listen port cannot be ours. py-libp2p binds with
+    SO_REUSEPORT, so a second node on a port already taken by a node would share it silently
+    (the kernel splitting connections between the two), and a port held by another program only
+    leaves an empty address list; a plain bind says which."""
+    for text in wanted:
+        reason = _bind_reason(text)
+        if reason is not None:
+            raise ListenError(f"cannot listen on {text}: {reason}")
+
+
+def _check_listening(host: IHost, wanted: list[str]) -> list[str]:
+    """The addresses we listen on; raises ListenError if there are none (py-libp2p only logs a
+    failed listen, and the node would run on unreachable)."""
+    addrs = full_addrs(host)
+    if not addrs:
+        raise ListenError(f"cannot listen on {', '.join(wanted)}: the address could not be bound")
+    return addrs
+
+
+def _bind_reason(text: str) -> str | None:
+    """Why the TCP listen address ``text`` cannot be bound (None: it can, or it is not a fixed
+    /ip4|ip6/<address>/tcp/<port> address; port 0 always can)."""
+    import errno
+    import socket
+
+    parts = text.strip("/").split("/")
+    if len(parts) < 4 or parts[0] not in ("ip4", "ip6") or parts[2] != "tcp" or parts[3] == "0":
+        return None
+    family = socket.AF_INET6 if parts[0] == "ip6" else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no conflict
+            sock.bind((parts[1], int(parts[3])))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return "the port is already in use (another node or program); choose another --listen port"
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return "that address is not one of this machine's"
+        return exc.strerror or str(exc)
+    except ValueError:
+        return None
+    return None
+
+
+async def connect_or_explain(connector: Connector, info: PeerInfo) -> None:
+    """``connector.connect(info)``, raising ConnectError that names the peer once and the reason
+    each address gave (py-libp2p's own message repeats the peer id and ends in "(with
+    exceptions)" without naming them)."""
+    try:
+        await connector.connect(info)
+    except DialError as exc:
+        raise ConnectError(f"cannot connect to {info.peer_id}: {dial_reasons(exc)}") from exc
+
+
+def dial_reasons(exc: BaseException) -> str:
+    """The distinct root causes of a failed dial, e.g. ``127.0.0.1:1: connection refused``."""
+    reasons: list[str] = []
+
+    def roots(e: BaseException) -> list[BaseException]:
+        if isinstance(e, BaseExceptionGroup):
+            return [r for sub in e.exceptions for r in roots(sub)]
+        errors = getattr(e, "errors", None)  # py-libp2p's MultiError
+        if isinstance(errors, list | tuple) and errors:
+            return [r for sub in errors for r in roots(sub)]
+        cause = e.__cause__ or e.__context__
+        return roots(cause) if cause is not None else [e]
+
+    for root in roots(exc):
+        text = str(root) or type(root).__name__
+        if isinstance(root, OSError) and root.strerror:
+            text = root.strerror
+            where = re.match(r"Error connecting to \('([^']*)', (\d+)\): (.*)", text)
+            if where:
+                text = f"{where[1]}:{where[2]}: {where[3].lower()}"
+        if text not in reasons:
+            reasons.append(text)
+    return "; ".join(reasons) if reasons else str(exc)
+
+
+async def _join(
+    discovery: Discovery,
+    connector: Connector,
+    bootstrap: list[PeerInfo],
+    timeout_s: float,
+    emit: Callable[..., None],
+) -> None:
+    """Dial the bootstrap peers until one answers (saying so every BOOTSTRAP_NOTICE_S), then
+    join the DHT through those that did; JoinError after ``timeout_s``."""
+    began = trio.current_time()
+    next_notice = began + BOOTSTRAP_NOTICE_S
+    wait = 0.5
+    errors: dict[str, str] = {}  # peer -> the first real reason it gave
+    while True:
+        reached: list[PeerInfo] = []
+        for info in bootstrap:
+            peer = str(info.peer_id)
+            addr = "/".join(str(a) for a in info.addrs[:1]) + f"/p2p/{peer}"
+            if peer not in errors:
+                emit("bootstrap_dial", f"dialling {addr}", addr=addr, peer_id=peer)
+            dial_began = trio.current_time()
+            try:
+                await connect_or_explain(connector, info)
+            except ConnectError as exc:
+                # a retry that only meets our own dial backoff (or py-libp2p's negative cache)
+                # says nothing new: keep the reason the peer itself gave
+                repeat = "dial backoff" in str(exc) or "negative cache" in str(exc)
+                if peer not in errors and not repeat:
+                    errors[peer] = str(exc)
+                    emit("bootstrap_failed", str(exc), peer_id=peer, reason=str(exc))
+                continue
+            reached.append(info)
+            ms = (trio.current_time() - dial_began) * 1000
+            emit("bootstrap_connected", f"connected to {peer} in {ms:.0f} ms", peer_id=peer, ms=round(ms, 1))
+        if reached:
+            with trio.move_on_after(max(timeout_s, 10.0)):
+                await discovery.bootstrap(reached)  # into the DHT, then one lookup of our own id
+            return
+        now = trio.current_time()
+        if now - began >= timeout_s:
+            raise JoinError(
+                f"could not reach any bootstrap peer in {timeout_s:.0f} s: " + "; ".join(errors.values())
+            )
+        if now >= next_notice:
+            waited = now - began
+            emit(
+                "waiting",
+                f"no bootstrap peer answered in {waited:.0f} s, still trying; is the address right?",
+                waited_s=round(waited, 1),
+                errors=list(errors.values()),
+            )
+            next_notice = now + BOOTSTRAP_NOTICE_S
+        await trio.sleep_until(min(now + wait, next_notice, began + timeout_s))
+        wait = min(wait * 2, 4.0)
+
+
+async def _check_network(node: Node, bootstrap: list[PeerInfo]) -> None:
+    """Ask the bootstrap peers which network they train, and say whether it is ours."""
+    for info in bootstrap:
+        if not node.connector.is_connected(info.peer_id):
+            continue
+        try:
+            status = await fetch_status(node.client, info.peer_id, timeout_s=5.0)
+        except Exception as exc:  # RpcError, a peer gone, a stream reset: not a verdict
+            log.info("no status from %s: %s", info.peer_id, exc)
+            continue
+        ours = node.config.network_id
+        if status.network_id == ours:
+            node.emit(
+                "network",
+                f"network id {ours} agreed with {info.peer_id}",
+                network_id=ours,
+                agreed=True,
+                peer_id=str(info.peer_id),
+            )
+        else:
+            node.emit(
+                "network",
+                f"peer {info.peer_id} trains network {status.network_id}, not ours ({ours}): "
+                "the genesis, --preset, --inner-steps, --compression and --aggregation must match",
+                network_id=ours,
+                agreed=False,
+                theirs=status.network_id,
+                peer_id=str(info.peer_id),
+            )
+        return
 
 
 def _transport_addrs(conn: INetConn) -> list[Any]:
@@ -422,6 +740,42 @@ def _resource_limits(config: NodeConfig) -> ResourceLimits:
     )
 
 
+def _quiet_normal_closes() -> None:
+    """py-libp2p logs normal events as problems, which embedders would see: its DHT a WARNING
+    ``Failed to read DHT message from stream: `` (an empty reason) each time a peer closes a DHT
+    stream, its host a multi-line ERROR each time a peer does not (yet) speak a protocol asked
+    for (our gossip asks every peer, and retries). Those records go to DEBUG."""
+    for name in ("libp2p.kad_dht.kad_dht", "libp2p.host.basic_host"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NormalEventsToDebug) for f in logger.filters):
+            logger.addFilter(_NormalEventsToDebug(logger))
+
+
+class _NormalEventsToDebug(logging.Filter):
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger = logger
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._normal(record):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return self.logger.isEnabledFor(logging.DEBUG)
+        return True
+
+    @staticmethod
+    def _normal(record: logging.LogRecord) -> bool:
+        if record.msg == "Failed to read DHT message from stream: %s":
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            return not args or not str(args[0]).strip()
+        text = str(record.msg)
+        return text.startswith("Failed to open stream to peer") and "protocol not supported" in text
+
+
 def _count_failed_negotiations(host: IHost, counters: Counters) -> None:
     """Count inbound streams whose protocol negotiation failed (unknown protocol ids included)."""
     patches.count_failed_negotiations(host, lambda: counters.incr("reqresp.rejected.negotiation_failed"))
+
+
+# help(Node) and the API page show real types, not the strings ``from __future__ import
+# annotations`` leaves (e.g. ``blobs: 'BlobService'``).
+Node.__init__.__annotations__ = typing.get_type_hints(Node.__init__)

@@ -6,13 +6,16 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 
 def print_status(status: dict[str, Any], console: Console | None = None) -> None:
     """A peer's status answer. Every string in it is the peer's, so it is escaped before rich reads
-    it: a peer naming itself ``[/]`` must not be able to break (or restyle) our output."""
-    console = console or Console()
+    it: a peer naming itself ``[/]`` must not be able to break (or restyle) our output.
+
+    Lines are never wrapped (``soft_wrap``): an address split across lines at 80 columns (rich's
+    width when piped) cannot be copied; peers are listed one line each rather than in a table."""
+    console = console or Console(soft_wrap=True)
+    console.soft_wrap = True
     e = escape
     console.print(
         f"[bold]{e(status['peer_id'])}[/bold]  {e(status.get('agent', ''))}  "
@@ -20,12 +23,9 @@ def print_status(status: dict[str, Any], console: Console | None = None) -> None
     )
     for addr in status.get("listen_addrs", []):
         console.print(f"  listening {e(addr)}")
-    peers = Table(title=f"peers ({len(status.get('peers', []))})", show_edge=False)
-    peers.add_column("peer id")
-    peers.add_column("addresses")
+    console.print(f"peers ({len(status.get('peers', []))}):")
     for peer in status.get("peers", []):
-        peers.add_row(e(peer["peer_id"]), e(", ".join(peer.get("addrs", []))))
-    console.print(peers)
+        console.print(f"  {e(peer['peer_id'])}  {e(' '.join(peer.get('addrs', [])))}")
     console.print("protocols: " + e(", ".join(status.get("protocols", []))))
     training = status.get("training") or {}
     if training.get("model_hash"):

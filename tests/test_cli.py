@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -44,8 +45,8 @@ def test_start_join_and_discover_through_dht(procs: list[Proc]) -> None:
     # the two joiners only knew the first node: finding each other went through the DHT
     assert ids[2] in views[ids[1]] and ids[1] in views[ids[2]]
     for p in procs:
-        code, err = p.stop()
-        assert code == 0 and "Traceback" not in err, err
+        code, err = p.stop()  # Ctrl-C
+        assert code == 130 and "Traceback" not in err, err
 
 
 def test_devnet_starts_four_nodes_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
@@ -93,12 +94,67 @@ def test_join_with_bad_address_is_a_clear_error() -> None:
     assert "Traceback" not in out.stderr
 
 
-def test_join_unreachable_peer_exits_with_error() -> None:
+def test_join_unreachable_peer_says_it_waits_then_exits_with_error() -> None:
     addr = "/ip4/127.0.0.1/tcp/1/p2p/16Uiu2HAmLV3MyXNosmHTUWZMnVZHjnSKhV5YLDLZxSkLQ7QH6Mjw"
-    out = subprocess.run([*CLI, "join", addr, "--no-train"], capture_output=True, text=True, timeout=60)
+    env = {**os.environ, "P2PSHARD_BOOTSTRAP_TIMEOUT_S": "12"}
+    out = subprocess.run(
+        [*CLI, "join", addr, "--no-train"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert out.returncode == 1
-    assert "could not reach any bootstrap peer" in out.stderr
+    assert "no bootstrap peer answered in 10 s, still trying; is the address right?" in out.stdout
+    error = out.stderr.strip().splitlines()[-1]
+    assert "could not reach any bootstrap peer in 12 s" in error
+    assert "127.0.0.1:1: connection refused" in error and "(with exceptions)" not in error
+    assert error.count("16Uiu2HAmLV3MyXNosmHTUWZMnVZHjnSKhV5YLDLZxSkLQ7QH6Mjw") == 1, error
     assert "Traceback" not in out.stderr
+
+
+def test_start_on_a_port_in_use_fails_clearly() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [*CLI, "start", "--no-train", "--listen", f"/ip4/127.0.0.1/tcp/{port}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert out.returncode == 1
+    assert f"cannot listen on /ip4/127.0.0.1/tcp/{port}: the port is already in use" in out.stderr
+    assert "listening on" not in out.stdout and "Traceback" not in out.stderr
+
+
+def test_ctrl_c_exits_130_and_sigterm_exits_0() -> None:
+    for signum, expected in ((signal.SIGINT, 130), (signal.SIGTERM, 0)):
+        p = Proc("start", "--json", "--no-train")
+        try:
+            assert p.event()["event"] == "listening"
+            p.wait_for(lambda e: e["event"] == "ready", 30)
+            os.kill(p.p.pid, signum)
+            assert p.p.wait(timeout=15) == expected
+        finally:
+            _, err = p.stop()
+        assert "Traceback" not in err, err
+
+
+def test_status_numbers_are_numbers_and_addresses_are_not_wrapped(procs: list[Proc]) -> None:
+    first = Proc("start", "--json", "--no-train")
+    procs.append(first)
+    boot = first.event()["addrs"][0]  # type: ignore[index]
+    first.wait_for(lambda e: e["event"] == "ready", 30)
+    data = _status(boot)
+    assert isinstance(data["uptime_s"], float)
+    assert all(isinstance(v, int) for v in data["counters"].values())  # type: ignore[attr-defined]
+    assert all(isinstance(r["limit"], int) for r in data["resources"])  # type: ignore[attr-defined]
+    plain = subprocess.run(
+        [*CLI, "status", boot], capture_output=True, text=True, timeout=30, check=True, env=_columns(80)
+    )
+    assert any(boot in line for line in plain.stdout.splitlines()), plain.stdout
+
+
+def _columns(n: int) -> dict[str, str]:
+    return {**os.environ, "COLUMNS": str(n)}
 
 
 def test_cli_offers_every_compression_the_engine_has() -> None:
