@@ -7,9 +7,10 @@ the whole blob in turn, so a lying provider is found, counted and skipped (specs
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 from google.protobuf.message import DecodeError
@@ -102,6 +103,8 @@ class BlobService:
         self.store = store
         self.client = client
         self.counters = counters
+        self.on_served: Callable[[bytes, ID], None] | None = None
+        """Told (digest, peer) when a blob's first range is sent to a peer in full."""
 
     def spec(self) -> ProtocolSpec:
         return ProtocolSpec(
@@ -128,7 +131,9 @@ class BlobService:
         end = len(data) if req.length == 0 else min(len(data), req.offset + req.length)
         info = blob_pb2.BlobInfo(total_size=len(data), offset=req.offset)
         self.counters.incr("blob.served_bytes", end - req.offset)
-        return Reply(body=info.SerializeToString(), payload=memoryview(data)[req.offset : end])
+        served = self.on_served
+        sent = None if served is None or req.offset else functools.partial(served, req.digest, ctx.peer_id)
+        return Reply(body=info.SerializeToString(), payload=memoryview(data)[req.offset : end], sent=sent)
 
     async def _fetch_range(
         self, peer: ID, digest: bytes, offset: int, length: int, into: _Assembly, timeout_s: float

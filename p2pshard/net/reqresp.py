@@ -72,6 +72,8 @@ class Reply:
     body: bytes = b""
     payload: bytes | memoryview | None = None
     """Bulk bytes streamed after the response header, in frames of the protocol's chunk size."""
+    sent: Callable[[], None] | None = None
+    """Called once the whole reply is written (not when the client gives up before)."""
 
 
 @dataclass(frozen=True)
@@ -262,6 +264,8 @@ class ReqRespServer:
         await framed.write_frame(_encode_response(Code.OK, body=reply.body, stream_length=len(payload)))
         await framed.write_raw(payload, spec.chunk_size)
         self.counters.incr("reqresp.answered.ok")
+        if reply.sent is not None:
+            reply.sent()
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,10 @@ class RoundIO:
             r, update.base_model_hash, update.content_hash, update.size, update.tokens, update.loss, seconds
         )
 
+    def own_round(self, digest: bytes) -> int | None:
+        """The round of our own payload named ``digest`` (None: not one of ours)."""
+        return next((r for r, d in self._own.items() if d == digest), None)
+
     def announcement(self, r: int, trained: Trained) -> topics_pb2.GradientAnnouncement:
         ann = topics_pb2.GradientAnnouncement(
             round=r,

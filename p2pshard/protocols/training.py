@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 from google.protobuf.message import Message as ProtoMessage
+from libp2p.peer.id import ID
 
 from p2pshard.core.gossip import GossipMessage, Verdict
 from p2pshard.core.rounds import RoundConfig, RoundProtocol
@@ -87,6 +88,7 @@ class Trainer:
         self.node.topics.set_hook(GRADIENTS, self._judge)
         self.node.register(checkpoint_spec(self._checkpoint_info))
         self.node.status_extensions.append(self.io.extend_status)
+        self.node.blobs.on_served = self._served
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             await nursery.start(self.runner.run)
@@ -128,7 +130,8 @@ class Trainer:
                 self.report(self.io.report(cmd, proto.schedule.genesis_time if proto.schedule else 0.0))
             case c.LoadCheckpoint():
                 loaded = self._loaded(cmd)
-                spawn(self._await, submit(lambda: self.io.load(cmd)), loaded, self._failed(proto.load_failed))
+                failed = lambda why: lambda now: proto.load_failed(now, why)  # noqa: E731
+                spawn(self._await, submit(lambda: self.io.load(cmd)), loaded, failed)
             case c.Snapshot(round=r):
                 spawn(self._await, submit(lambda: self.io.snapshot(r)), None, None)
             case c.Penalise(peer=peer, reason=reason):
@@ -152,10 +155,6 @@ class Trainer:
             return
         if then is not None:
             await self._events.send(then(result))
-
-    @staticmethod
-    def _failed(event: Callable[[float, str], list[c.Command]]) -> Callable[[str], Event]:
-        return lambda why: lambda now: event(now, why)
 
     def _trained(self, update: c.Trained) -> Event:
         self._updates[update.round] = update
@@ -184,6 +183,11 @@ class Trainer:
             return
         self._payloads[(r, a.contributor)] = data
         await self._events.send(lambda now: self.proto.fetched(now, r, a.contributor, a.content_hash))
+
+    def _served(self, digest: bytes, peer: ID) -> None:
+        """A peer fetched our own update: it counts it (the protocol weighs whether most did)."""
+        if (r := self.io.own_round(digest)) is not None:
+            self.nursery.start_soon(self._events.send, lambda now: self.proto.taken(now, r, peer.to_base58()))
 
     def _judge(self, msg: GossipMessage, decoded: ProtoMessage, now_ms: int) -> Verdict:
         """The gossip validation hook for ``gradients`` (judged on our clock, not ``now_ms``)."""

@@ -21,6 +21,22 @@ async def test_fetch_verifies_and_stores(two_nodes: tuple[Node, Node]) -> None:
     assert client.counters.get("blob.fetched_bytes") == len(data)
 
 
+async def test_the_server_is_told_when_a_blobs_first_range_reached_a_peer(
+    two_nodes: tuple[Node, Node],
+) -> None:
+    """A round's author learns which peers took its update (the round protocol counts them)."""
+    server, client = two_nodes
+    served: list[tuple[bytes, object]] = []
+    server.blobs.on_served = lambda digest, peer: served.append((digest, peer))
+    data = os.urandom(3 << 20)  # several ranges
+    digest = server.blobs.store.put(data, pin=True)
+    assert await client.blobs.fetch(digest, [server.peer_id], max_size=8 << 20) == data
+    assert served == [(digest, client.peer_id)]  # once per fetch: its first range, sent in full
+    with pytest.raises(BlobError):
+        await client.blobs.fetch(b"\x01" * 32, [server.peer_id], max_size=1 << 20)
+    assert len(served) == 1  # nothing was sent
+
+
 async def test_256_mib_transfer(two_nodes: tuple[Node, Node]) -> None:
     """py-libp2p's request_response breaks above ~6.5 MiB; ours streams in chunks."""
     server, client = two_nodes

@@ -415,17 +415,22 @@ class Sim:
     ) -> list[Command]:
         self._answered(node, tok)
         if ok and a.content_hash not in node.blobs:
-            ok = any(
-                a.content_hash in p.blobs and p.live and p.paused_until <= now and self._reachable(node, p)
-                for p in self.nodes
-                if p is not node
-            )
+            ok = any(self._serves(p, node, a.content_hash, now) for p in self.nodes if p is not node)
         if not ok:
             self.counts["fetches_failed"] += 1
             return node.proto.fetch_failed(now, r, a.contributor, "fetch_failed")
         node.blobs[a.content_hash] = r
         self.counts["fetches"] += 1
+        author = self.by_name.get(a.contributor)
+        if author is not None and author is not node and self._serves(author, node, a.content_hash, now):
+            self._to(author, now, self._taken, r, node.name)  # the author saw its payload sent
         return node.proto.fetched(now, r, a.contributor, a.content_hash)
+
+    def _serves(self, p: SimNode, to: SimNode, content_hash: bytes, now: float) -> bool:
+        return content_hash in p.blobs and p.live and p.paused_until <= now and self._reachable(to, p)
+
+    def _taken(self, node: SimNode, now: float, r: int, peer: str) -> list[Command]:
+        return node.proto.taken(now, r, peer)
 
     def _aggregated(
         self, node: SimNode, now: float, r: int, ready: tuple[str, ...], tok: int

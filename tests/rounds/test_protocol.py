@@ -93,10 +93,13 @@ def commit_round(
     model: bytes | None = None,
     at: float | None = None,
 ) -> list[Command]:
-    """Peers announce, collection closes, every payload arrives, the engine applies the round."""
+    """Peers announce, collection closes, the peers fetch our update (if we announced one), every
+    payload arrives, the engine applies the round."""
     for who in peers:
         assert p.announcement(ann(who, r, model or p.model_hash), opens(r) + 1).accepted
     out = p.tick(deadline(r) + SKEW + 0.01)
+    for who in peers:
+        out += p.taken(deadline(r) + 1.5, r, who)
     fetch = one(out, Fetch)
     for a in fetch.contributions:
         out += p.fetched(deadline(r) + 2, r, a.contributor, a.content_hash)
@@ -191,6 +194,34 @@ def test_own_update_too_late_costs_that_round_only() -> None:
     p.trained(opens(1) - 1, trained(p, 1))
     assert one(p.tick(opens(1)), Announce).round == 1
     assert one(commit_round(p, 1), Commit).contributed  # ...and contributes
+
+
+@pytest.mark.parametrize("took", [(), ("a",), ("a", "c")])
+def test_our_update_counts_only_if_most_contributors_took_it(took: tuple[str, ...]) -> None:
+    """Our announcement or payload reached the others late (they left our update out): leaving it
+    out too keeps us on the network's model, so the next round trains from it (issue 12)."""
+    p, _ = joined()
+    p.trained(60.0, trained(p, 0))
+    assert one(p.tick(opens(0)), Announce).round == 0
+    for who in ("a", "c"):
+        p.announcement(ann(who, 0), opens(0) + 1)
+    out = p.tick(deadline(0) + SKEW + 0.01)
+    for who in took:
+        out += p.taken(deadline(0) + 1.0, 0, who)
+    p.taken(fetch_deadline(0) + SKEW + 0.1, 0, "c")  # after the deadline: it does not count
+    for a in one(out, Fetch).contributions:
+        out += p.fetched(deadline(0) + 2, 0, a.contributor, a.content_hash)
+    counted = len(took) >= 1  # with us, 2 of the 3 contributors hold our update
+    if not counted:
+        assert not of(out, Aggregate)  # they may still fetch it: wait, until the fetch deadline
+        out = p.tick(fetch_deadline(0) + 0.01)
+        skipped = one(out, Skipped)
+        assert (skipped.round, skipped.reason) == (0, "own_not_taken")
+        assert "0 of the 2 other contributors took our update" in skipped.detail
+    assert ("b" in one(out, Aggregate).contributors) is counted
+    out = p.aggregated(fetch_deadline(0) + 0.5, 0, h("model 1"))
+    assert one(out, Commit).contributed is counted
+    assert one(out, Train).round == 1  # the next round trains, from the network's model
 
 
 def test_own_update_is_announced_only_while_every_peer_still_takes_it() -> None:

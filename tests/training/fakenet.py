@@ -118,6 +118,8 @@ class _Blobs:
     def __init__(self, node: FakeNode) -> None:
         self.node = node
         self.store = BlobStore()
+        self.on_served: Callable[[bytes, ID], None] | None = None
+        self.serves: Callable[[bytes], bool] = lambda digest: True  # a test may hide a blob from peers
 
     async def fetch(
         self, digest: bytes, providers: Sequence[ID], *, max_size: int, timeout_s: float
@@ -130,9 +132,12 @@ class _Blobs:
                 if not self.node.net.reachable(self.node.peer_id, p):
                     continue
                 await trio.sleep(self.node.net.delay)
-                data = self.node.net.nodes[p].blobs.store.get(digest)
+                provider = self.node.net.nodes[p].blobs
+                data = provider.store.get(digest) if provider.serves(digest) else None
                 if data is None or len(data) > max_size or hashlib.sha256(data).digest() != digest:
                     continue
+                if provider.on_served is not None:
+                    provider.on_served(digest, self.node.peer_id)
                 self.store.put_verified(digest, bytes(data))
                 return bytes(data)
         raise BlobError(f"no provider holds {digest.hex()[:12]}")

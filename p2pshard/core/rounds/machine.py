@@ -3,8 +3,14 @@
 A :class:`RoundMachine` follows one round through its phases::
 
     WAITING --tick(now >= open)--> COLLECTING --tick(now > deadline + skew)--> FETCHING
-    FETCHING --every chosen payload arrived or failed, or tick(now > fetch deadline)--> AGGREGATING
+    FETCHING --every chosen payload arrived or failed, and our own update's fate is known,
+               or tick(now > fetch deadline)--> AGGREGATING
     AGGREGATING --aggregated(hash)--> COMMITTED
+
+Our own update counts only if most of the round's other contributors took it (:meth:`taken`: the
+driver saw the payload sent to them by the fetch deadline). An update whose announcement or
+payload reached the others late is left out by them; leaving it out here too keeps our model the
+network's, so the next round trains from the right model and the late round costs that round only.
 
 Machines for the next rounds exist before their round is ours (announcements arrive early from
 peers that finished the previous round first); such a machine does not yet know the model it will
@@ -180,6 +186,10 @@ class RoundMachine:
     arrived: set[str] = field(default_factory=set)
     failed: dict[str, str] = field(default_factory=dict)
     committed_hash: bytes | None = None
+    me: str = ""
+    """Our own contributor id ("" for a machine that never holds an update of ours)."""
+    taken_by: set[str] = field(default_factory=set)
+    """Peers that received our own payload of this round by the fetch deadline."""
 
     @property
     def window(self) -> tuple[float, float]:
@@ -251,7 +261,7 @@ class RoundMachine:
             for a in self.chosen:
                 if a.contributor not in self.arrived:
                     self.failed.setdefault(a.contributor, "fetch_timeout")
-            out.extend(self._maybe_aggregate())
+            out.extend(self._maybe_aggregate(final=True))
         return out
 
     def fetched(self, contributor: str, content_hash: bytes) -> list[Aggregate]:
@@ -265,6 +275,13 @@ class RoundMachine:
             self.failed[contributor] = "content_hash_mismatch"
         else:
             self.arrived.add(contributor)
+        return self._maybe_aggregate()
+
+    def taken(self, peer: str, now: float) -> list[Aggregate]:
+        """``peer`` received our own payload of this round at ``now`` (counted up to the fetch
+        deadline plus the clock skew: its clock may run behind ours)."""
+        if peer != self.me and now <= self.schedule.fetch_deadline(self.round) + self.schedule.clock_skew:
+            self.taken_by.add(peer)
         return self._maybe_aggregate()
 
     def fetch_failed(self, contributor: str, reason: str) -> list[Aggregate]:
@@ -322,10 +339,22 @@ class RoundMachine:
         picked = sorted(self.announced.values(), key=key)[: self.cfg.max_contributions]
         return tuple(sorted(picked, key=lambda a: a.contributor))
 
-    def _maybe_aggregate(self) -> list[Aggregate]:
+    def own_taken(self) -> tuple[int, int]:
+        """(peers that took our update, other contributors whose payload reached us)."""
+        others = {a.contributor for a in self.chosen if a.contributor != self.me} & self.arrived
+        return len(self.taken_by & others), len(others)
+
+    def _maybe_aggregate(self, final: bool = False) -> list[Aggregate]:
         if self.phase is not Phase.FETCHING:
             return []
         if all(a.contributor in self.arrived or a.contributor in self.failed for a in self.chosen):
+            if self.me in self.arrived:
+                took, others = self.own_taken()
+                if 2 * (1 + took) <= 1 + others:  # most contributors, us included, left it out
+                    if not final:
+                        return []  # they may still fetch it: wait, at most until the fetch deadline
+                    self.arrived.discard(self.me)
+                    self.failed[self.me] = "not_taken"
             self.phase = Phase.AGGREGATING
             ready = tuple(a.contributor for a in self.chosen if a.contributor in self.arrived)
             return [Aggregate(self.round, ready)]

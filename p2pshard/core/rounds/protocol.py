@@ -227,6 +227,13 @@ class RoundProtocol:
         machine = self._live_machine(round_)
         return [] if machine is None else self._run_machine(now, machine.fetched(contributor, content_hash))
 
+    def taken(self, now: float, round_: int, peer: str) -> list[Command]:
+        """``peer`` received our own payload of round ``round_`` (the driver saw it sent)."""
+        machine = self.current
+        if machine is None or machine.round != round_ or machine.phase is Phase.COMMITTED:
+            return []
+        return self._run_machine(now, machine.taken(peer, now))
+
     def fetch_failed(self, now: float, round_: int, contributor: str, reason: str) -> list[Command]:
         machine = self._live_machine(round_)
         return [] if machine is None else self._run_machine(now, machine.fetch_failed(contributor, reason))
@@ -471,12 +478,23 @@ class RoundProtocol:
                 out.extend(self._catch_up(now, cmd.model_hash, "the majority holds another model"))
                 self._resume = list(rest)
                 return out
+            if (
+                isinstance(cmd, Aggregate)
+                and machine is not None
+                and machine.failed.get(self.me) == "not_taken"
+            ):
+                took, others = machine.own_taken()
+                why = (
+                    f"{took} of the {others} other contributors took our update by the fetch deadline "
+                    f"(its announcement or payload reached them late); leaving it out as they did"
+                )
+                out.append(Skipped(cmd.round, "own_not_taken", why))
             out.append(cmd)
         return out
 
     def _new_machine(self, r: int) -> RoundMachine:
         assert self.schedule is not None
-        return RoundMachine(r, self.schedule, None, self.round_config)
+        return RoundMachine(r, self.schedule, None, self.round_config, me=self.me)
 
     def _machine_for(self, r: int, now: float) -> RoundMachine | None:
         """The machine that judges an announcement for round ``r``: ours, or one for a round
