@@ -342,6 +342,11 @@ class ResourceManager:
         span = Span(self, Scope("stream", "stream", self.limits.stream), chain)
         return self._opened(span, [(f"streams_{direction}", 1)])
 
+    def open_system(self) -> Span:
+        """A span charged to the system scope alone: for a buffer that belongs to no connection
+        (a blob being assembled from several providers), or whose connection is not known."""
+        return Span(self, self.system, [])
+
     def _opened(self, span: Span, wants: list[tuple[str, int]]) -> Span | Refusal:
         for resource, n in wants:
             refusal = span.reserve(resource, n)

@@ -3,6 +3,11 @@
 A fetch splits the blob into ranges and pulls them from several providers in parallel; the whole
 blob is verified against its digest on arrival. If verification fails, each provider is asked for
 the whole blob in turn, so a lying provider is found, counted and skipped (specs/protocols/blob.md).
+
+The buffer a fetch assembles a blob in is sized by the provider's answer; it is reserved against
+the node's memory (the resource manager's system scope) before it is allocated, and a fetch whose
+buffer cannot be reserved fails (``limits.refused.buffer.blob``). Once verified and stored, a blob
+counts against the store's own cap instead.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from libp2p.peer.id import ID
 
 from p2pshard.core.counters import Counters
 from p2pshard.core.wire import blob_pb2
+from p2pshard.net.limits import MemoryHold, NetLimits, limits_of
 from p2pshard.net.reqresp import (
     Code,
     ProtocolSpec,
@@ -106,6 +112,11 @@ class BlobService:
         self.on_served: Callable[[bytes, ID], None] | None = None
         """Told (digest, peer) when a blob's first range is sent to a peer in full."""
 
+    @property
+    def limits(self) -> NetLimits:
+        """The resource limits of the host fetches go through (blob buffers are reserved there)."""
+        return limits_of(getattr(self.client.connector, "host", None))
+
     def spec(self) -> ProtocolSpec:
         return ProtocolSpec(
             BLOB_PROTOCOL,
@@ -164,7 +175,13 @@ class BlobService:
         return int(info.total_size)
 
     async def _fetch_first(
-        self, providers: Sequence[ID], digest: bytes, max_size: int, timeout_s: float, into: memoryview | None
+        self,
+        providers: Sequence[ID],
+        digest: bytes,
+        max_size: int,
+        timeout_s: float,
+        into: memoryview | None,
+        hold: MemoryHold,
     ) -> tuple[ID, _Assembly]:
         """The first range from the first provider that has it; its response header gives the blob's
         size, so no separate size request is made.
@@ -175,7 +192,7 @@ class BlobService:
         errors = []
         for peer in providers:
             try:
-                return peer, await self._first_from(peer, digest, max_size, timeout_s, into)
+                return peer, await self._first_from(peer, digest, max_size, timeout_s, into, hold)
             except (RpcError, BlobError, DecodeError) as exc:
                 if isinstance(exc, RpcError) and exc.code == Code.RESOURCE_EXHAUSTED:
                     raise BlobError(str(exc)) from exc  # the blob is too big, whoever serves it
@@ -183,7 +200,13 @@ class BlobService:
         raise BlobError("no provider has the blob: " + "; ".join(errors))
 
     async def _first_from(
-        self, peer: ID, digest: bytes, max_size: int, timeout_s: float, into: memoryview | None
+        self,
+        peer: ID,
+        digest: bytes,
+        max_size: int,
+        timeout_s: float,
+        into: memoryview | None,
+        hold: MemoryHold,
     ) -> _Assembly:
         made: list[_Assembly] = []
 
@@ -196,6 +219,8 @@ class BlobService:
             if into is not None and info.total_size != len(into):
                 wrong = f"blob is {info.total_size} bytes, not the {len(into)} expected"
                 raise RpcError(Code.RESOURCE_EXHAUSTED, wrong)
+            if into is None and not hold.resize(info.total_size):
+                raise RpcError(Code.RESOURCE_EXHAUSTED, f"no memory for a blob of {info.total_size} bytes")
             made[:] = [_Assembly(info.total_size, buf=into)]  # a retried attempt starts afresh
 
         def sink(pos: int, data: bytes) -> None:
@@ -246,8 +271,8 @@ class BlobService:
     ) -> _Assembly:
         if not providers:
             raise BlobError("no providers to fetch from")
-        with trio.fail_after(timeout_s):
-            first, assembly = await self._fetch_first(providers, digest, max_size, timeout_s, into)
+        with trio.fail_after(timeout_s), MemoryHold(self.limits, None, "blob") as hold:
+            first, assembly = await self._fetch_first(providers, digest, max_size, timeout_s, into, hold)
             size = assembly.size
             alive = [first, *[p for p in providers if p != first]]
             await self._fetch_parallel(digest, alive, assembly, timeout_s, skip_first=True)

@@ -10,7 +10,8 @@ from libp2p.abc import INetStream
 from libp2p.network.stream.exceptions import StreamEOF, StreamError
 from libp2p.stream_muxer.exceptions import MuxedStreamEOF, MuxedStreamError
 
-from p2pshard.core.wire.framing import EOF, NEED_DATA, FrameDecoder, encode_uvarint
+from p2pshard.core.wire.framing import EOF, NEED_DATA, FrameDecoder, FramingError, encode_uvarint
+from p2pshard.net.limits import MemoryHold
 
 READ_SIZE = 1 << 20
 """Bytes asked of the muxer per read: large reads keep per-call overhead low for bulk transfers."""
@@ -23,10 +24,27 @@ class StreamClosedEarly(Exception):
     """The peer closed or reset the stream before the expected frame arrived."""
 
 
+class BufferRefused(FramingError):
+    """The memory for a frame the peer announced could not be reserved (the refusal is counted)."""
+
+    reason = "memory"
+
+
+def reserve_frame(hold: MemoryHold | None, length: int | None) -> None:
+    """Before more of a frame is read: reserve its whole announced ``length`` in ``hold``, or
+    raise :class:`BufferRefused`."""
+    if hold is not None and length is not None and length > hold.held and not hold.resize(length):
+        raise BufferRefused(f"no memory for a frame of {length} bytes")
+
+
 class FramedStream:
-    def __init__(self, stream: INetStream, max_frame_size: int) -> None:
+    """``hold``: when set, each frame's announced length is reserved in it before the frame is
+    assembled (and kept until the hold is released: the frame is the caller's buffer then)."""
+
+    def __init__(self, stream: INetStream, max_frame_size: int, hold: MemoryHold | None = None) -> None:
         self.stream = stream
         self.decoder = FrameDecoder(max_frame_size)
+        self.hold = hold
         self.bytes_read = 0
         self.bytes_written = 0
 
@@ -47,6 +65,7 @@ class FramedStream:
             if event is not NEED_DATA:
                 assert isinstance(event, bytes)
                 return event
+            reserve_frame(self.hold, self.decoder.frame_length)
             try:
                 data = await self.stream.read(READ_SIZE)
             except (StreamEOF, MuxedStreamEOF):
@@ -97,12 +116,16 @@ class FramedStream:
         self.bytes_written += len(data)
 
     async def write_frame(self, payload: bytes | memoryview) -> None:
+        """Write one frame; StreamClosedEarly if the peer reset the stream (or it failed)."""
         prefix = encode_uvarint(len(payload))
-        if len(payload) <= WRITE_COALESCE:
-            await self.stream.write(prefix + bytes(payload))
-        else:
-            await self.stream.write(prefix)
-            await self.stream.write(bytes(payload))
+        try:
+            if len(payload) <= WRITE_COALESCE:
+                await self.stream.write(prefix + bytes(payload))
+            else:
+                await self.stream.write(prefix)
+                await self.stream.write(bytes(payload))
+        except (StreamError, MuxedStreamError) as exc:
+            raise StreamClosedEarly(f"stream failed: {exc or type(exc).__name__}") from exc
         self.bytes_written += len(prefix) + len(payload)
 
     async def close(self) -> None:

@@ -86,6 +86,7 @@ def build_host(
     patches.protect_connected_peers(host)
     network = host.get_network()
     network.p2pshard_handshake_gate = limits  # type: ignore[attr-defined]
+    network.p2pshard_limits = limits  # type: ignore[attr-defined]
     network.register_notifee(limits.notifee())
     return host
 

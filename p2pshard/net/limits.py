@@ -171,6 +171,72 @@ class NetLimits:
         return span
 
 
+class MemoryHold:
+    """The memory of one buffer a remote peer can make us fill, reserved before it is filled.
+
+    Charged to ``span`` (a stream's, a connection's; the system's when None) and through it to every
+    scope above, up to the system. :meth:`grow` reserves before the buffer grows; when a scope
+    would go past its memory limit it reserves nothing and returns False, and the refusal is counted
+    twice: by the scope that refused (``limits.refused.memory.<scope kind>``) and by the kind of
+    buffer (``limits.refused.buffer.<buffer>``); the caller refuses or resets whatever asked for the
+    room, it never waits for it. :meth:`shrink` and :meth:`release` give memory back (a hold whose
+    span has been closed gives back nothing: closing the span released it all). Use as a context
+    manager to release on exit.
+
+    The buffers (specs/limits.md): ``yamux_window`` (a stream's receive window beyond 256 KiB),
+    ``request`` (a request/response request frame), ``response`` (a response frame), ``blob``
+    (a blob being assembled), ``gossip_out`` / ``gossip_in`` (a peer's outbound queue, the frame
+    being read from it).
+    """
+
+    def __init__(self, limits: NetLimits, span: Span | None, buffer: str) -> None:
+        self.limits = limits
+        self.span = span if span is not None else limits.resources.open_system()
+        self.buffer = buffer
+        self.held = 0
+
+    def grow(self, n: int) -> bool:
+        """Reserve ``n`` more bytes, or count the refusal and return False."""
+        if n <= 0:
+            return True
+        refusal = self.span.reserve("memory", n)
+        if refusal is not None:
+            self.limits.refused(refusal.reason)
+            self.limits.refused(f"buffer.{self.buffer}")
+            return False
+        self.held += n
+        return True
+
+    def resize(self, n: int) -> bool:
+        """Hold exactly ``n`` bytes (growing or shrinking); False if growing was refused."""
+        if n < self.held:
+            self.shrink(self.held - n)
+            return True
+        return self.grow(n - self.held)
+
+    def shrink(self, n: int) -> None:
+        n = min(n, self.held)
+        if n > 0:
+            self.span.release("memory", n)
+            self.held -= n
+
+    def release(self) -> None:
+        self.shrink(self.held)
+
+    def __enter__(self) -> MemoryHold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def limits_of(host: Any) -> NetLimits:
+    """The :class:`NetLimits` a host was built with (:func:`p2pshard.net.host.build_host`); the
+    default ones for another host, or none."""
+    found = getattr(host.get_network(), "p2pshard_limits", None) if host is not None else None
+    return found if isinstance(found, NetLimits) else DEFAULT_LIMITS
+
+
 def _in_scope(ip: str | None, subnet_scope: str) -> bool:
     from p2pshard.core.resources import subnet_of
 

@@ -14,6 +14,10 @@ The patches:
   connections as ``Yamux(...)`` by name, whatever class the host registered; the name is pointed at
   :class:`~p2pshard.net.transport.TunedYamux`, which also enforces the receive window and bounds
   the streams of a connection.
+* **yamux window growth** (:func:`_reserve_window_growth`): ``YamuxStream._apply_autotune_epoch``
+  doubles a stream's receive window (up to 16 MiB) when the reader keeps up; the replacement asks
+  the connection (``p2pshard_grow_window``, :class:`~p2pshard.net.transport.TunedYamux`) to reserve
+  the growth with the resource manager first, and leaves the window as it is when refused.
 * **inbound slots** (:func:`_release_inbound_slot_on_close`): ``Swarm._handle_inbound_connection``
   holds one slot of ``Swarm._inbound_limiter`` per inbound connection, but its inner handler waits
   on ``manager.wait_finished()`` (the swarm's end) after the upgrade, so a slot came back only when
@@ -82,6 +86,7 @@ def apply() -> None:
     check_version()
     _tune_yamux_frames()
     _use_tuned_yamux()
+    _reserve_window_growth()
     _release_inbound_slot_on_close()
     _contain_stream_handler_errors()
     _keep_own_and_connected_peers()
@@ -110,6 +115,39 @@ def _use_tuned_yamux() -> None:
     from p2pshard.net.transport import TunedYamux
 
     _muxer_multistream.Yamux = TunedYamux  # type: ignore[attr-defined]
+
+
+def _reserve_window_growth() -> None:
+    from libp2p.stream_muxer.yamux.yamux import YamuxStream
+
+    YamuxStream._apply_autotune_epoch = _apply_autotune_epoch  # type: ignore[method-assign]
+
+
+def _apply_autotune_epoch(self: Any, buffered: int) -> int:
+    """Replaces ``YamuxStream._apply_autotune_epoch`` (same rule: double the target window when a
+    window update is due within 4 RTTs of the last; returns the extra credit to send), but the
+    doubling happens only if the connection reserves it (a connection without
+    ``p2pshard_grow_window`` grows as before)."""
+    from libp2p.stream_muxer.yamux.yamux import MAX_WINDOW_SIZE
+
+    rtt = self._effective_rtt()
+    now = trio.current_time()
+    recent = rtt > 0 and not (self.epoch_start > 0 and now - self.epoch_start >= rtt * 4)
+    self.epoch_start = now
+    if not recent:
+        return 0
+    target = min(self.target_recv_window * 2, MAX_WINDOW_SIZE)
+    if target <= self.target_recv_window:
+        return 0
+    grow_window = getattr(self.conn, "p2pshard_grow_window", None)
+    if grow_window is not None and not grow_window(self, target - self.target_recv_window):
+        return 0
+    self.target_recv_window = target
+    extra = target - (self.recv_window + buffered)
+    if extra <= 0:
+        return 0
+    self.recv_window += extra
+    return int(extra)
 
 
 # -- inbound connection slots ------------------------------------------------------------------

@@ -70,6 +70,7 @@ from p2pshard.net.pubsub_io import (
     FrameReader,
     PeerQueue,
 )
+from p2pshard.net.transport import buffer_hold
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -281,11 +282,14 @@ class PubSub:
         if peer is None:
             self.counters.incr("pubsub.dropped.peer_gone")
             return
+        refused = peer.queue.refused
         if wait:
             ok = await peer.queue.put_wait(frame, urgent=urgent, tag=tag, own=own)
         else:
             ok = peer.queue.try_put(frame, urgent=urgent, tag=tag, own=own)
-        if not ok:
+        if not ok and peer.queue.refused > refused:  # no memory for it (counted by reason too)
+            self.counters.incr("pubsub.dropped.memory")
+        elif not ok:
             self.counters.incr("pubsub.dropped.peer_queue_full")
             log.warning(
                 "gossip: %s's queue is full (%d bytes); dropped a frame of %d bytes",
@@ -355,7 +359,8 @@ class PubSub:
             self._opening.discard(key)
             return
         protocol = str(stream.get_protocol())
-        peer = _Peer(pid, key, PeerQueue(self.config.peer_queue_bytes), protocol)
+        queue = PeerQueue(self.config.peer_queue_bytes, buffer_hold(stream, "gossip_out", per="conn"))
+        peer = _Peer(pid, key, queue, protocol)
         self._peers[key] = peer
         self._opening.discard(key)
         outbound = _is_outbound(self.host, pid)
@@ -429,7 +434,7 @@ class PubSub:
         """Read RPC frames from a peer's stream until it ends; never raises."""
         pid = stream.muxed_conn.peer_id
         key = pid.to_bytes()
-        reader = FrameReader(stream, self.router.config.max_rpc_size)
+        reader = FrameReader(stream, self.router.config.max_rpc_size, buffer_hold(stream, "gossip_in"))
 
         async def on_head(head: bytes) -> None:
             if key in self._peers:

@@ -19,7 +19,8 @@ from p2pshard.core.wire.framing import (
     TruncatedFrame,
     decode_uvarint,
 )
-from p2pshard.net.framed import READ_SIZE, StreamClosedEarly
+from p2pshard.net.framed import READ_SIZE, StreamClosedEarly, reserve_frame
+from p2pshard.net.limits import MemoryHold
 
 URGENT_MAX_BYTES = 64 * 1024
 """Control-only frames up to this size jump ahead of queued message frames; a batch larger than
@@ -42,10 +43,16 @@ class PeerQueue:
     subscriptions) go ahead of message frames, so that an IDONTWANT is not stuck behind a MiB of
     payload (go-libp2p-pubsub queues control with priority too). Message frames may carry a
     message id (``tag``); one the peer no longer wants when its turn comes is skipped, not sent.
+
+    ``hold``: when set, every frame is reserved in it (against the peer's connection) before it is
+    queued, and given back when it is taken or the queue closes; a frame refused is not queued
+    (:attr:`refused` counts them), and a publish does not wait for memory.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, hold: MemoryHold | None = None) -> None:
         self.limit = limit
+        self.hold = hold
+        self.refused = 0
         self.urgent: deque[bytes] = deque()
         self.frames: deque[bytes] = deque()
         self.tags: deque[bytes | None] = deque()
@@ -65,6 +72,9 @@ class PeerQueue:
     ) -> bool:
         if self.closed or (self.size + len(frame) > self.limit and len(self)):
             return False
+        if self.hold is not None and not self.hold.grow(len(frame)):
+            self.refused += 1
+            return False
         if urgent:
             self.urgent.append(frame)
         else:
@@ -80,11 +90,13 @@ class PeerQueue:
     async def put_wait(
         self, frame: bytes, *, urgent: bool = False, tag: bytes | None = None, own: bool = False
     ) -> bool:
-        while not self.try_put(frame, urgent=urgent, tag=tag, own=own):
-            if self.closed:
+        while True:
+            refused = self.refused
+            if self.try_put(frame, urgent=urgent, tag=tag, own=own):
+                return True
+            if self.closed or self.refused > refused:  # memory refused: room is not waited for
                 return False
             await self.has_room.wait()
-        return True
 
     async def wait_data(self) -> bool:
         while not len(self):
@@ -127,6 +139,8 @@ class PeerQueue:
             batch.append(frame)
             total += len(frame)
         self.size -= total + released
+        if self.hold is not None:
+            self.hold.shrink(total + released)
         if self.size < self.limit:
             self.has_room.set()
         return batch
@@ -138,6 +152,8 @@ class PeerQueue:
 
     def close(self) -> None:
         self.closed = True
+        if self.hold is not None:
+            self.hold.release()
         self.has_data.set()
         self.has_room.set()
 
@@ -146,12 +162,15 @@ class FrameReader:
     """Reads a peer's uvarint-length-prefixed RPC frames, and shows the router the head of a
     frame whose rest is still arriving (:meth:`GossipRouter.frame_head`: an early IDONTWANT).
 
-    A frame that arrives in pieces is assembled from them with one copy.
+    A frame that arrives in pieces is assembled from them with one copy. ``hold``: when set, such
+    a frame's announced length is reserved in it before it is assembled (:class:`BufferRefused`
+    if refused), and held until the next frame is asked for.
     """
 
-    def __init__(self, stream: INetStream, max_frame_size: int) -> None:
+    def __init__(self, stream: INetStream, max_frame_size: int, hold: MemoryHold | None = None) -> None:
         self.stream = stream
         self.max_frame_size = max_frame_size
+        self.hold = hold
         self.buf = b""
         self.pos = 0
 
@@ -166,6 +185,8 @@ class FrameReader:
 
     async def read_frame(self, on_head: Callable[[bytes], Awaitable[None]]) -> bytes | None:
         """The next frame, or None at a clean end of the stream; raises FramingError."""
+        if self.hold is not None:
+            self.hold.release()  # the last frame has been handled
         while True:
             decoded = decode_uvarint(self.buf, self.pos)
             if decoded is not None:
@@ -187,6 +208,7 @@ class FrameReader:
             self.pos = end
             buf = self.buf
             return buf if start == 0 and end == len(buf) else buf[start:end]
+        reserve_frame(self.hold, length)
         parts = [self.buf[start:]]
         got = len(parts[0])
         self.buf, self.pos = b"", 0

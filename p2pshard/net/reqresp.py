@@ -11,6 +11,10 @@ Slots are guarded against slow and greedy peers (specs/limits.md): a client has
 ``request_timeout_s`` (1 s) from opening the stream to send its whole request, or the stream is
 reset unanswered (``request_timeout``); one peer holds at most ``peer_share`` (a quarter) of a
 protocol's ``max_concurrent`` slots, further requests get RESOURCE_EXHAUSTED (``peer_share``).
+A request frame (server) and a response frame (client) are reserved with the resource manager
+against their stream, as soon as their length is announced and before they are assembled; a
+request refused is reset unanswered (``memory``), a response refused fails the call with
+RESOURCE_EXHAUSTED.
 
 py-libp2p's own ``request_response`` module is not used: it fails above ~6.5 MiB (FACTS.md).
 """
@@ -38,7 +42,8 @@ from p2pshard.core.counters import Counters
 from p2pshard.core.wire import reqresp_pb2 as pb
 from p2pshard.core.wire.framing import FrameTooLarge, FramingError
 from p2pshard.net.connector import Connector, DialError
-from p2pshard.net.framed import FramedStream, StreamClosedEarly
+from p2pshard.net.framed import BufferRefused, FramedStream, StreamClosedEarly
+from p2pshard.net.transport import buffer_hold
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +122,9 @@ def _transferring(activity: PeerActivity | None, peer: ID, streaming: bool) -> A
     return activity.transfer(peer) if activity is not None and streaming else contextlib.nullcontext()
 
 
-class _SlowRequest(Exception):
-    """The client did not send its request in time: the stream is reset, not answered."""
+class _Unanswered(Exception):
+    """The stream is reset, not answered: the client did not send its request in time, or the
+    request could not be reserved (the client may still be writing it, so no answer would be read)."""
 
 
 def _encode_response(code: Code, message: str = "", body: bytes = b"", stream_length: int = 0) -> bytes:
@@ -165,10 +171,12 @@ class ReqRespServer:
         self.counters.incr(f"reqresp.rejected_by_protocol.{spec.protocol_id}")
 
     async def _serve(self, spec: ProtocolSpec, stream: INetStream) -> None:
-        framed = FramedStream(stream, spec.max_request_size)
+        hold = buffer_hold(stream, "request")
+        framed = FramedStream(stream, spec.max_request_size, hold)
         try:
-            await self._serve_one(spec, framed, stream.muxed_conn.peer_id)
-        except _SlowRequest:
+            with hold:
+                await self._serve_one(spec, framed, stream.muxed_conn.peer_id)
+        except _Unanswered:
             await framed.reset()
         except Exception as exc:  # the peer went away mid-answer, or a bug: never kill the host
             self.counters.incr("reqresp.stream_errors")
@@ -198,7 +206,7 @@ class ReqRespServer:
                 request = await self._read_request(spec, framed)
             if read_scope.cancelled_caught:
                 self._reject(spec, "request_timeout")
-                raise _SlowRequest
+                raise _Unanswered
             if isinstance(request, RpcError):
                 await framed.write_frame(_encode_response(request.code, request.message))
                 return
@@ -239,11 +247,14 @@ class ReqRespServer:
         with trio.move_on_after(self.request_timeout_s) as scope:
             await framed.write_frame(_encode_response(Code.RESOURCE_EXHAUSTED, message))
         if scope.cancelled_caught:
-            raise _SlowRequest
+            raise _Unanswered
 
     async def _read_request(self, spec: ProtocolSpec, framed: FramedStream) -> pb.Request | RpcError:
         try:
             frame = await framed.read_required()
+        except BufferRefused as exc:
+            self._reject(spec, exc.reason)
+            raise _Unanswered from exc
         except FrameTooLarge as exc:
             self._reject(spec, exc.reason)
             return RpcError(Code.RESOURCE_EXHAUSTED, str(exc))
@@ -363,7 +374,8 @@ class ReqRespClient:
             if _caused_by(exc, MultiselectClientError):  # the peer answered "na" to the protocol
                 raise UnsupportedProtocol(protocol, peer) from exc
             raise RpcError(Code.UNAVAILABLE, f"cannot open stream: {exc}") from exc
-        framed = FramedStream(stream, max_response_size)
+        hold = buffer_hold(stream, "response")
+        framed = FramedStream(stream, max_response_size, hold)
         ok = False
         try:
             request = pb.Request(body=body, deadline_ms=max(1, int(remaining_s * 1000)))
@@ -384,11 +396,14 @@ class ReqRespClient:
                 await framed.read_raw(header.stream_length, sink)
             ok = True
             return bytes(header.body)
+        except BufferRefused as exc:
+            raise RpcError(Code.RESOURCE_EXHAUSTED, f"response from {peer}: {exc}") from exc
         except (FramingError, DecodeError, StreamClosedEarly) as exc:
             raise RpcError(Code.UNAVAILABLE, f"bad response from {peer}: {exc}") from exc
         except ValueError as exc:  # an unknown status code
             raise RpcError(Code.INTERNAL, f"bad response from {peer}: {exc}") from exc
         finally:
+            hold.release()
             if ok:
                 await framed.close()
             else:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import trio
 from libp2p.abc import IMuxedStream, IRawConnection, ISecureConn
@@ -37,14 +37,22 @@ from libp2p.peer.id import ID
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWriter
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.security.secure_session import SecureSession
+from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.stream_muxer.mplex.mplex import Mplex
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from p2pshard.core.resources import Refusal, Span
-from p2pshard.net.limits import DEFAULT_LIMITS, NetLimits
+from p2pshard.core.resources import Direction, Refusal, Span
+from p2pshard.net.limits import DEFAULT_LIMITS, MemoryHold, NetLimits
 
-__all__ = ["YAMUX_FRAME_SIZE", "BufferedNoiseTransport", "TunedMplex", "TunedYamux", "YamuxViolation"]
+__all__ = [
+    "YAMUX_FRAME_SIZE",
+    "BufferedNoiseTransport",
+    "TunedMplex",
+    "TunedYamux",
+    "YamuxViolation",
+    "buffer_hold",
+]
 
 SOCKET_READ_SIZE = 256 * 1024
 NOISE_LENGTH_BYTES = 2
@@ -195,6 +203,10 @@ class YamuxViolation(Exception):
     """The remote side broke a yamux rule; the connection is closed."""
 
 
+class StreamRefused(MuxedStreamError):
+    """A stream could not be reserved with the resource manager (its reason is counted)."""
+
+
 class _HeaderTap:
     """Sees what yamux's frame loop reads outside frame bodies: the frame headers, in order (frame
     bodies are read in ``_read_data_body``, not through here). Each complete 12-byte header is shown
@@ -238,20 +250,27 @@ class TunedYamux(Yamux):
       a protocol violation: the connection is closed, ``limits.refused.yamux_window`` counted and
       the peer reported (py-libp2p buffers such data without limit: 512 MiB sent past the window
       added 511 MB of resident memory);
-    * each stream the remote side opens is reserved with the resource manager, with its initial
-      receive window's memory, against the connection (256 streams), the peer and the system; a SYN
-      refused is answered with a reset and counted as ``limits.refused.yamux_streams`` and under the
-      refusal's reason (e.g. ``streams_inbound.conn``).
+    * every stream, opened by either side, is reserved with the resource manager, with its initial
+      receive window's memory, against the connection (256 streams each way), the peer and the
+      system; a SYN refused is answered with a reset and counted as ``limits.refused.yamux_streams``
+      and under the refusal's reason (e.g. ``streams_inbound.conn``); a stream of ours refused
+      fails to open (:class:`StreamRefused`);
+    * a receive window grows beyond 256 KiB (py-libp2p's auto-tuning, up to 16 MiB) only once the
+      growth is reserved against the stream, connection, peer and system
+      (:meth:`p2pshard_grow_window`, called by the patched ``YamuxStream._apply_autotune_epoch``);
+      refused, the window stays as it is (``limits.refused.buffer.yamux_window``).
 
-    So a connection buffers at most the sum of its streams' windows. (The windows py-libp2p grows
-    by auto-tuning, up to 16 MiB a stream, are not reserved yet.)
+    So a connection buffers at most the reserved sum of its streams' windows. A stream's
+    reservation is released when it is reset, or closed both ways with nothing left to read (the
+    unread data of a stream the remote side opened is dropped then: our handlers do not read after
+    closing).
     """
 
     def __init__(self, secured_conn: ISecureConn, peer_id: ID, *args: Any, **kwargs: Any) -> None:
         self.limits: NetLimits = getattr(secured_conn, "p2pshard_limits", DEFAULT_LIMITS)
         self._session = secured_conn
         self._refused: set[int] = set()
-        self._stream_spans: dict[int, Span] = {}  # streams the remote side opened, as reserved
+        self._stream_spans: dict[int, Span] = {}  # streams, as reserved
         self.peak_stream_buffer = 0
         """The most bytes one stream of this connection was allowed to have buffered (for tests)."""
         self.peak_inbound_streams = 0
@@ -281,46 +300,92 @@ class TunedYamux(Yamux):
         if opening and typ in (_yamux.TYPE_DATA, _yamux.TYPE_WINDOW_UPDATE):
             self._admit_stream(sid)
 
-    def _admit_stream(self, sid: int) -> None:
-        """Reserve a stream the remote side opens (and its receive window's memory), or mark it
-        to be reset when accepted."""
+    def _reserve_stream(self, direction: Direction) -> Span | None:
+        """A stream's reservation (its count and its initial window's memory) against the
+        connection, the peer and the system; None while the swarm has not reserved the connection
+        yet. Raises :class:`StreamRefused` (counted) when a limit refuses it."""
         self._release_finished_streams()
-        inbound = sum(1 for s in self.streams.values() if not s.is_initiator)
         conn_span: Span | None = getattr(self, "p2pshard_span", None)
-        if conn_span is None:  # not yet reserved by the swarm's notifee: a plain count
+        if conn_span is None:
+            return None
+        span = self.limits.resources.open_stream(conn_span, direction, str(self.peer_id))
+        if isinstance(span, Refusal):
+            self.limits.refused(span.reason)
+            raise StreamRefused(str(span))
+        if not MemoryHold(self.limits, span, "yamux_window").grow(_yamux.DEFAULT_WINDOW_SIZE):
+            span.close()
+            raise StreamRefused(f"no memory for a {direction} stream's receive window")
+        return span
+
+    def _admit_stream(self, sid: int) -> None:
+        """Reserve a stream the remote side opens, or mark it to be reset when accepted."""
+        try:
+            span = self._reserve_stream("inbound")
+        except StreamRefused:
+            self._refused.add(sid)
+            return
+        inbound = sum(1 for s in self.streams.values() if not s.is_initiator)
+        if span is None:  # not yet reserved by the swarm's notifee: a plain count
             if inbound >= self.limits.yamux.max_inbound_streams:
                 self._refused.add(sid)
                 return
         else:
-            span = self.limits.resources.open_stream(conn_span, "inbound", str(self.peer_id))
-            if isinstance(span, Span):
-                refusal = span.reserve("memory", _yamux.DEFAULT_WINDOW_SIZE)
-                if refusal is not None:
-                    span.close()
-                    span = refusal
-            if isinstance(span, Refusal):
-                self.limits.refused(span.reason)
-                self._refused.add(sid)
-                return
             self._stream_spans[sid] = span
         self.peak_inbound_streams = max(self.peak_inbound_streams, inbound + 1)
 
+    async def open_stream(self) -> _yamux.YamuxStream:
+        """A stream of ours, reserved like the remote side's (:class:`StreamRefused` if refused)."""
+        span = self._reserve_stream("outbound")
+        try:
+            stream = await super().open_stream()
+        except BaseException:
+            if span is not None:
+                span.close()
+            raise
+        if span is not None:
+            self._stream_spans[stream.stream_id] = span
+        return stream
+
+    def p2pshard_grow_window(self, stream: _yamux.YamuxStream, n: int) -> bool:
+        """Reserve ``n`` more bytes of ``stream``'s receive window, or refuse (counted): asked by
+        ``YamuxStream._apply_autotune_epoch`` (:mod:`p2pshard.net.patches`) before it grows the
+        window. A stream not reserved (its connection not yet known) keeps its initial window."""
+        span = self._stream_spans.get(stream.stream_id)
+        return span is not None and MemoryHold(self.limits, span, "yamux_window").grow(n)
+
+    def _finalize_stream_locked(self, stream: _yamux.YamuxStream, *, fully_closed: bool) -> None:
+        super()._finalize_stream_locked(stream, fully_closed=fully_closed)
+        if fully_closed:
+            self._release_stream(stream.stream_id)
+
+    def _release_stream(self, sid: int) -> None:
+        """Release ``sid``'s reservation if the stream is gone, reset, or closed both ways with
+        nothing left to read; the data of a reset stream, or of a closed one the remote side
+        opened, is dropped (nothing will read it)."""
+        span = self._stream_spans.get(sid)
+        if span is None:
+            return
+        stream = self.streams.get(sid)
+        buffer = self.stream_buffers.get(sid)
+        if stream is not None:
+            if not (stream.reset_received or stream.closed):
+                return
+            if buffer and (stream.reset_received or not stream.is_initiator):
+                buffer.clear()
+            elif buffer:
+                return  # ours, closed both ways, the answer still to be read
+        del self._stream_spans[sid]
+        span.close()
+
     def _release_finished_streams(self) -> None:
-        """Release the reservations of streams that are gone, reset or closed both ways.
+        """Release the reservations of streams that are gone or done (see :meth:`_release_stream`).
 
         py-libp2p keeps a closed stream whose buffer still holds data for 60 s (so that it can be
         read), and a stream the peer reset that way too, although nothing can read it any more: a
         peer that sends a request, is refused unread and resets its stream would otherwise hold a
-        slot for a minute. The data of a reset stream is dropped at once."""
+        slot for a minute."""
         for sid in list(self._stream_spans):
-            stream = self.streams.get(sid)
-            if stream is not None and not (stream.reset_received or stream.closed):
-                continue
-            if stream is not None and stream.reset_received:
-                buffer = self.stream_buffers.get(sid)
-                if buffer:
-                    buffer.clear()
-            self._stream_spans.pop(sid).close()
+            self._release_stream(sid)
 
     def _release_streams(self) -> None:
         for span in self._stream_spans.values():
@@ -386,3 +451,18 @@ class TunedMplex(Mplex):
             self.limits.refused("mplex_streams")
             with contextlib.suppress(Exception):  # the connection may be closing under us
                 await stream.reset()
+
+
+def buffer_hold(stream: Any, buffer: str, *, per: Literal["stream", "conn"] = "stream") -> MemoryHold:
+    """A :class:`~p2pshard.net.limits.MemoryHold` for a buffer that the remote side of ``stream``
+    (a py-libp2p ``INetStream``) fills, charged to the stream (``per="stream"``: its connection,
+    peer and the system above it) or to its connection (``per="conn"``, for a buffer that outlives
+    one stream, such as a gossip peer's queue). A stream of a connection the resource manager has
+    not reserved (or not of our muxers) is charged to the system."""
+    muxed_stream = getattr(stream, "muxed_stream", stream)
+    conn = getattr(stream, "muxed_conn", None) or getattr(muxed_stream, "conn", None)
+    limits: NetLimits = getattr(conn, "limits", DEFAULT_LIMITS)
+    span: Span | None = getattr(conn, "p2pshard_span", None)
+    if per == "stream" and isinstance(conn, TunedYamux):
+        span = conn._stream_spans.get(getattr(muxed_stream, "stream_id", -1), span)
+    return MemoryHold(limits, span, buffer)

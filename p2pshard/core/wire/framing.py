@@ -117,6 +117,11 @@ class FrameDecoder:
         """Bytes received but not yet returned as frames."""
         return len(self._buf) - self._pos
 
+    @property
+    def frame_length(self) -> int | None:
+        """The payload length of the frame being received, once its prefix is in; else None."""
+        return self._need
+
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         if self._eof:
             raise RuntimeError("receive_data after receive_eof")
