@@ -135,6 +135,12 @@ def _node_options(fn: Any) -> Any:
             type=click.Path(path_type=Path, exists=True, file_okay=False),
             help="Train on a dataset made by `p2pshard genesis build` (default: the embedded corpus).",
         ),
+        click.option(
+            "--metrics",
+            metavar="HOST:PORT",
+            help="Serve Prometheus metrics (/metrics) and a live dashboard page (/) here, e.g. "
+            "127.0.0.1:9464 (port 0 = any free port). Default: no such port.",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -116,6 +116,9 @@ class NodeConfig:
     """Write a snapshot at most this often (also on SIGTERM/Ctrl-C in ``p2pshard start``/``join``)."""
     genesis: Path | None = None
     """Directory written by `p2pshard genesis build` (default: the embedded corpus)."""
+    metrics: str = ""
+    """``host:port`` to serve Prometheus metrics (``/metrics``) and the live dashboard (``/``) on,
+    e.g. ``127.0.0.1:9464`` (port 0 = any free port); empty = no such port is opened."""
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -140,6 +143,10 @@ class NodeConfig:
             raise ConfigError("request_peer_share must be in (0, 1]")
         if self.conn_high_water and self.conn_low_water > self.conn_high_water:
             raise ConfigError("conn_low_water must not exceed conn_high_water")
+        if self.metrics:
+            host, sep, port = self.metrics.rpartition(":")
+            if not sep or not host or not port.isdigit() or int(port) > 65535:
+                raise ConfigError(f"metrics: want host:port (e.g. 127.0.0.1:9464), not {self.metrics!r}")
         if self.conn_grace_s < 0 or self.bootstrap_grace_s < 0:
             raise ConfigError("conn_grace_s and bootstrap_grace_s must not be negative")
 

@@ -155,6 +155,8 @@ class Node:
     """Closes connections above the high watermark and Sybils of one IP (not in client-only nodes)."""
     on_event: EventCallback | None = None
     """Called with each :class:`~p2pshard.events.NodeEvent` (``open_node``'s ``on_event``)."""
+    dashboard_url: str | None = None
+    """Where ``config.metrics`` serves the dashboard (``…/metrics`` for Prometheus); None if unset."""
 
     @property
     def peer_id(self) -> ID:
@@ -402,6 +404,14 @@ async def open_node(
                 await nursery.start(node.trainer.run)
                 if bootstrap:
                     nursery.start_soon(_check_network, node, bootstrap)
+            if config.metrics and not client_only:
+                node.dashboard_url = await _serve_metrics(node, config.metrics)
+                emit(
+                    "metrics",
+                    f"dashboard: {node.dashboard_url}  metrics: {node.dashboard_url}metrics",
+                    url=node.dashboard_url,
+                    metrics=f"{node.dashboard_url}metrics",
+                )
             if on_event is not None and not client_only:
                 from p2pshard.progress import watch_progress
 
@@ -418,6 +428,16 @@ async def open_node(
         if len(leaves) == 1:
             raise leaves[0] from None
         raise rest from None
+
+
+async def _serve_metrics(node: Node, address: str) -> str:
+    from p2pshard.observe.server import serve
+
+    try:
+        url: str = await node.nursery.start(serve, node, address)
+    except OSError as exc:
+        raise ListenError(f"cannot serve metrics on {address}: {exc.strerror or exc}") from exc
+    return url
 
 
 async def _build_engine(config: NodeConfig, peer_id: str, built: list[Engine], ready: trio.Event) -> None:
