@@ -41,6 +41,7 @@ class NodeView:
     exit_code: int | None = None
     rounds: list[dict[str, Any]] = field(default_factory=list)
     trained: bool = False
+    dashboard: str = ""
 
 
 def _command(index: int, port: int, bootstrap: str | None, node_args: list[str]) -> list[str]:
@@ -48,7 +49,8 @@ def _command(index: int, port: int, bootstrap: str | None, node_args: list[str])
     cmd = [sys.executable, "-m", "p2pshard", "-v", "start" if bootstrap is None else "join"]
     if bootstrap is not None:
         cmd.append(bootstrap)
-    return [*cmd, "--listen", listen, "--json", *node_args]
+    # each node serves its metrics and dashboard on a free 127.0.0.1 port (printed at start)
+    return [*cmd, "--listen", listen, "--json", "--metrics", "127.0.0.1:0", *node_args]
 
 
 def _table(views: list[NodeView]) -> Table:
@@ -93,6 +95,8 @@ async def _follow(view: NodeView, stdout: trio.abc.ReceiveStream, ready: trio.Ev
             elif kind == "ready":  # its model built and its protocols served: others may join
                 view.state = "running"
                 ready.set()
+            elif kind == "metrics":
+                view.dashboard = str(event["url"])
             elif kind == "peers":
                 view.peers = int(event["count"])
             elif kind == "round":
@@ -196,7 +200,11 @@ async def _devnet(
                         starters.start_soon(_start, v, cmd, nursery, as_json, out, nodes)
                 if not as_json:  # printed above the live table
                     for v in views:
-                        console.print(f"node {v.index}: {v.addrs[0]}", soft_wrap=True)
+                        console.print(f"node {v.index}: {v.addrs[0]}  {v.dashboard}", soft_wrap=True)
+                    console.print(
+                        f"dashboard: {views[0].dashboard} (metrics: {views[0].dashboard}metrics)",
+                        soft_wrap=True,
+                    )
                 with trio.move_on_after(duration if duration is not None else float("inf")):
                     async with trio.open_nursery() as waiters:
                         if rounds:

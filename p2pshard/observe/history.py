@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from p2pshard.node import Node
 
 KEEP_ROUNDS = 500
-PEER_POLL_S = 5.0
+PEER_POLL_S = 2.0
 PEER_POLL_MAX = 32
 """The model hash majority asks at most this many peers' status, every PEER_POLL_S."""
 
@@ -48,6 +48,8 @@ class History:
     rounds_seen: int = 0
     peer_hashes: dict[str, tuple[int, str]] = field(default_factory=dict)
     """peer id -> (round, model hash hex) from its status, refreshed every PEER_POLL_S."""
+    own_hash: tuple[int, str] | None = None
+    """Our own (round, model hash) when the peers were last asked: views of one moment."""
 
     def on_round(self, report: RoundReport) -> None:
         prev = self.rows[-1] if self.rows else None
@@ -71,23 +73,22 @@ class History:
         )
         self.rounds_seen += 1
 
-    def majority(self, own: tuple[int, str] | None) -> dict[str, Any]:
-        """The model hash most peers (and we) hold at the newest round any of us reports."""
+    def majority(self) -> dict[str, Any]:
+        """The (round, model hash) most nodes hold, among the peers asked and us, at one moment."""
         views = dict(self.peer_hashes)
+        own = self.own_hash
         if own is not None:
             views["self"] = own
         if not views:
             return {"round": None, "hash": None, "agree": 0, "of": 0, "ours": None}
-        newest = max(r for r, _ in views.values())
-        at_newest = Counter(h for r, h in views.values() if r == newest)
-        best, agree = at_newest.most_common(1)[0]
+        (r, best), agree = Counter(views.values()).most_common(1)[0]
         return {
-            "round": newest,
+            "round": r,
             "hash": best,
             "agree": agree,
-            "of": sum(at_newest.values()),
+            "of": len(views),
             "ours": own[1] if own is not None else None,
-            "hashes": dict(at_newest),
+            "ours_agrees": own == (r, best),
         }
 
 
@@ -110,4 +111,7 @@ async def poll_peer_hashes(node: Node, history: History) -> None:
                 for peer in peers:
                     nursery.start_soon(ask, peer, seen)
         history.peer_hashes = seen
+        trainer = node.trainer
+        if trainer is not None:
+            history.own_hash = (trainer.engine.round, trainer.engine.model_hash().hex())
         await trio.sleep(PEER_POLL_S)

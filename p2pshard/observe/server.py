@@ -117,11 +117,9 @@ class ObserveServer:
             for pid in (p.to_base58() for p in node.peers())
         ]
         trainer = node.trainer
-        own: tuple[int, str] | None = None
         training: dict[str, Any] | None = None
         if trainer is not None:
             proto = trainer.proto
-            own = (trainer.engine.round, trainer.engine.model_hash().hex())
             current = proto.current
             training = {
                 "stage": proto.stage.value,
@@ -142,7 +140,7 @@ class ObserveServer:
             "training": training,
             "rounds": [r.to_json() for r in rows],
             "last_round": rows[-1].to_json() if rows else None,
-            "majority": self.history.majority(own),
+            "majority": self.history.majority(),
         }
 
 

@@ -8,7 +8,12 @@ const $ = (id) => document.getElementById(id);
 // Every string from the network is escaped before it becomes HTML.
 function esc(v) { return String(v).replace(/[&<>"']/g, (c) => "&#" + c.charCodeAt(0) + ";"); }
 function short(id) { return id ? id.slice(0, 8) + "…" + id.slice(-6) : "–"; }
-function mb(n) { return (n / 1e6).toFixed(2) + " MB"; }
+function bytes(n) {
+  if (n >= 1e9) return (n / 1e9).toFixed(2) + " GB";
+  if (n >= 1e6) return (n / 1e6).toFixed(2) + " MB";
+  if (n >= 1e3) return (n / 1e3).toFixed(1) + " kB";
+  return Math.round(n) + " B";
+}
 function duration(s) {
   s = Math.floor(s);
   const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
@@ -69,14 +74,14 @@ function render(s) {
   const m = s.majority;
   text($("majority"), m.hash ? m.hash.slice(0, 16) + "…" : "–");
   text($("majority-detail"), m.hash
-    ? `${m.agree} of ${m.of} at round ${m.round}` + (m.ours ? (m.ours === m.hash ? " · ours agrees" : " · ours differs") : "")
+    ? `${m.agree} of ${m.of} nodes at round ${m.round}` + (m.ours ? (m.ours_agrees ? " · ours agrees" : " · ours differs") : "")
     : "no model hash heard yet");
-  $("majority").className = "value mono " + (m.ours && m.hash ? (m.ours === m.hash ? "good" : "bad") : "");
+  $("majority").className = "value mono " + (m.ours && m.hash ? (m.ours_agrees ? "good" : "bad") : "");
 
   const rows = s.rounds;
   drawChart($("loss-chart"), [rows.filter((r) => r.loss !== null).map((r) => [r.round, r.loss])], ["#3a7bd5"], (y) => y.toFixed(3));
   drawChart($("bytes-chart"), [rows.map((r) => [r.round, r.sent_in_round]), rows.map((r) => [r.round, r.received_in_round])],
-    ["#3a7bd5", "#e08a2c"], mb);
+    ["#3a7bd5", "#e08a2c"], bytes);
 
   const body = $("peers").tBodies[0];
   const html = s.peers.map((p) => {
