@@ -23,7 +23,7 @@ import pytest
 
 from tests.util import Proc
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("training_processes")]  # one at a time
 
 ROUND_S = 8.0
 TRAINING = ["--json", "--preset", "micro", "--round-seconds", str(ROUND_S), "--inner-steps", "4"]
