@@ -101,6 +101,8 @@ def fuzz(session: nox.Session) -> None:
         "-p",
         "no:cacheprovider",
         "--timeout=0",  # one decoder's 100,000 cases take longer than the suite's 300 s per test
+        "-o",
+        "faulthandler_timeout=0",  # ... and than its 300 s before a stack dump
         *session.posargs,
         env={"P2PSHARD_FUZZ_EXAMPLES": "100000"},
     )
