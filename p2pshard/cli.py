@@ -84,6 +84,13 @@ def _node_options(fn: Any) -> Any:
             help="Node key file; made (mode 0600) and kept when absent. Default: a new key each run.",
         ),
         click.option(
+            "--data-dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            help="One folder for this node's key (node.key), snapshots (snapshots/) and settings "
+            "(config.toml, read when present); made when absent. A restart with the same folder "
+            "keeps the peer id and resumes from the newest snapshot.",
+        ),
+        click.option(
             "--config",
             "config_file",
             type=click.Path(path_type=Path, exists=True, dir_okay=False),
@@ -160,7 +167,12 @@ def _config(config_file: Path | None, bootstrap: list[str] | None, **flags: Any)
 @main.command()
 @_node_options
 def start(config_file: Path | None, as_json: bool, **flags: Any) -> None:
-    """Start the first node of a network and print the address others join through."""
+    """Start the first node of a network and print the address others join through.
+
+    It prints its own address at once, then each step (the model built, the round schedule,
+    each round). Ctrl-C or SIGTERM writes a snapshot (with --data-dir or --snapshot-dir) and
+    stops within 10 s; Ctrl-C exits 130.
+    """
     _run_node(_config(config_file, None, **flags), as_json)
 
 
@@ -168,7 +180,12 @@ def start(config_file: Path | None, as_json: bool, **flags: Any) -> None:
 @click.argument("bootstrap", nargs=-1, required=True, metavar="MULTIADDR...")
 @_node_options
 def join(bootstrap: tuple[str, ...], config_file: Path | None, as_json: bool, **flags: Any) -> None:
-    """Join a network through one or more of its nodes (full /ip4/…/tcp/…/p2p/… addresses)."""
+    """Join a network through one or more of its nodes (full /ip4/…/tcp/…/p2p/… addresses).
+
+    It prints its own address at once, then each step of joining as it happens: the bootstrap
+    dial, the model built, the network id agreed, peers found, the round schedule, the
+    checkpoint download, the first round (--json: one JSON object a line).
+    """
     for addr in bootstrap:
         try:
             parse_peer_addr(addr)

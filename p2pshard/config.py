@@ -39,7 +39,11 @@ class NodeConfig:
     """Multiaddrs to listen on (``/ip4/<address>/tcp/<port>``; port 0 = any free port). The
     default listens on 127.0.0.1 only: nothing is reachable from other machines unless asked."""
     key: Path | None = None
-    """Key file; created (mode 0600) when absent. None = an ephemeral key."""
+    """Key file; created (mode 0600) when absent. None = an ephemeral key (or ``data_dir``'s)."""
+    data_dir: Path | None = None
+    """One folder for a node's state: its key (``node.key``), snapshots (``snapshots/``) and
+    settings (``config.toml``, read when present), each unless given on its own. Made (mode
+    0700) when absent."""
     bootstrap: list[str] = field(default_factory=list)
     """Full addresses (``/ip4/…/tcp/…/p2p/<peer id>``) of nodes to join through; empty = start a
     network."""
@@ -156,12 +160,15 @@ class NodeConfig:
     ) -> NodeConfig:
         """Defaults < TOML ``file`` < ``env`` (``P2PSHARD_*``) < ``overrides`` that are not None."""
         values: dict[str, Any] = {}
+        env = os.environ if env is None else env
+        data_dir = overrides.get("data_dir") or env.get("P2PSHARD_DATA_DIR")
+        if file is None and data_dir and (Path(data_dir) / "config.toml").is_file():
+            file = Path(data_dir) / "config.toml"
         if file is not None:
             try:
                 values.update(tomllib.loads(file.read_text()))
             except (OSError, ValueError, RecursionError) as exc:  # TOMLDecodeError, UnicodeDecodeError
                 raise ConfigError(f"cannot read config file {file}: {type(exc).__name__}: {exc}") from exc
-        env = os.environ if env is None else env
         fields = {f.name: f for f in dataclasses.fields(cls)}
         for name in fields:
             raw = env.get(f"P2PSHARD_{name.upper()}")
@@ -171,6 +178,10 @@ class NodeConfig:
         unknown = set(values) - set(fields)
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        if values.get("data_dir"):
+            folder = Path(values["data_dir"])
+            values.setdefault("key", folder / "node.key")
+            values.setdefault("snapshot_dir", folder / "snapshots")
         return cls(**{k: _coerce(k, v, fields[k].type) for k, v in values.items()})
 
 

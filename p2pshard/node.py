@@ -295,6 +295,8 @@ async def open_node(
     (``p2pshard status``, ``p2pshard conformance live``).
     """
     _quiet_normal_closes()
+    if config.data_dir is not None:
+        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if identity is None:
         identity = Identity.load_or_create(config.key)[0] if config.key else Identity.generate()
     listen = [parse_multiaddr(a) for a in config.listen]
