@@ -57,6 +57,9 @@ __all__ = [
 SOCKET_READ_SIZE = 256 * 1024
 NOISE_LENGTH_BYTES = 2
 YAMUX_FRAME_SIZE = 4 * MAX_PLAINTEXT_LENGTH  # header + payload fill four Noise messages exactly
+SYN_FLOOD_WINDOW_S = 10.0
+"""A connection whose remote side has more SYNs refused than its stream limit within this many
+seconds is flooding: it is closed (``limits.refused.yamux_syn_flood``), not answered RST by RST."""
 
 
 class BufferedNoiseReadWriter(NoiseTransportReadWriter):
@@ -255,6 +258,10 @@ class TunedYamux(Yamux):
       system; a SYN refused is answered with a reset and counted as ``limits.refused.yamux_streams``
       and under the refusal's reason (e.g. ``streams_inbound.conn``); a stream of ours refused
       fails to open (:class:`StreamRefused`);
+    * a remote side that keeps opening streams past its limit (more SYNs refused than the limit,
+      256, within :data:`SYN_FLOOD_WINDOW_S`) is flooding: the connection is closed as for a window
+      violation (``limits.refused.yamux_syn_flood``, and the peer reported), so a flood costs one
+      close instead of a reset per SYN;
     * a receive window grows beyond 256 KiB (py-libp2p's auto-tuning, up to 16 MiB) only once the
       growth is reserved against the stream, connection, peer and system
       (:meth:`p2pshard_grow_window`, called by the patched ``YamuxStream._apply_autotune_epoch``);
@@ -270,6 +277,8 @@ class TunedYamux(Yamux):
         self.limits: NetLimits = getattr(secured_conn, "p2pshard_limits", DEFAULT_LIMITS)
         self._session = secured_conn
         self._refused: set[int] = set()
+        self._refused_recent = 0  # SYNs refused since _refused_since
+        self._refused_since = 0.0
         self._stream_spans: dict[int, Span] = {}  # streams, as reserved
         self.peak_stream_buffer = 0
         """The most bytes one stream of this connection was allowed to have buffered (for tests)."""
@@ -304,11 +313,12 @@ class TunedYamux(Yamux):
         """A stream's reservation (its count and its initial window's memory) against the
         connection, the peer and the system; None while the swarm has not reserved the connection
         yet. Raises :class:`StreamRefused` (counted) when a limit refuses it."""
-        self._release_finished_streams()
         conn_span: Span | None = getattr(self, "p2pshard_span", None)
         if conn_span is None:
             return None
         span = self.limits.resources.open_stream(conn_span, direction, str(self.peer_id))
+        if isinstance(span, Refusal) and self._release_finished_streams():  # then try once more
+            span = self.limits.resources.open_stream(conn_span, direction, str(self.peer_id))
         if isinstance(span, Refusal):
             self.limits.refused(span.reason)
             raise StreamRefused(str(span))
@@ -322,16 +332,27 @@ class TunedYamux(Yamux):
         try:
             span = self._reserve_stream("inbound")
         except StreamRefused:
-            self._refused.add(sid)
+            self._refuse_syn(sid)
             return
         inbound = sum(1 for s in self.streams.values() if not s.is_initiator)
         if span is None:  # not yet reserved by the swarm's notifee: a plain count
             if inbound >= self.limits.yamux.max_inbound_streams:
-                self._refused.add(sid)
+                self._refuse_syn(sid)
                 return
         else:
             self._stream_spans[sid] = span
         self.peak_inbound_streams = max(self.peak_inbound_streams, inbound + 1)
+
+    def _refuse_syn(self, sid: int) -> None:
+        """Mark ``sid`` to be reset when accepted; close the connection if the remote side floods."""
+        self._refused.add(sid)
+        now = trio.current_time()
+        if now - self._refused_since > SYN_FLOOD_WINDOW_S:
+            self._refused_since, self._refused_recent = now, 0
+        self._refused_recent += 1
+        if self._refused_recent > self.limits.yamux.max_inbound_streams:
+            self.limits.violation(self.peer_id, "yamux_syn_flood")
+            raise YamuxViolation(f"{self._refused_recent} streams refused in {SYN_FLOOD_WINDOW_S:g}s")
 
     async def open_stream(self) -> _yamux.YamuxStream:
         """A stream of ours, reserved like the remote side's (:class:`StreamRefused` if refused)."""
@@ -377,15 +398,17 @@ class TunedYamux(Yamux):
         del self._stream_spans[sid]
         span.close()
 
-    def _release_finished_streams(self) -> None:
+    def _release_finished_streams(self) -> int:
         """Release the reservations of streams that are gone or done (see :meth:`_release_stream`).
 
         py-libp2p keeps a closed stream whose buffer still holds data for 60 s (so that it can be
         read), and a stream the peer reset that way too, although nothing can read it any more: a
         peer that sends a request, is refused unread and resets its stream would otherwise hold a
-        slot for a minute."""
+        slot for a minute. Returns how many were released."""
+        held = len(self._stream_spans)
         for sid in list(self._stream_spans):
             self._release_stream(sid)
+        return held - len(self._stream_spans)
 
     def _release_streams(self) -> None:
         for span in self._stream_spans.values():

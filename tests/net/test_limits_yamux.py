@@ -81,19 +81,37 @@ async def test_a_window_filled_exactly_is_accepted() -> None:
         assert server.counters.get("limits.refused.yamux_window") == 0
 
 
-async def test_a_syn_flood_is_reset_beyond_the_stream_limit() -> None:
-    syns = 10_000
+async def _syns(ours: TunedYamux, count: int) -> None:
+    first = ours.next_stream_id
+    headers = [_frame(_yamux.TYPE_WINDOW_UPDATE, _yamux.FLAG_SYN, first + 2 * i, 0) for i in range(count)]
+    for start in range(0, count, 4000):  # several thousand SYNs per Noise write
+        try:
+            await ours.secured_conn.write(b"".join(headers[start : start + 4000]))
+        except Exception:
+            break  # the server closed the connection under us
+
+
+async def test_syns_beyond_the_stream_limit_are_reset_and_the_connection_kept() -> None:
     async with open_node(NodeConfig()) as server, _hostile(server) as (_, ours, theirs):
         limit = theirs.limits.yamux.max_inbound_streams
-        first = ours.next_stream_id
-        headers = [_frame(_yamux.TYPE_WINDOW_UPDATE, _yamux.FLAG_SYN, first + 2 * i, 0) for i in range(syns)]
-        for start in range(0, syns, 4000):  # several thousand SYNs per Noise write
-            await ours.secured_conn.write(b"".join(headers[start : start + 4000]))
-        # Streams the server accepted end when their protocol negotiation times out, and then
-        # later SYNs fit again; most of a burst this size is refused all the same.
-        refused = "limits.refused.yamux_streams"
-        await eventually(lambda: server.counters.get(refused) >= syns // 2, within_s=60)
+        await _syns(ours, limit + 40)
+        await eventually(lambda: server.counters.get("limits.refused.yamux_streams") >= 40 - 4)
         assert theirs.peak_inbound_streams == limit
+        assert not theirs.is_closed
+        await _serves_honest_clients(server)
+
+
+async def test_a_syn_flood_closes_the_connection_and_is_scored() -> None:
+    """10,000 SYNs: the first 256 streams are held, the next 256 reset one by one, and then the
+    connection is closed instead of answering each further SYN with a reset."""
+    async with open_node(NodeConfig()) as server, _hostile(server) as (host, ours, theirs):
+        limit = theirs.limits.yamux.max_inbound_streams
+        await _syns(ours, 10_000)
+        await eventually(lambda: server.counters.get("limits.refused.yamux_syn_flood") == 1)
+        await eventually(lambda: theirs.is_closed)
+        assert theirs.peak_inbound_streams == limit
+        assert server.counters.get("limits.refused.yamux_streams") <= limit
+        assert server.app_penalties.score(host.get_id().to_bytes()) < 0
         await _serves_honest_clients(server)
 
 
