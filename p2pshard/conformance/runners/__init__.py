@@ -5,6 +5,7 @@ from __future__ import annotations
 from p2pshard.conformance.model import Runner
 from p2pshard.conformance.runners import (
     framing,
+    ledger,
     message_id,
     messages,
     reqresp,
@@ -25,6 +26,7 @@ RUNNERS: dict[str, Runner] = {
         tensor.RUNNER,
         validation.RUNNER,
         router.RUNNER,
+        ledger.RUNNER,
     )
 }
 
