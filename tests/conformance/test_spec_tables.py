@@ -36,7 +36,7 @@ from p2pshard.core.rounds import (
     Timing,
     schedule,
 )
-from p2pshard.core.wire import framing, reqresp_pb2, tensor
+from p2pshard.core.wire import eliasfano, framing, reqresp_pb2, tensor
 from p2pshard.identity import Identity
 from p2pshard.net import blob, discovery
 from p2pshard.net.reqresp import ProtocolSpec, RetryPolicy
@@ -269,6 +269,7 @@ def test_tensor_limits_and_error_reasons_match_the_codec() -> None:
     assert parameters(TABLES, "tensor.md") == _defaults(tensor.DecodeLimits, set())
     spec = [name_of(r["Reason"]) for r in _table("tensor.md", "Reason").rows]
     code = re.findall(r'TensorDecodeError\("([a-z0-9_]+)"', Path(tensor.__file__).read_text())
+    code += re.findall(r'EliasFanoError\("([a-z0-9_]+)"', Path(eliasfano.__file__).read_text())
     assert set(spec) == set(code)
     assert len(spec) == len(set(spec))
 

@@ -45,6 +45,7 @@ def _options(draw: st.DrawFn) -> EncodeOptions:
         topk=topk,
         lz4=draw(st.booleans()),
         packed_indices=topk is not None and draw(st.booleans()),
+        elias_fano=topk is not None and draw(st.booleans()),
     )
 
 

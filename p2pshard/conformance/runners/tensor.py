@@ -423,6 +423,7 @@ def generate() -> list[Case]:
     )
     _int2_cases(decode, err)
     _packed_offsets_cases(decode, err)
+    _elias_fano_cases(decode, err)
     _low_rank_cases(decode, err)
     return cases
 
@@ -475,6 +476,44 @@ def _packed_offsets_cases(decode: Any, err: Any) -> None:
                     name="w", shape=[2], layout=1, encoding=1, chunk_size=2, values=_f32([1, 2]), index_bits=1
                 )
             )
+        ),
+        err("unexpected_indices"),
+    )
+
+
+def _elias_fano_cases(decode: Any, err: Any) -> None:
+    """Elias-Fano offsets (specs/tensor.md#elias-fano-offsets), worked by hand. 6 elements in
+    chunks of 4, k 2: chunk 0 (u 4, n 2) has l = 1 and a 4-bit high field, chunk 1 (u 2, n 2) has
+    l = 0 and a 4-bit field. Offsets 0, 3 | 0, 1: low bits 0, 1; fields 1010 (bits 0 and 1 + 1),
+    1010: the stream 0,1 | 1,0,1,0 | 1,0,1,0 is bytes 0x56, 0x01."""
+    ef = {"index_coding": pb.INDEX_ELIAS_FANO}
+    decode(
+        "topk_elias_fano",
+        "Elias-Fano offsets, a short last chunk with no low bits",
+        True,
+        envelope(_bundle(_topk(indices=bytes([0x56, 0x01]), **ef))),
+        {"tensors": _tensors_json({"s": np.array([1, 0, 0, -2, 3, 4], dtype=np.float32)})},
+    )
+    bad: list[tuple[str, str, dict[str, object], str]] = [
+        ("elias_fano_long", "one byte too many", {"indices": b"\x56\x01\x00"}, "indices_length_mismatch"),
+        ("elias_fano_short", "one byte too few", {"indices": b"\x56"}, "indices_length_mismatch"),
+        ("elias_fano_padding", "a set unused bit", {"indices": b"\x56\x05"}, "indices_bad_padding"),
+        ("elias_fano_three_ones", "3 set bits in a field of 2 offsets", {"indices": b"\x5e\x01"},
+         "indices_bad_elias_fano"),
+        ("elias_fano_duplicate", "offsets 3, 3", {"indices": b"\x5b\x01"}, "indices_not_increasing"),
+        ("elias_fano_range", "offset 4 in a chunk of 4", {"indices": b"\x64\x01"}, "index_out_of_range"),
+        ("elias_fano_with_index_bits", "index_bits set too", {"index_bits": 2}, "bad_index_bits"),
+        ("unknown_index_coding", "index_coding 2", {"index_coding": 2}, "unknown_index_coding"),
+    ]  # fmt: skip
+    for name, desc, fields, reason in bad:
+        record = {"indices": bytes([0x56, 0x01]), **ef, **fields}
+        decode(name, desc, False, envelope(_bundle(_topk(**record))), err(reason))
+    decode(
+        "dense_with_index_coding",
+        "a dense record with index_coding",
+        False,
+        envelope(
+            _bundle(_rec(name="w", shape=[2], layout=1, encoding=1, chunk_size=2, values=_f32([1, 2]), **ef))
         ),
         err("unexpected_indices"),
     )

@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
+from p2pshard.core.wire import eliasfano
 from p2pshard.core.wire import tensor_pb2 as pb
 from p2pshard.core.wire.quant import (
     INT_LEVELS,
@@ -115,7 +116,9 @@ class EncodeOptions:
     """What the sender chooses. ``topk`` = kept elements per chunk; ``None`` sends dense.
 
     ``packed_indices``: top-k offsets as a bit stream of ceil(log2(chunk_size)) bits each instead of
-    uint16 (12 bits for chunks of 4096: a quarter fewer index bytes).
+    uint16 (12 bits for chunks of 4096: a quarter fewer index bytes). ``elias_fano``: top-k offsets
+    Elias-Fano coded per chunk (:mod:`~p2pshard.core.wire.eliasfano`: ~7.5 bits each for 88 of
+    4096); it overrides ``packed_indices``.
     """
 
     encoding: Encoding = Encoding.FLOAT32
@@ -123,6 +126,7 @@ class EncodeOptions:
     topk: int | None = None
     lz4: bool = True
     packed_indices: bool = False
+    elias_fano: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.chunk_size <= _MAX_CHUNK:
@@ -132,8 +136,9 @@ class EncodeOptions:
 
     @property
     def index_bits(self) -> int:
-        """Bits per packed offset (0: uint16 offsets)."""
-        return max(1, (self.chunk_size - 1).bit_length()) if self.packed_indices else 0
+        """Bits per packed offset (0: uint16 offsets, or Elias-Fano)."""
+        packed = self.packed_indices and not self.elias_fano
+        return max(1, (self.chunk_size - 1).bit_length()) if packed else 0
 
 
 @dataclass(frozen=True)
@@ -215,9 +220,13 @@ def encode_tensors(
                 decay = feedback.decay
             want = update is not None or sparse_out is not None
             offsets, positions, wire, scales, decoded = _encode_topk(flat, o, update, decay, want)
-            rec.indices = (
-                pack_bits(offsets, o.index_bits) if o.index_bits else offsets.astype("<u2").tobytes()
-            )
+            if o.elias_fano:
+                rec.index_coding = pb.INDEX_ELIAS_FANO
+                rec.indices = eliasfano.encode_offsets(offsets, flat.size, o.chunk_size, o.topk)
+            elif o.index_bits:
+                rec.indices = pack_bits(offsets, o.index_bits)
+            else:
+                rec.indices = offsets.astype("<u2").tobytes()
             if sparse_out is not None and decoded is not None:
                 sparse_out[name] = (positions, decoded)
         rec.values = value_bytes(wire, o.encoding)
@@ -479,7 +488,7 @@ def _decode_record(rec: pb.TensorRecord, n: int, lim: DecodeLimits, work: list[i
     if len(rec.values) != values_len(encoding, count):
         raise TensorDecodeError("values_length_mismatch", rec.name)
     values = _decode_values(rec, encoding, n, chunk, None, count)
-    if rec.indices or rec.index_bits:
+    if rec.indices or rec.index_bits or rec.index_coding:
         raise TensorDecodeError("unexpected_indices", rec.name)
     return values
 
@@ -499,9 +508,19 @@ def _decode_topk(rec: pb.TensorRecord, n: int) -> SparseTensor:
     width = int(rec.index_bits)
     if width > 16 or (width and chunk > 1 << width):
         raise TensorDecodeError("bad_index_bits", f"{width} bits for chunks of {chunk}")
-    if len(rec.indices) != (2 * count if not width else (count * width + 7) // 8):
+    offsets: npt.NDArray[np.integer]
+    if rec.index_coding == pb.INDEX_ELIAS_FANO:
+        if width:
+            raise TensorDecodeError("bad_index_bits", f"{width} bits with Elias-Fano offsets")
+        try:
+            offsets = eliasfano.decode_offsets(rec.indices, n, chunk, int(rec.k))
+        except eliasfano.EliasFanoError as exc:
+            raise TensorDecodeError(exc.reason, rec.name) from None
+    elif rec.index_coding != pb.INDEX_FIXED:
+        raise TensorDecodeError("unknown_index_coding", str(rec.index_coding))
+    elif len(rec.indices) != (2 * count if not width else (count * width + 7) // 8):
         raise TensorDecodeError("indices_length_mismatch", rec.name)
-    if width:
+    elif width:
         unpacked = unpack_bits(rec.indices, count, width)
         if unpacked is None:
             raise TensorDecodeError("indices_bad_padding", rec.name)
@@ -512,7 +531,7 @@ def _decode_topk(rec: pb.TensorRecord, n: int) -> SparseTensor:
     return SparseTensor(tuple(int(d) for d in rec.shape), positions, values)
 
 
-def _topk_positions(offsets: npt.NDArray[np.uint16], n: int, chunk: int, k: int, name: str) -> I64:
+def _topk_positions(offsets: npt.NDArray[np.integer], n: int, chunk: int, k: int, name: str) -> I64:
     """Flat positions of a top-k record's in-chunk offsets, after checking that every offset lies
     inside its chunk and that they rise strictly within each chunk (no duplicates: one canonical
     encoding per update). Full chunks are handled as one (chunks, k) matrix."""
@@ -545,7 +564,7 @@ def _decode_low_rank(
     r = int(rec.rank)
     if not 1 <= r <= min(rows, cols, MAX_FACTOR_RANK) or rec.chunk_size != r:
         raise TensorDecodeError("bad_rank", f"{rec.name}: rank {r}, chunk {rec.chunk_size}")
-    if rec.k or rec.indices or rec.index_bits:
+    if rec.k or rec.indices or rec.index_bits or rec.index_coding:
         raise TensorDecodeError("unexpected_indices", rec.name)
     work[0] += n * r
     if work[0] > lim.max_decode_work:

@@ -24,19 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0ctensor.proto\x12\x0fp2pshard.tensor\"\xf8\x01\n\x0cTensorRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\r\x12\'\n\x06layout\x18\x03 \x01(\x0e\x32\x17.p2pshard.tensor.Layout\x12\x30\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1e.p2pshard.tensor.ValueEncoding\x12\x12\n\nchunk_size\x18\x05 \x01(\r\x12\t\n\x01k\x18\x06 \x01(\r\x12\x0e\n\x06values\x18\x07 \x01(\x0c\x12\x0e\n\x06scales\x18\x08 \x01(\x0c\x12\x0f\n\x07indices\x18\t \x01(\x0c\x12\x0c\n\x04rank\x18\n \x01(\r\x12\x12\n\nindex_bits\x18\x0b \x01(\r\">\n\x0cTensorBundle\x12.\n\x07tensors\x18\x01 \x03(\x0b\x32\x1d.p2pshard.tensor.TensorRecord*\xcf\x01\n\rValueEncoding\x12\x1e\n\x1aVALUE_ENCODING_UNSPECIFIED\x10\x00\x12\x1a\n\x16VALUE_ENCODING_FLOAT32\x10\x01\x12\x1a\n\x16VALUE_ENCODING_FLOAT16\x10\x02\x12\x1b\n\x17VALUE_ENCODING_BFLOAT16\x10\x03\x12\x17\n\x13VALUE_ENCODING_INT8\x10\x04\x12\x17\n\x13VALUE_ENCODING_INT4\x10\x05\x12\x17\n\x13VALUE_ENCODING_INT2\x10\x06*`\n\x06Layout\x12\x16\n\x12LAYOUT_UNSPECIFIED\x10\x00\x12\x10\n\x0cLAYOUT_DENSE\x10\x01\x12\x17\n\x13LAYOUT_CHUNKED_TOPK\x10\x02\x12\x13\n\x0fLAYOUT_LOW_RANK\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0ctensor.proto\x12\x0fp2pshard.tensor\"\xac\x02\n\x0cTensorRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\r\x12\'\n\x06layout\x18\x03 \x01(\x0e\x32\x17.p2pshard.tensor.Layout\x12\x30\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1e.p2pshard.tensor.ValueEncoding\x12\x12\n\nchunk_size\x18\x05 \x01(\r\x12\t\n\x01k\x18\x06 \x01(\r\x12\x0e\n\x06values\x18\x07 \x01(\x0c\x12\x0e\n\x06scales\x18\x08 \x01(\x0c\x12\x0f\n\x07indices\x18\t \x01(\x0c\x12\x0c\n\x04rank\x18\n \x01(\r\x12\x12\n\nindex_bits\x18\x0b \x01(\r\x12\x32\n\x0cindex_coding\x18\x0c \x01(\x0e\x32\x1c.p2pshard.tensor.IndexCoding\">\n\x0cTensorBundle\x12.\n\x07tensors\x18\x01 \x03(\x0b\x32\x1d.p2pshard.tensor.TensorRecord*\xcf\x01\n\rValueEncoding\x12\x1e\n\x1aVALUE_ENCODING_UNSPECIFIED\x10\x00\x12\x1a\n\x16VALUE_ENCODING_FLOAT32\x10\x01\x12\x1a\n\x16VALUE_ENCODING_FLOAT16\x10\x02\x12\x1b\n\x17VALUE_ENCODING_BFLOAT16\x10\x03\x12\x17\n\x13VALUE_ENCODING_INT8\x10\x04\x12\x17\n\x13VALUE_ENCODING_INT4\x10\x05\x12\x17\n\x13VALUE_ENCODING_INT2\x10\x06*`\n\x06Layout\x12\x16\n\x12LAYOUT_UNSPECIFIED\x10\x00\x12\x10\n\x0cLAYOUT_DENSE\x10\x01\x12\x17\n\x13LAYOUT_CHUNKED_TOPK\x10\x02\x12\x13\n\x0fLAYOUT_LOW_RANK\x10\x03*4\n\x0bIndexCoding\x12\x0f\n\x0bINDEX_FIXED\x10\x00\x12\x14\n\x10INDEX_ELIAS_FANO\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tensor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VALUEENCODING']._serialized_start=349
-  _globals['_VALUEENCODING']._serialized_end=556
-  _globals['_LAYOUT']._serialized_start=558
-  _globals['_LAYOUT']._serialized_end=654
+  _globals['_VALUEENCODING']._serialized_start=401
+  _globals['_VALUEENCODING']._serialized_end=608
+  _globals['_LAYOUT']._serialized_start=610
+  _globals['_LAYOUT']._serialized_end=706
+  _globals['_INDEXCODING']._serialized_start=708
+  _globals['_INDEXCODING']._serialized_end=760
   _globals['_TENSORRECORD']._serialized_start=34
-  _globals['_TENSORRECORD']._serialized_end=282
-  _globals['_TENSORBUNDLE']._serialized_start=284
-  _globals['_TENSORBUNDLE']._serialized_end=346
+  _globals['_TENSORRECORD']._serialized_end=334
+  _globals['_TENSORBUNDLE']._serialized_start=336
+  _globals['_TENSORBUNDLE']._serialized_end=398
 # @@protoc_insertion_point(module_scope)

@@ -124,6 +124,37 @@ rounded once to float32: the same bits on every machine.
 """
 Global___Layout: _TypeAlias = Layout  # noqa: Y015
 
+class _IndexCoding:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IndexCodingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IndexCoding.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INDEX_FIXED: _IndexCoding.ValueType  # 0
+    """As `index_bits` says: uint16 offsets, or fixed-width bit-packed ones."""
+    INDEX_ELIAS_FANO: _IndexCoding.ValueType  # 1
+    """Elias-Fano per chunk (specs/tensor.md#elias-fano-offsets): a chunk of u elements keeping n
+    offsets has l = floor(log2(floor(u / n))) low bits an offset and a unary high field of
+    n + ((u - 1) >> l) + 1 bits. The stream holds every chunk's low bits (chunk by chunk, offset by
+    offset, lowest bit first), then every chunk's high field, in which offset i of the chunk sets
+    bit (offset >> l) + i; bits count from the lowest bit of the first byte; unused bits of the
+    last byte are 0, and each high field holds exactly n set bits.
+    """
+
+class IndexCoding(_IndexCoding, metaclass=_IndexCodingEnumTypeWrapper): ...
+
+INDEX_FIXED: IndexCoding.ValueType  # 0
+"""As `index_bits` says: uint16 offsets, or fixed-width bit-packed ones."""
+INDEX_ELIAS_FANO: IndexCoding.ValueType  # 1
+"""Elias-Fano per chunk (specs/tensor.md#elias-fano-offsets): a chunk of u elements keeping n
+offsets has l = floor(log2(floor(u / n))) low bits an offset and a unary high field of
+n + ((u - 1) >> l) + 1 bits. The stream holds every chunk's low bits (chunk by chunk, offset by
+offset, lowest bit first), then every chunk's high field, in which offset i of the chunk sets
+bit (offset >> l) + i; bits count from the lowest bit of the first byte; unused bits of the
+last byte are 0, and each high field holds exactly n set bits.
+"""
+Global___IndexCoding: _TypeAlias = IndexCoding  # noqa: Y015
+
 @_typing.final
 class TensorRecord(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -139,6 +170,7 @@ class TensorRecord(_message.Message):
     INDICES_FIELD_NUMBER: _builtins.int
     RANK_FIELD_NUMBER: _builtins.int
     INDEX_BITS_FIELD_NUMBER: _builtins.int
+    INDEX_CODING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     layout: Global___Layout.ValueType
     encoding: Global___ValueEncoding.ValueType
@@ -159,6 +191,8 @@ class TensorRecord(_message.Message):
     lowest bit of the first byte, each offset's lowest bit first; ceil(count * index_bits / 8)
     bytes, unused bits of the last byte 0; needs chunk_size <= 2^index_bits.
     """
+    index_coding: Global___IndexCoding.ValueType
+    """LAYOUT_CHUNKED_TOPK only: how `indices` codes the offsets (INDEX_ELIAS_FANO needs index_bits 0)."""
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -175,10 +209,11 @@ class TensorRecord(_message.Message):
         indices: _builtins.bytes = ...,
         rank: _builtins.int = ...,
         index_bits: _builtins.int = ...,
+        index_coding: Global___IndexCoding.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "encoding", b"encoding", "index_bits", b"index_bits", "indices", b"indices", "k", b"k", "layout", b"layout", "name", b"name", "rank", b"rank", "scales", b"scales", "shape", b"shape", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "encoding", b"encoding", "index_bits", b"index_bits", "index_coding", b"index_coding", "indices", b"indices", "k", b"k", "layout", b"layout", "name", b"name", "rank", b"rank", "scales", b"scales", "shape", b"shape", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
