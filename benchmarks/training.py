@@ -38,6 +38,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing as mp
 import os
 import time
@@ -51,7 +52,7 @@ import torch
 
 from p2pshard.core.wire.tensor import EncodeOptions, decode_tensors, encode_tensors
 from p2pshard.engine.aggregation import AggregationConfig
-from p2pshard.engine.compression import DEFAULT, SPARSELOCO, CompressionConfig, named
+from p2pshard.engine.compression import DEFAULT, SPARSELOCO, SPARSELOCO_12BIT, CompressionConfig, named
 from p2pshard.engine.diloco import SPARSE_OUTER, DiLoCoConfig
 from p2pshard.engine.engine import EngineConfig, TorchEngine
 from p2pshard.engine.genesis import Genesis, default_genesis
@@ -110,7 +111,9 @@ def label_of(c: CompressionConfig) -> str:
         return f"rank-{c.rank} int{c.factor_bits} factors + EF{lz4}"
     if c.sparse:
         ef = f"EF {c.error_feedback_decay:g}" if c.error_feedback_decay < 1 else "EF"
-        return f"top-{c.topk}/{c.chunk_size} int{c.value_bits} + {ef}{lz4}"
+        bits = c.encode_options().index_bits
+        where = "Elias-Fano" if c.elias_fano else f"{bits}-bit" if bits else "u16"
+        return f"top-{c.topk}/{c.chunk_size} int{c.value_bits}, {where} offsets + {ef}{lz4}"
     return f"{c.kind} dense + EF{lz4}"
 
 
@@ -261,7 +264,8 @@ class Jobs:
             self.pool.shutdown()
 
 
-def table_a_b(s: Setup, genesis: Genesis, jobs: Jobs, quick: bool) -> None:
+def table_a_b(s: Setup, genesis: Genesis, jobs: Jobs, quick: bool) -> tuple[float, float]:
+    """Prints (a) and (b); returns the default compression's (reduction, loss / dense loss)."""
     print(describe(s, genesis) + "  (nodes simulated in-process)", flush=True)
     d = s.diloco()
     plain_needed = quick and not (d.outer_momentum == 0 and d.outer_lr == 1)
@@ -270,6 +274,7 @@ def table_a_b(s: Setup, genesis: Genesis, jobs: Jobs, quick: bool) -> None:
     kinds = [(f"SparseLoCo {label_of(SPARSE)}; outer: sum x {lr:g}, mom. {mu:g}", SPARSE, sparse)]
     if DEFAULT == SPARSE:
         kinds[0] = ("default: " + kinds[0][0], SPARSE, sparse)
+    kinds.append((f"SparseLoCo as before: {label_of(SPARSELOCO_12BIT)}", SPARSELOCO_12BIT, sparse))
     kinds += [(label_of(LOWRANK32), LOWRANK32, s), (label_of(LOWRANK), LOWRANK, s)]
     if quick:
         kinds.append((label_of(TOPK), TOPK, s))
@@ -297,7 +302,7 @@ def table_a_b(s: Setup, genesis: Genesis, jobs: Jobs, quick: bool) -> None:
     fp32 = 4 * n_params(s, genesis)
     print(
         f"\n(b) bytes/node/round vs fp32 (4 x params = {fp32:,}), loss vs dense DiLoCo"
-        "     goal: >= 100x, loss within 2%"
+        "     goal: >= 150x, loss <= dense"
     )
     print(f"  {'compression':<72}{'bytes/round':>12}{'reduction':>11}{'final loss':>12}{'vs dense':>9}")
     print(
@@ -305,17 +310,24 @@ def table_a_b(s: Setup, genesis: Genesis, jobs: Jobs, quick: bool) -> None:
         f"{fp32 / dense.bytes_per_round:>10.1f}x{dense.final_loss:>12.4f}{1.0:>9.3f}",
         flush=True,
     )
+    summary = (0.0, 0.0)
     for label, fut in comp_f:
         run, _ = fut()
+        if label == kinds[0][0]:
+            summary = (fp32 / run.bytes_per_round, run.final_loss / dense.final_loss)
         print(
             f"  {label:<72}{run.bytes_per_round:>12,.0f}"
             f"{fp32 / run.bytes_per_round:>10.1f}x"
             f"{run.final_loss:>12.4f}{run.final_loss / dense.final_loss:>9.3f}",
             flush=True,
         )
+    return summary
 
 
-def table_c(s: Setup, genesis: Genesis, jobs: Jobs, compression: CompressionConfig = DENSE) -> None:
+def table_c(
+    s: Setup, genesis: Genesis, jobs: Jobs, compression: CompressionConfig = DENSE
+) -> tuple[str, float]:
+    """Prints (c); returns the worst robust rule (not the mean) and its worst loss / clean loss."""
     nodes = s.nodes
     shared = tuple(a for a in ATTACKS if a != "sign_flip")
     c = {"compression": compression}
@@ -336,6 +348,7 @@ def table_c(s: Setup, genesis: Genesis, jobs: Jobs, compression: CompressionConf
     print("  " + describe(s, genesis))
     print(f"  {'rule':<16}" + "".join(f"{a:>22}" for a in ATTACKS))
     screened: set[str] = set()
+    worst = ("", 0.0)
     for rule in RULES:
         results: dict[str, tuple[Run, bool]] = {}
         base_run, always = per_rule[rule][0]()
@@ -351,10 +364,13 @@ def table_c(s: Setup, genesis: Genesis, jobs: Jobs, compression: CompressionConf
         for attack in ATTACKS:
             run, was_screened = results[attack]
             ratio = run.final_loss / clean.final_loss
+            if rule != "mean" and not ratio <= worst[1]:  # (NaN is the worst)
+                worst = (rule, ratio)
             screened.update(run.rejected)
             cells.append(f"{run.final_loss:>12.4f} ({ratio:5.3f}){'*' if was_screened else ' '}")
         print(f"  {rule:<16}" + "".join(f"{c:>22}" for c in cells), flush=True)
     print(f"  * the attacker's updates were rejected before aggregation in every round: {sorted(screened)}")
+    return worst
 
 
 def main() -> None:
@@ -380,16 +396,23 @@ def main() -> None:
     start = time.perf_counter()
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores at start")
     jobs = Jobs(max(1, args.jobs), genesis)
+    worst = ("not run (--skip-c)", math.nan)
     try:
-        table_a_b(s, genesis, jobs, quick=args.quick)
+        reduction, vs_dense = table_a_b(s, genesis, jobs, quick=args.quick)
         if not args.skip_c:
             table_c(robust, genesis, jobs)
             # The stated rule for sparse updates (coordinates a node did not send are zeros) makes
             # coordinate-wise rules conservative and Krum apply one node's few coordinates.
-            table_c(replace(robust, sparse=True), genesis, jobs, compression=SPARSE)
+            worst = table_c(replace(robust, sparse=True), genesis, jobs, compression=SPARSE)
     finally:
         jobs.close()
     print(f"\ntotal {time.perf_counter() - start:.1f}s (load average {os.getloadavg()[0]:.2f} at the end)")
+    # Issue 15's summary; overlapped rounds and growth are not built yet, and say so.
+    print(
+        f"frontier: {reduction:.0f}x fewer bytes, loss vs dense {vs_dense:.3f}; "
+        f"worst robust rule {worst[0]} {worst[1]:.2f}x; utilisation not measured (no overlap yet); "
+        "growth not built"
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from p2pshard.identity import Identity, KeyFileError
 from p2pshard.net.host import AddressError, parse_peer_addr
 from p2pshard.node import ConnectError, JoinError, ListenError, Node, open_node
 
-COMPRESSIONS = ("none", "fp16", "bf16", "int8", "int4", "topk", "sparseloco", "lowrank")
+COMPRESSIONS = ("none", "fp16", "bf16", "int8", "int4", "topk", "sparseloco", "sparseloco-12bit", "lowrank")
 """Pseudo-gradient compressions (p2pshard.engine.compression.KINDS; a test keeps the two equal)."""
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

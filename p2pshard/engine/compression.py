@@ -24,7 +24,8 @@ Why top-k still wins at >= 100x (:data:`SPARSELOCO`, Sarfi et al. 2025, arXiv 25
 round's energy is the wrong measure. With a residual that decays (``error_feedback_decay`` 0.95) the
 residual is a running sum of the rounds' changes -- it *is* the outer momentum, so the outer step
 uses none -- and the largest coordinates of that sum are sent once they have grown, each as a 2-bit
-value in 1.75 bytes with its packed 12-bit offset: 2.1% of the elements per round at 103x. On tiny
+value with its offset (2 + 7.45 bits, the offsets Elias-Fano coded): 2.1% of the elements per
+round at 152x (103x with fixed 12-bit offsets). On tiny
 (d=128) low rank cannot get there: 100x leaves rank 6 at 4 bits (30% of a round's energy lost every
 round, measured final loss +20%) or rank 13 at 2 bits (worse: 2-bit factors lose ~25% by themselves).
 The outer step applies the sum of the contributions, not their mean (``diloco.SPARSE_OUTER``).
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -51,11 +52,20 @@ from p2pshard.core.wire.tensor import (
     encode_tensors,
 )
 
-__all__ = ["DEFAULT", "KINDS", "SPARSELOCO", "CompressionConfig", "Compressor", "EncodedUpdate", "named"]
+__all__ = [
+    "DEFAULT",
+    "KINDS",
+    "SPARSELOCO",
+    "SPARSELOCO_12BIT",
+    "CompressionConfig",
+    "Compressor",
+    "EncodedUpdate",
+    "named",
+]
 
 F32 = npt.NDArray[np.float32]
 
-KINDS = ("none", "fp16", "bf16", "int8", "int4", "topk", "sparseloco", "lowrank")
+KINDS = ("none", "fp16", "bf16", "int8", "int4", "topk", "sparseloco", "sparseloco-12bit", "lowrank")
 _ENCODING = {
     "none": Encoding.FLOAT32,
     "fp16": Encoding.FLOAT16,
@@ -80,6 +90,7 @@ class CompressionConfig:
     factor_bits: int = 4  # lowrank: 2, 4 or 8 bits per factor entry
     value_bits: int = 8  # topk: 2, 4 or 8 bits per kept value
     packed_indices: bool = True  # topk: offsets in ceil(log2(chunk_size)) bits instead of 16
+    elias_fano: bool = False  # topk: offsets Elias-Fano coded per chunk (~7.5 bits for 88 of 4096)
     error_feedback: bool = True
     # The residual is multiplied by this before it is added to the next round's update: 1 keeps
     # everything (classic error feedback); below 1 lets what the compressor keeps failing to send
@@ -100,14 +111,24 @@ class CompressionConfig:
     def encode_options(self) -> EncodeOptions:
         if self.sparse:
             return EncodeOptions(
-                _BITS[self.value_bits], self.chunk_size, self.topk, self.lz4, self.packed_indices
+                _BITS[self.value_bits],
+                self.chunk_size,
+                self.topk,
+                self.lz4,
+                self.packed_indices,
+                self.elias_fano,
             )
         return EncodeOptions(_ENCODING[self.kind], chunk_size=self.chunk_size, lz4=self.lz4)
 
     @property
     def sparse(self) -> bool:
         """Whether updates are chunked top-k (each node sends a different few coordinates)."""
-        return self.kind in ("topk", "sparseloco")
+        return self.kind in ("topk", *SPARSELOCO_KINDS)
+
+    @property
+    def sparseloco(self) -> bool:
+        """Whether the outer step is SparseLoCo's (the residual is the momentum; see the module)."""
+        return self.kind in SPARSELOCO_KINDS
 
     @property
     def per_tensor(self) -> bool:
@@ -115,26 +136,34 @@ class CompressionConfig:
         return self.kind == "lowrank"
 
 
+SPARSELOCO_KINDS = ("sparseloco", "sparseloco-12bit")
+
 # SparseLoCo: per chunk of 4096 the 88 largest of the decaying residual (2.1%), 2-bit values with
-# a least-squares scale per chunk, 12-bit offsets; lz4 is off (it cannot shrink packed bits).
-# 103x fewer bytes than fp32. Its outer step is ``DiLoCoConfig.for_preset(..., sparse=True)``, which
-# ``TorchEngine.create`` picks for it.
+# a least-squares scale per chunk, offsets Elias-Fano coded (7.45 bits each; 12 bits fixed-width in
+# ``sparseloco-12bit``, the coding of Covenant-72B); lz4 is off (it cannot shrink packed bits).
+# 152x fewer bytes than fp32 (103x with 12-bit offsets); the index coding is lossless, so both
+# train the same model. The outer step is ``DiLoCoConfig.for_preset(..., sparse=True)``, which
+# ``TorchEngine.create`` picks for them.
 SPARSELOCO = CompressionConfig(
     kind="sparseloco",
     chunk_size=4096,
     topk=88,
     value_bits=2,
     packed_indices=True,
+    elias_fano=True,
     error_feedback_decay=0.95,
     lz4=False,
 )
+SPARSELOCO_12BIT = replace(SPARSELOCO, kind="sparseloco-12bit", elias_fano=False)
 DEFAULT = SPARSELOCO
 
 
 def named(kind: str) -> CompressionConfig:
-    """The settings a kind's name stands for: :data:`SPARSELOCO` for ``sparseloco``, else the
-    field defaults (``topk``: 16 of every 2048 in 8 bits; ``lowrank``: rank 32)."""
-    return SPARSELOCO if kind == "sparseloco" else CompressionConfig(kind=kind)
+    """The settings a kind's name stands for: :data:`SPARSELOCO` for ``sparseloco`` (and
+    :data:`SPARSELOCO_12BIT`), else the field defaults (``topk``: 16 of every 2048 in 8 bits;
+    ``lowrank``: rank 32)."""
+    presets = {"sparseloco": SPARSELOCO, "sparseloco-12bit": SPARSELOCO_12BIT}
+    return presets.get(kind) or CompressionConfig(kind=kind)
 
 
 @dataclass(frozen=True)

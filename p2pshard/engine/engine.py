@@ -52,7 +52,7 @@ def default_device() -> str:
 def diloco_for(preset: str, compression: CompressionConfig, **overrides: Any) -> DiLoCoConfig:
     """The preset's DiLoCo settings with the outer step ``compression`` needs: SparseLoCo steps on
     the sum with no momentum (``diloco.SPARSE_OUTER``), every other kind on the preset's own."""
-    return DiLoCoConfig.for_preset(preset, sparse=compression.kind == "sparseloco", **overrides)
+    return DiLoCoConfig.for_preset(preset, sparse=compression.sparseloco, **overrides)
 
 
 @dataclass(frozen=True)

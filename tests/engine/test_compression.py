@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from p2pshard.core.wire.tensor import SparseTensor, decode_sparse
-from p2pshard.engine.compression import SPARSELOCO, CompressionConfig, Compressor
+from p2pshard.engine.compression import SPARSELOCO, SPARSELOCO_12BIT, CompressionConfig, Compressor
 from p2pshard.engine.diloco import OUTER_DEFAULTS, SPARSE_OUTER, DiLoCoConfig
 
 RNG = np.random.default_rng(3)
@@ -83,15 +83,34 @@ def test_sparseloco_residual_keeps_exactly_what_was_not_sent_and_decays() -> Non
         assert t[k].min() >= t[~k].max()
 
 
-def test_sparseloco_sends_over_100x_fewer_bytes_than_fp32() -> None:
+@pytest.mark.parametrize(
+    ("config", "index_bits", "ratio"), [(SPARSELOCO, 7.45, 150), (SPARSELOCO_12BIT, 12, 100)]
+)
+def test_sparseloco_sends_over_150x_fewer_bytes_than_fp32(
+    config: CompressionConfig, index_bits: float, ratio: int
+) -> None:
     n = 834_304  # the tiny preset
-    out = Compressor(SPARSELOCO).encode({"update": RNG.standard_normal(n).astype(np.float32)})
+    out = Compressor(config).encode({"update": RNG.standard_normal(n).astype(np.float32)})
     assert out.dense_bytes == 4 * n
-    # The payload is everything a receiver gets: 2-bit values, 12-bit offsets, scales, headers.
+    # The payload is everything a receiver gets: 2-bit values, offsets (Elias-Fano: 7.45 bits each
+    # for 88 of 4096; or fixed 12-bit), a scale per chunk, headers.
     chunks = -(-n // 4096)
-    body = chunks * 88 * (2 + 12) // 8 + 4 * chunks
+    body = int(chunks * 88 * (2 + index_bits) / 8) + 4 * chunks
     assert body < len(out.payload) < body + 64
-    assert out.dense_bytes / len(out.payload) > 100
+    assert out.dense_bytes / len(out.payload) > ratio
+
+
+def test_elias_fano_offsets_lose_nothing() -> None:
+    """The index coding is lossless: both SparseLoCo variants send the same update, and keep the
+    same residual, round after round."""
+    n = 3 * 4096 + 1000  # a short last chunk too
+    a, b = Compressor(SPARSELOCO), Compressor(SPARSELOCO_12BIT)
+    for _ in range(3):
+        update = {"w": RNG.standard_normal(n).astype(np.float32)}
+        ea, eb = a.encode(update), b.encode(update)
+        assert len(ea.payload) < len(eb.payload)
+        assert np.array_equal(ea.decoded["w"], eb.decoded["w"])
+        assert np.array_equal(a.residual["w"], b.residual["w"])
 
 
 def test_sparse_outer_step_has_no_momentum_and_overrides_still_win() -> None:
