@@ -28,6 +28,8 @@ from p2pshard.core.gossip import (
     protocol,
     signing,
 )
+from p2pshard.core.ledger import ops as ledger_ops
+from p2pshard.core.ledger import state as ledger_state
 from p2pshard.core.rounds import (
     ANNOUNCEMENT_RULES,
     RoundConfig,
@@ -61,6 +63,8 @@ WIRE_MODULES: list[ModuleType] = [
     checkpoint,
     schedule,
     round_io,
+    ledger_state,
+    ledger_ops,
 ]
 
 
