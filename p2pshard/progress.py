@@ -72,6 +72,7 @@ async def watch_progress(node: Node) -> None:
     schedule_told = False
     download: tuple[float, int, float] | None = None  # (since, bytes fetched before, next notice)
     shards = 0
+    last_fetched = node.counters.get("blob.fetched_bytes")
     while True:
         peers = [p.to_base58() for p in node.peers()]
         view = (peers, dht_size(node))
@@ -104,15 +105,20 @@ async def watch_progress(node: Node) -> None:
             fetched = node.counters.get("blob.fetched_bytes")
             now_t = trio.current_time()
             if download is None and catching_up:
-                download = (now_t, fetched, now_t + CHECKPOINT_NOTICE_S)
+                # from the count one poll ago: a small checkpoint may be in before we look
+                download = (now_t, last_fetched, now_t + CHECKPOINT_NOTICE_S)
                 node.emit("checkpoint", "downloading the network's checkpoint", state="started")
             elif download is not None and not catching_up:
                 since, before, _ = download
                 got, seconds = fetched - before, max(1e-3, now_t - since)
                 node.emit(
                     "checkpoint",
-                    f"checkpoint loaded: {mb(got)} in {seconds:.1f} s ({mb(got / seconds)}/s), "
-                    f"model at round {proto.model_round}",
+                    (
+                        f"checkpoint loaded: {mb(got)} in {seconds:.1f} s ({mb(got / seconds)}/s), "
+                        if got
+                        else "checkpoint loaded (no new bytes fetched), "
+                    )
+                    + f"model at round {proto.model_round}",
                     state="done",
                     bytes=got,
                     seconds=round(seconds, 2),
@@ -131,6 +137,7 @@ async def watch_progress(node: Node) -> None:
                     seconds=round(now_t - since, 1),
                 )
                 download = (since, before, now_t + CHECKPOINT_NOTICE_S)
+            last_fetched = fetched
             got_shards = node.counters.get("training.shards_fetched")
             if got_shards > shards:
                 shards = got_shards

@@ -93,4 +93,4 @@ def test_join_prints_its_address_at_once_then_each_step(procs: list[Proc]) -> No
     assert steps["schedule"]["period_s"] == 3.0
     if "checkpoint" in steps:  # joined a network past its first round: it loaded the checkpoint
         done = [e for e in stream.seen if e["event"] == "checkpoint" and e["state"] == "done"]
-        assert done and int(done[0]["bytes"]) > 0 and float(done[0]["bytes_per_s"]) > 0, stream.seen
+        assert done and any(int(e["bytes"]) > 0 and float(e["bytes_per_s"]) > 0 for e in done), done
