@@ -443,7 +443,11 @@ async def _serve_metrics(node: Node, address: str) -> str:
 
 
 async def _build_engine(config: NodeConfig, peer_id: str, built: list[Engine], ready: trio.Event) -> None:
-    built.append(await trio.to_thread.run_sync(make_engine, config, peer_id))
+    # abandoned on cancel: Ctrl-C while torch loads stops the node at once, not after the build
+    engine = await trio.to_thread.run_sync(  # type: ignore[call-arg]  # trio-typing predates the name
+        make_engine, config, peer_id, abandon_on_cancel=True
+    )
+    built.append(engine)
     ready.set()
 
 

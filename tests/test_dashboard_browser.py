@@ -23,7 +23,7 @@ import pytest
 
 from tests.util import CLI
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("training_processes")]  # one at a time
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 TRAIN = ["--preset", "micro", "--round-seconds", "3", "--inner-steps", "2"]
@@ -38,6 +38,12 @@ def _browser_or_skip() -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+def _scores(driver: Any) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [c.text for c in driver.find_elements(By.CSS_SELECTOR, "#peers tbody tr td.num:nth-child(2)")]
 
 
 def _is_number(text: str) -> bool:
@@ -115,9 +121,8 @@ def test_dashboard_fills_with_live_data_in_chromium(tmp_path: Path) -> None:
         assert int(driver.find_element(By.ID, "bytes-chart").get_attribute("data-points")) >= 4
         assert driver.find_element(By.ID, "conn").text == "live"
         assert driver.find_element(By.ID, "round").text.isdigit()
-        cells = driver.find_elements(By.CSS_SELECTOR, "#peers tbody tr td.num:nth-child(2)")
-        scores = [c.text for c in cells]
-        assert len(scores) == 2 and all(_is_number(s) for s in scores), scores
+        # each peer's gossip score, once its gossip stream is up
+        wait.until(lambda d: len(_scores(d)) == 2 and all(_is_number(s) for s in _scores(d)))
         # the checkpoint hash majority, from the three nodes' views of one moment
         wait.until(lambda d: "of 3 nodes" in d.find_element(By.ID, "majority-detail").text)
         # the chart is drawn: the canvas holds more than a blank background

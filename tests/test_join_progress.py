@@ -14,7 +14,7 @@ import pytest
 
 from tests.util import CLI, Proc
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("training_processes")]  # one at a time
 
 TRAIN = ["--preset", "micro", "--round-seconds", "3", "--inner-steps", "2"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

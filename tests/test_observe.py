@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.util import Proc
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("training_processes")]  # one at a time
 
 TRAIN = ["--preset", "micro", "--round-seconds", "3", "--inner-steps", "2", "--metrics", "127.0.0.1:0"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
