@@ -21,6 +21,11 @@ The patches:
   last update (go-yamux's rule: the reader keeps up with a sender that fills the window), and only
   once the connection (``p2pshard_grow_window``, :class:`~p2pshard.net.transport.TunedYamux`) has
   reserved the growth with the resource manager; refused, the window stays as it is.
+* **listen backlog** (:func:`_deepen_listen_backlog`): py-libp2p's TCP listener calls
+  ``listen(128)``; a burst of connections (1,000 half-open ones, a Sybil swarm's retries) fills
+  that queue and the kernel drops honest clients' SYNs, which they resend only after 1 s (then
+  3 s). Its listening sockets get a backlog of :data:`LISTEN_BACKLOG` (the kernel caps it at
+  ``net.core.somaxconn``).
 * **inbound slots** (:func:`_release_inbound_slot_on_close`): ``Swarm._handle_inbound_connection``
   holds one slot of ``Swarm._inbound_limiter`` per inbound connection, but its inner handler waits
   on ``manager.wait_finished()`` (the swarm's end) after the upgrade, so a slot came back only when
@@ -90,6 +95,7 @@ def apply() -> None:
     _tune_yamux_frames()
     _use_tuned_yamux()
     _reserve_window_growth()
+    _deepen_listen_backlog()
     _release_inbound_slot_on_close()
     _contain_stream_handler_errors()
     _keep_own_and_connected_peers()
@@ -159,6 +165,26 @@ def _apply_autotune_epoch(self: Any, buffered: int) -> int:
         return 0
     self.recv_window += extra
     return int(extra)
+
+
+# -- TCP listener ------------------------------------------------------------------------------
+
+LISTEN_BACKLOG = 4096
+"""Connections the kernel queues for accept on each listening socket (capped at somaxconn)."""
+
+
+def _deepen_listen_backlog() -> None:
+    from libp2p.transport.tcp import tcp as _tcp
+
+    stock = _tcp._open_reuseport_listeners
+
+    async def open_listeners(host: str | None, port: int) -> list[trio.SocketListener]:
+        listeners: list[trio.SocketListener] = await stock(host, port)
+        for listener in listeners:
+            listener.socket.listen(LISTEN_BACKLOG)  # on a listening socket: only the backlog changes
+        return listeners
+
+    _tcp._open_reuseport_listeners = open_listeners
 
 
 # -- inbound connection slots ------------------------------------------------------------------

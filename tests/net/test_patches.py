@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -58,6 +59,19 @@ def test_yamux_connections_are_built_as_tuned_yamux() -> None:
 
     patches.apply()
     assert muxer_multistream.Yamux is TunedYamux  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="reads the backlog with ss (iproute2)")
+async def test_listening_sockets_queue_more_than_128_connections() -> None:
+    """py-libp2p listened with a backlog of 128: a burst of connections made the kernel drop
+    honest clients' SYNs (resent after 1 s). ss shows a listening socket's backlog as Send-Q."""
+    somaxconn = int(await trio.Path("/proc/sys/net/core/somaxconn").read_text())
+    async with open_node(NodeConfig()) as node:
+        port = node.host.get_addrs()[0].value_for_protocol("tcp")
+        done = await trio.run_process(["ss", "-ltnH", f"sport = :{port}"], capture_stdout=True)
+        out = done.stdout.decode()
+        backlogs = [int(line.split()[2]) for line in out.splitlines() if line.strip()]
+        assert backlogs and min(backlogs) == min(patches.LISTEN_BACKLOG, somaxconn) > 128
 
 
 async def test_failed_negotiations_are_counted(two_nodes: tuple[Node, Node]) -> None:
