@@ -769,9 +769,16 @@ def _resource_limits(config: NodeConfig) -> ResourceLimits:
 def _quiet_normal_closes() -> None:
     """py-libp2p logs normal events as problems, which embedders would see: its DHT a WARNING
     ``Failed to read DHT message from stream: `` (an empty reason) each time a peer closes a DHT
-    stream, its host a multi-line ERROR each time a peer does not (yet) speak a protocol asked
-    for (our gossip asks every peer, and retries). Those records go to DEBUG."""
-    for name in ("libp2p.kad_dht.kad_dht", "libp2p.host.basic_host"):
+    stream (and ``Failed to parse protobuf message: `` when it closes mid-message), its host and
+    multiselect client an ERROR each time a peer does not (yet) speak a protocol asked for (our
+    gossip asks every peer, and retries) or closes the connection while a stream is being
+    negotiated (as every node does when it stops). Those records go to DEBUG; our own code counts
+    and reports the failures it acts on."""
+    for name in (
+        "libp2p.kad_dht.kad_dht",
+        "libp2p.host.basic_host",
+        "libp2p.protocol_muxer.multiselect_client",
+    ):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NormalEventsToDebug) for f in logger.filters):
             logger.addFilter(_NormalEventsToDebug(logger))
@@ -793,8 +800,14 @@ class _NormalEventsToDebug(logging.Filter):
         if record.msg == "Failed to read DHT message from stream: %s":
             args = record.args if isinstance(record.args, tuple) else (record.args,)
             return not args or not str(args[0]).strip()
-        text = str(record.msg)
-        return text.startswith("Failed to open stream to peer") and "protocol not supported" in text
+        text = record.getMessage()
+        if text.strip() == "Failed to parse protobuf message:" or text.startswith(
+            "MultiselectClient handshake: read failed"
+        ):
+            return True
+        return text.startswith("Failed to open stream to peer") and (
+            "protocol not supported" in text or "handshake read failed" in text
+        )
 
 
 def _count_failed_negotiations(host: IHost, counters: Counters) -> None:

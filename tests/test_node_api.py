@@ -115,3 +115,28 @@ def test_plain_status_keeps_each_address_on_one_line_at_80_columns() -> None:
     lines = out.getvalue().splitlines()
     assert any(addr in line for line in lines if "listening" in line)
     assert any(peer in line and addr in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("logger", "message", "normal"),
+    [
+        ("libp2p.kad_dht.kad_dht", "Failed to parse protobuf message: ", True),
+        ("libp2p.kad_dht.kad_dht", "Failed to parse protobuf message: Error parsing message", False),
+        ("libp2p.protocol_muxer.multiselect_client", "MultiselectClient handshake: read failed: x", True),
+        (
+            "libp2p.host.basic_host",
+            "Failed to open stream to peer Q:\n  Error: handshake read failed: x",
+            True,
+        ),
+        ("libp2p.host.basic_host", "Failed to open stream to peer Q:\n  Error: connection refused", False),
+    ],
+)
+def test_libp2p_noise_of_a_normal_close_goes_to_debug(logger: str, message: str, normal: bool) -> None:
+    """A peer that closes while a stream is negotiated (every node that stops) is not an error
+    for embedders to see; a real failure still is."""
+    from p2pshard.node import _NormalEventsToDebug
+
+    log = logging.getLogger(logger)
+    record = log.makeRecord(logger, logging.ERROR, __file__, 1, message, (), None)
+    _NormalEventsToDebug(log).filter(record)
+    assert (record.levelno == logging.DEBUG) is normal
