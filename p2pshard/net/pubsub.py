@@ -3,8 +3,6 @@
 One long-lived stream per peer and direction, as gossipsub specifies: we open an outbound
 stream to every connected peer that speaks ``/meshsub/1.2.0``, ``1.1.0``, ``1.0.0`` or floodsub, and
 read whatever stream each peer opens to us. Frames are uvarint-length-prefixed ``RPC`` protobufs.
-A peer whose identify lists none of these is not asked (short-lived clients and Sybils cost no
-negotiation); one that fails to give a stream is asked again after ``retry_after``, not every second.
 
 Flow control, with no silent drops:
 
@@ -97,10 +95,6 @@ class PubSubConfig:
     validation_timeout: float = 5.0
     max_concurrent_validations: int = 256
     stream_open_timeout: float = 5.0
-    identify_wait: float = 1.0
-    """How long to wait for a new peer's identify before asking it for a pubsub stream anyway."""
-    retry_after: float = 10.0
-    """A peer that could not give us a pubsub stream is not asked again for this long."""
 
 
 @dataclass
@@ -153,14 +147,6 @@ class PubSub:
         self.config = config or PubSubConfig(router=router.config)
         self._peers: dict[bytes, _Peer] = {}
         self._opening: set[bytes] = set()
-        self._not_now: dict[bytes, float] = {}
-        """Connected peers not to ask for a pubsub stream before the given time: those whose
-        identify lists no pubsub protocol and those that failed to give one are asked again after
-        ``retry_after``, so that short-lived clients, Sybils and other peers without pubsub cost
-        no negotiation (or one per ``retry_after``) instead of one a second."""
-        self._opened_to_us: set[bytes] = set()
-        """Connected peers that opened a pubsub stream to us: asked back whatever identify said
-        (it may have run before their pubsub started)."""
         self._subscribers: dict[str, set[trio.MemorySendChannel[GossipMessage]]] = {}
         self._async_validators: dict[str, AsyncValidator] = {}
         self._validation_slots = trio.Semaphore(self.config.max_concurrent_validations)
@@ -353,11 +339,8 @@ class PubSub:
         assert self._nursery is not None
         while True:
             connected = {p.to_bytes(): p for p in self.connector.connected_peers()}
-            now = self._now()
-            self._not_now = {k: t for k, t in self._not_now.items() if k in connected and t > now}
-            self._opened_to_us &= connected.keys()
             for key, pid in connected.items():
-                if key not in self._peers and key not in self._opening and key not in self._not_now:
+                if key not in self._peers and key not in self._opening:
                     self._opening.add(key)
                     self._nursery.start_soon(self._open_outbound, pid)
             for key in [k for k in self._peers if k not in connected]:
@@ -366,35 +349,13 @@ class PubSub:
             with trio.move_on_after(1.0):
                 await self._peers_changed.wait()
 
-    async def _identified_protocols(self, pid: ID) -> set[str] | None:
-        """The protocols ``pid``'s identify listed, waiting up to ``identify_wait`` for it; None if
-        it has not come (or the peer left)."""
-        store = self.host.get_peerstore()
-        with trio.move_on_after(self.config.identify_wait):
-            while self.connector.is_connected(pid):
-                try:
-                    protocols = store.get_protocols(pid)
-                except Exception:  # not in the peerstore (yet)
-                    protocols = []
-                if protocols:
-                    return {str(p) for p in protocols}
-                await trio.sleep(0.02)
-        return None
-
     async def _open_outbound(self, pid: ID) -> None:
         key = pid.to_bytes()
-        protocols = None if key in self._opened_to_us else await self._identified_protocols(pid)
-        if protocols is not None and not protocols & set(SUPPORTED_PROTOCOLS):
-            self.counters.incr("pubsub.peers_without_pubsub")
-            self._not_now[key] = self._now() + self.config.retry_after
-            self._opening.discard(key)
-            return
         try:
             with trio.fail_after(self.config.stream_open_timeout):
                 stream = await self.host.new_stream(pid, [TProtocol(p) for p in SUPPORTED_PROTOCOLS])
         except Exception as exc:  # the peer speaks no pubsub, or went away
             log.debug("gossip: no pubsub stream to %s: %r", pid, exc)
-            self._not_now[key] = self._now() + self.config.retry_after
             self._opening.discard(key)
             return
         protocol = str(stream.get_protocol())
@@ -479,8 +440,6 @@ class PubSub:
             if key in self._peers:
                 await self._execute(self.router.frame_head(key, head, self._now()), publishing=False)
 
-        self._opened_to_us.add(key)  # it speaks pubsub, whatever identify said: ask it back now
-        self._not_now.pop(key, None)
         try:
             with trio.fail_after(self.config.stream_open_timeout):  # wait for our outbound side
                 while key not in self._peers:
