@@ -51,7 +51,11 @@ def _params(u: int, n: int) -> tuple[int, int]:
 
 
 def _bits(groups: Groups) -> int:
-    return sum(g * (n * _params(u, n)[0] + _params(u, n)[1]) for g, u, n in groups)
+    total = 0
+    for g, u, n in groups:
+        low, field = _params(u, n)
+        total += g * (n * low + field)
+    return total
 
 
 def stream_bytes(size: int, chunk: int, k: int) -> int:
