@@ -50,7 +50,7 @@ from p2pshard.net.connmgr import ConnManager
 from p2pshard.net.discovery import Discovery
 from p2pshard.net.host import build_host, full_addrs, parse_multiaddr, parse_peer_addr
 from p2pshard.net.limits import HandshakeLimits, NetLimits, machine_limits
-from p2pshard.net.pubsub import PubSub, PubSubConfig
+from p2pshard.net.pubsub import EarlyStreams, PubSub, PubSubConfig
 from p2pshard.net.reqresp import ProtocolSpec, ReqRespClient, ReqRespServer
 from p2pshard.protocols.engine_api import Engine
 from p2pshard.protocols.status import fetch_status, status_spec
@@ -325,6 +325,7 @@ async def open_node(
     if not client_only:
         connector.resolver = discovery.find_peer
     _count_failed_negotiations(host, counters)
+    early_pubsub = None if client_only else EarlyStreams(host, counters)
     _check_free(config.listen)
 
     def emit(kind: str, text: str, **fields: Any) -> None:
@@ -391,6 +392,8 @@ async def open_node(
             if pubsub is not None and node.topics is not None:
                 await nursery.start(pubsub.run)
                 await nursery.start(node.topics.run)
+                assert early_pubsub is not None
+                early_pubsub.hand_to(pubsub)
             if not client_only:
                 node.connmgr = _make_connmgr(config, host, counters, pubsub, bootstrap)
                 client.activity = server.activity = node.connmgr  # transfers protect, answers count

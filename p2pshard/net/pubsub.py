@@ -129,6 +129,43 @@ class _Notifee(INotifee):
         pass
 
 
+class EarlyStreams:
+    """Our pubsub protocols, answered from before the node first connects until its router runs.
+
+    The router starts only once the node has joined (its topics' score parameters name the
+    network the engine reports), but peers open their pubsub streams to us the moment we connect.
+    Without handlers yet, multistream-select answers "na" to ``/meshsub/1.2.0``, then to the next
+    proposal, and so on while the handlers get registered: the peer ends up on ``/meshsub/1.0.0`` or
+    floodsub with us for the connection's life, and meshes fail to form. Registered before the
+    first dial, these handlers hold each stream (at most ``wait_s``, within yamux's window) until
+    :meth:`hand_to` names the router; a stream that waits too long is reset, and its peer opens a
+    new one once it notices.
+    """
+
+    def __init__(self, host: IHost, counters: Counters, wait_s: float = 60.0) -> None:
+        self._counters = counters
+        self._wait_s = wait_s
+        self._pubsub: PubSub | None = None
+        self._ready = trio.Event()
+        for proto in SUPPORTED_PROTOCOLS:
+            host.set_stream_handler(TProtocol(proto), self._on_stream)
+
+    def hand_to(self, pubsub: PubSub) -> None:
+        """Pass held and later streams to ``pubsub`` (after ``pubsub.run`` started)."""
+        self._pubsub = pubsub
+        self._ready.set()
+
+    async def _on_stream(self, stream: INetStream) -> None:
+        with trio.move_on_after(self._wait_s):
+            await self._ready.wait()
+        if self._pubsub is None:
+            self._counters.incr("pubsub.early_stream_expired")
+            with trio.move_on_after(1):
+                await stream.reset()
+            return
+        await self._pubsub._on_inbound_stream(stream)
+
+
 class PubSub:
     """Gossipsub over a py-libp2p host. Start with ``await nursery.start(pubsub.run)``."""
 

@@ -11,6 +11,7 @@ import trio
 
 from p2pshard import NodeConfig, open_node
 from p2pshard.core.gossip import MESHSUB_V11, GossipMessage, ValidationResult
+from p2pshard.core.gossip.protocol import PeerKind
 from p2pshard.core.topics import TOPICS, topic_name
 from p2pshard.core.wire import topics_pb2
 from p2pshard.core.wire.framing import encode_frame, encode_uvarint
@@ -78,6 +79,17 @@ async def test_publish_reaches_every_subscriber_once(four_nodes: list[Node]) -> 
             with trio.move_on_after(0.3):
                 extra = await sub.receive()
                 raise AssertionError(f"duplicate delivery: {extra}")
+
+
+async def test_peers_met_while_joining_speak_meshsub_v12(four_nodes: list[Node]) -> None:
+    """Each later node meets the others during its join, before its router runs; their pubsub
+    streams must still get /meshsub/1.2.0 (IDONTWANT, scores), not a downgrade through "na"s."""
+    async with AsyncExitStack() as stack:
+        await _subscribed(stack, four_nodes)
+        for node in four_nodes:
+            router = node.pubsub.router
+            kinds = {router.peer_protocol(p.peer_id.to_bytes()) for p in four_nodes if p is not node}
+            assert kinds == {PeerKind.GOSSIPSUB_V12}, (node.peer_id, kinds)
 
 
 async def test_status_shows_mesh_and_scores(four_nodes: list[Node]) -> None:
