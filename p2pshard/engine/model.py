@@ -87,8 +87,9 @@ class Embedding(nn.Module):
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = nn.Embedding(cfg.context, cfg.d_model)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(ids.shape[1], device=ids.device)
+    def forward(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Embeddings of ``ids`` (batch x tokens) at positions ``start, start + 1, ...``."""
+        positions = torch.arange(start, start + ids.shape[1], device=ids.device)
         out: torch.Tensor = self.tok(ids) + self.pos(positions)
         return out
 
@@ -107,14 +108,37 @@ class Block(nn.Module):
         self.out = nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_cached(x, None)[0]
+
+    def forward_cached(
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The block on new tokens ``x`` that follow the ``past`` keys and values (each
+        batch x heads x past tokens x head size; None: no past); returns the output and the keys
+        and values of past and new tokens together (the cache after this step).
+
+        Without a past this is exactly :meth:`forward`; with one, new token ``i`` attends to
+        every past token and to new tokens ``0..i``.
+        """
         b, t, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
         heads = (b, t, self.n_heads, d // self.n_heads)
         q, k, v = (z.view(heads).transpose(1, 2) for z in (q, k, v))
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if past is None or past[0].shape[2] == 0:
+            att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            k = torch.cat((past[0], k), dim=2)
+            v = torch.cat((past[1], v), dim=2)
+            if t == 1:  # the one new token sees everything
+                att = F.scaled_dot_product_attention(q, k, v)
+            else:
+                p = k.shape[2] - t
+                rows = torch.arange(t, device=x.device).unsqueeze(1)
+                mask = torch.arange(p + t, device=x.device).unsqueeze(0) <= rows + p
+                att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
         out: torch.Tensor = x + self.out(F.gelu(self.fc(self.ln2(x))))
-        return out
+        return out, (k, v)
 
 
 class Head(nn.Module):

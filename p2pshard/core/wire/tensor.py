@@ -62,10 +62,12 @@ __all__ = [
     "Encoding",
     "ErrorFeedback",
     "LowRankFactors",
+    "RecordInfo",
     "SparseTensor",
     "TensorDecodeError",
     "decode_sparse",
     "decode_tensors",
+    "describe_tensors",
     "encode_tensors",
     "sum_rows",
 ]
@@ -380,6 +382,28 @@ def decode_tensors(data: bytes, limits: DecodeLimits | None = None) -> dict[str,
         name: t.dense() if isinstance(t, SparseTensor) else t
         for name, t in decode_sparse(data, limits).items()
     }
+
+
+@dataclass(frozen=True)
+class RecordInfo:
+    """What a record claims, read without decoding its values (see :func:`describe_tensors`)."""
+
+    name: str
+    shape: tuple[int, ...]
+    layout: int
+    """A ``tensor.Layout`` value (``pb.LAYOUT_DENSE``, ...)."""
+    encoding: int
+    """A ``tensor.ValueEncoding`` value (``Encoding.FLOAT32.value``, ...)."""
+
+
+def describe_tensors(data: bytes, limits: DecodeLimits | None = None) -> list[RecordInfo]:
+    """Each record's name, shape, layout and encoding, after the envelope, bundle and size checks
+    of :func:`decode_tensors` (so a claimed size past ``limits`` is refused here too) but before
+    any value is decoded: a receiver judges what a payload claims before paying for its values."""
+    return [
+        RecordInfo(rec.name, tuple(int(d) for d in rec.shape), int(rec.layout), int(rec.encoding))
+        for rec, _n, _lim, _work in _records(data, limits)
+    ]
 
 
 def decode_sparse(data: bytes, limits: DecodeLimits | None = None) -> dict[str, SparseTensor | F32]:
