@@ -24,15 +24,22 @@ def write(path: str) -> None:
 
 def main(path: str) -> None:
     for _ in sys.stdin:
+        go_r, go_w = os.pipe()  # the writer starts once "pid" is out, so it is always the first line
         pid = os.fork()
         if pid == 0:
             try:
+                os.close(go_w)
+                os.read(go_r, 1)
+                os.close(go_r)
                 write(path)
             except BaseException:
                 traceback.print_exc()
             finally:
                 os._exit(1)
+        os.close(go_r)
         print(f"pid {pid}", flush=True)
+        os.write(go_w, b"g")
+        os.close(go_w)
         os.waitpid(pid, 0)
         print("dead", flush=True)
 

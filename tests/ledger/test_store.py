@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import sqlite3
 import subprocess
@@ -91,6 +92,38 @@ def test_a_failed_write_rolls_the_round_back(tmp_path: Path) -> None:
         assert isinstance(again.append(block), Settled)
 
 
+class _Lines:
+    """Lines from a child's stdout, each read with a deadline: a writer that does not die or a
+    zygote that stops answering fails the test with what it was waiting for, never hangs it."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self._fd = proc.stdout.fileno()
+        self._buf = b""
+
+    def readline(self, within_s: float, waiting_for: str) -> str:
+        deadline = time.monotonic() + within_s
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self._fd], [], [], max(left, 0))
+            if not ready:
+                raise AssertionError(f"no line within {within_s} s while waiting for {waiting_for}")
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                raise AssertionError(f"the zygote's output ended while waiting for {waiting_for}")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode()
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((ln.strip() for ln in f if ln.startswith("State:")), "State: ?")
+    except OSError:
+        return "gone"
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_never_leaves_a_half_applied_round(tmp_path: Path) -> None:
     db = tmp_path / "ledger.db"
@@ -102,21 +135,23 @@ def test_sigkill_at_random_moments_never_leaves_a_half_applied_round(tmp_path: P
         env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        text=True,
     )
-    assert zygote.stdin is not None and zygote.stdout is not None
+    assert zygote.stdin is not None
+    lines = _Lines(zygote)
     kills, rounds_seen, replayed = 0, [0], [fresh()]
     deadline = time.monotonic() + 120
     try:
         while kills < 25 and time.monotonic() < deadline:
-            zygote.stdin.write("go\n")
+            zygote.stdin.write(b"go\n")
             zygote.stdin.flush()
-            pid = int(zygote.stdout.readline().split()[1])
-            first = zygote.stdout.readline()  # the writer is up and committing
+            head, _, number = lines.readline(60, "the writer's pid").partition(" ")
+            assert head == "pid" and number.isdigit() and int(number) > 0, (head, number)
+            pid = int(number)
+            first = lines.readline(60, "the writer's first round")  # up and committing
             assert first.startswith("round"), first
             time.sleep(rng.uniform(0.0, 0.25))
             os.kill(pid, signal.SIGKILL)
-            while (line := zygote.stdout.readline()) != "dead\n":
+            while (line := lines.readline(60, f"the killed writer to die ({_state(pid)})")) != "dead":
                 assert line.startswith("round"), line
             kills += 1
             with LedgerStore.open(db) as store:  # verifies the accounts against the last root
@@ -130,7 +165,12 @@ def test_sigkill_at_random_moments_never_leaves_a_half_applied_round(tmp_path: P
             rounds_seen.append(n)
     finally:
         zygote.stdin.close()
-        zygote.wait(timeout=30)
+        try:
+            zygote.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            zygote.kill()
+            zygote.wait(timeout=30)
+        assert zygote.stdout is not None
         zygote.stdout.close()
     print(f"{kills} kills, rounds settled after each: {rounds_seen[1:]}")
     assert kills >= 20, f"only {kills} kills in the time allowed"
