@@ -124,7 +124,13 @@ class NodeConfig:
     """``host:port`` to serve Prometheus metrics (``/metrics``) and the live dashboard (``/``) on,
     e.g. ``127.0.0.1:9464`` (port 0 = any free port); empty = no such port is opened."""
 
+    serve_layers: str = ""
+    """Serve layers ``A:B`` (``[A, B)`` of the flat list: 0 the embedding, 1..n the blocks, n+1
+    the head) of the ``preset`` model for pipeline inference (specs/pipeline.md); empty = none."""
+
     def __post_init__(self) -> None:
+        if self.serve_layers:
+            layer_range(self.serve_layers)
         if not self.listen:
             raise ConfigError("listen: at least one multiaddr is needed")
         unknown = set(self.muxers) - {"yamux", "mplex"}
@@ -227,3 +233,11 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
         return str(value)
     except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(inf), float(10**400)
         raise ConfigError(f"{name}: cannot use {value!r} ({exc})") from exc
+
+
+def layer_range(text: str) -> tuple[int, int]:
+    """``"A:B"`` -> ``(A, B)`` with ``0 <= A < B``; ConfigError otherwise."""
+    start, sep, end = text.partition(":")
+    if not sep or not start.strip().isdigit() or not end.strip().isdigit() or int(start) >= int(end):
+        raise ConfigError(f"serve_layers: want A:B with 0 <= A < B (e.g. 0:3), not {text!r}")
+    return int(start), int(end)

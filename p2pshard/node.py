@@ -53,6 +53,7 @@ from p2pshard.net.limits import HandshakeLimits, NetLimits, machine_limits
 from p2pshard.net.pubsub import EarlyStreams, PubSub, PubSubConfig
 from p2pshard.net.reqresp import ProtocolSpec, ReqRespClient, ReqRespServer
 from p2pshard.protocols.engine_api import Engine
+from p2pshard.protocols.pipeline import Chain, PipelineServer, SessionLimits, StageBackend
 from p2pshard.protocols.status import fetch_status, status_spec
 from p2pshard.protocols.topics import Topics
 from p2pshard.protocols.training import RoundReport, Trainer, TrainingOptions
@@ -157,6 +158,8 @@ class Node:
     """Called with each :class:`~p2pshard.events.NodeEvent` (``open_node``'s ``on_event``)."""
     dashboard_url: str | None = None
     """Where ``config.metrics`` serves the dashboard (``…/metrics`` for Prometheus); None if unset."""
+    pipeline: PipelineServer | None = None
+    """The layer range this node serves for pipeline inference (:meth:`serve_stage`); None if none."""
 
     @property
     def peer_id(self) -> ID:
@@ -230,6 +233,24 @@ class Node:
     def register(self, spec: ProtocolSpec) -> None:
         """Serve a request/response protocol (see :class:`~p2pshard.net.reqresp.ProtocolSpec`)."""
         self.server.register(spec)
+
+    def serve_stage(self, backend: StageBackend, limits: SessionLimits | None = None) -> PipelineServer:
+        """Serve a layer range for pipeline inference (specs/pipeline.md): ``backend`` is e.g.
+        ``p2pshard.engine.inference.StageExecutor(PRESETS["tiny"], LayerRange(0, 3))``;
+        ``limits`` bound its KV-cache sessions. ``config.serve_layers`` does this at start."""
+        pipeline = PipelineServer(backend, self.counters, limits)
+        for spec in pipeline.specs():
+            self.server.register(spec)
+        self.pipeline = pipeline
+        return pipeline
+
+    async def chain(self, peers: Sequence[ID | str], timeout_s: float = 30.0) -> Chain:
+        """A chain of servers covering a whole model, from ``peers`` (ids of connected peers, or
+        full multiaddrs to connect to; those given first are preferred). Run it with
+        ``await chain.generate(prompt_tokens, max_new_tokens)`` or ``await chain.forward(tokens)``.
+        Raises :class:`~p2pshard.core.pipeline.ChainError` naming the uncovered layers."""
+        ids = [p if isinstance(p, ID) else await self.connect(p) for p in peers]
+        return await Chain.discover(self.client, ids, timeout_s)
 
     def protocols(self) -> list[str]:
         """Every protocol id this node answers."""
@@ -389,6 +410,12 @@ async def open_node(
             )
             server.register(status_spec(node.status))
             server.register(node.blobs.spec())
+            if config.serve_layers and not client_only:
+                node.serve_stage(
+                    await trio.to_thread.run_sync(  # type: ignore[call-arg]
+                        make_stage, config, abandon_on_cancel=True
+                    )
+                )
             if pubsub is not None and node.topics is not None:
                 await nursery.start(pubsub.run)
                 await nursery.start(node.topics.run)
@@ -667,6 +694,22 @@ def make_engine(config: NodeConfig, peer_id: str) -> Engine:
             engine.load_checkpoint(latest)
             log.info("restored round %d from snapshot %s", engine.round, latest)
     return engine
+
+
+def make_stage(config: NodeConfig) -> StageBackend:
+    """The layer range ``config.serve_layers`` of the ``config.preset`` model (blocking: torch)."""
+    from p2pshard.config import ConfigError, layer_range
+    from p2pshard.engine.inference import StageExecutor
+    from p2pshard.engine.model import PRESETS, LayerRange
+
+    start, end = layer_range(config.serve_layers)
+    cfg = PRESETS[config.preset]
+    if end > cfg.n_stages_layers:
+        raise ConfigError(
+            f"serve_layers: {config.preset} has layers 0..{cfg.n_stages_layers} (embedding, "
+            f"{cfg.n_layers} blocks, head), not {start}:{end}"
+        )
+    return StageExecutor(cfg, LayerRange(start, end))
 
 
 def training_options(config: NodeConfig) -> TrainingOptions:

@@ -1,0 +1,366 @@
+"""``/p2pshard/pipeline/forward/1.0.0`` and ``/p2pshard/pipeline/shard-info/1.0.0``
+(specs/pipeline.md): serving a layer range, and running a chain of servers from a client.
+
+Server: :class:`PipelineServer` checks each forward with the sans-IO rules
+(:func:`~p2pshard.core.pipeline.rules.check_forward`, the
+:class:`~p2pshard.core.pipeline.sessions.SessionTable`), then runs it on a :class:`StageBackend`
+(the torch engine's :class:`~p2pshard.engine.inference.StageExecutor`) in a worker thread, one
+forward at a time. A refused request is answered ``OK`` with a ``ForwardError`` (a stable reason)
+and changes nothing; only an undecodable request gets a reqresp status.
+
+Client: :func:`forward` runs one range on one peer; :class:`Chain` runs a request through
+servers that cover the model in order, and :meth:`Chain.generate` does greedy generation with the
+servers' KV caches, replaying the prefix when a server answers ``session_expired``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import trio
+from libp2p.peer.id import ID
+
+from p2pshard.core.counters import Counters
+from p2pshard.core.pipeline.chain import ChainError, Hop, plan_chain
+from p2pshard.core.pipeline.rules import (
+    ForwardRejected,
+    Reason,
+    StageSpec,
+    check_forward,
+    encode_forward,
+    encode_output,
+    read_output,
+)
+from p2pshard.core.pipeline.sessions import SessionKey, SessionLimits, SessionTable
+from p2pshard.core.wire import pipeline_pb2 as pb
+from p2pshard.net.reqresp import (
+    ProtocolSpec,
+    Reply,
+    ReqRespClient,
+    RequestContext,
+    RetryPolicy,
+    call_unary,
+    decode_or_reject,
+    unary_spec,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FORWARD_PROTOCOL",
+    "SHARD_INFO_PROTOCOL",
+    "Chain",
+    "ChainError",
+    "PipelineServer",
+    "RemoteStage",
+    "SessionLimits",
+    "StageBackend",
+    "fetch_shard_info",
+    "forward",
+]
+
+FORWARD_PROTOCOL = "/p2pshard/pipeline/forward/1.0.0"
+SHARD_INFO_PROTOCOL = "/p2pshard/pipeline/shard-info/1.0.0"
+MAX_SHARD_INFO_SIZE = 4096
+MAX_REPLAYS = 3
+"""Replays of the prefix one generation step may need before the client gives up."""
+
+F32 = npt.NDArray[np.float32]
+
+
+class StageBackend(Protocol):
+    """What runs a layer range (blocking; called from one worker thread at a time)."""
+
+    spec: StageSpec
+
+    def forward(
+        self, values: F32, start: int = 0, key: Hashable | None = None, *, last_only: bool = False
+    ) -> F32: ...
+
+    def drop(self, key: Hashable) -> None: ...
+
+    def weights_hash(self) -> bytes: ...
+
+
+class PipelineServer:
+    """Serves one layer range: ``for spec in server.specs(): reqresp_server.register(spec)``."""
+
+    def __init__(
+        self,
+        backend: StageBackend,
+        counters: Counters,
+        limits: SessionLimits | None = None,
+        clock: Callable[[], float] = trio.current_time,
+        max_concurrent: int = 32,
+    ) -> None:
+        self.backend = backend
+        self.spec = backend.spec
+        self.counters = counters
+        self.clock = clock
+        self.table = SessionTable(limits or SessionLimits(), self.spec.kv_bytes_per_token)
+        self.max_concurrent = max_concurrent
+        self._torch = trio.CapacityLimiter(1)
+
+    def specs(self) -> list[ProtocolSpec]:
+        return [
+            ProtocolSpec(
+                FORWARD_PROTOCOL,
+                self.handle_forward,
+                max_request_size=self.spec.max_request_bytes(),
+                default_deadline_s=30.0,
+                max_deadline_s=120.0,
+                max_concurrent=self.max_concurrent,
+            ),
+            unary_spec(
+                SHARD_INFO_PROTOCOL,
+                pb.ShardInfoRequest,
+                self.handle_shard_info,
+                max_request_size=256,
+                default_deadline_s=5.0,
+                max_concurrent=16,
+            ),
+        ]
+
+    def shard_info(self) -> pb.ShardInfo:
+        return self.spec.to_proto(self.table.free_sessions(), self.backend.weights_hash())
+
+    async def handle_shard_info(self, ctx: RequestContext, request: pb.ShardInfoRequest) -> pb.ShardInfo:
+        return self.shard_info()
+
+    def expire(self) -> None:
+        for key in self.table.expire(self.clock()):
+            self.backend.drop(key)
+            self.counters.incr("pipeline.sessions_expired")
+
+    async def handle_forward(self, ctx: RequestContext, body: bytes) -> Reply:
+        request = decode_or_reject(pb.ForwardRequest, body)
+        result = await self.run(ctx.peer_id.to_bytes(), request)
+        return Reply(body=result.SerializeToString())
+
+    async def run(self, peer: bytes, request: pb.ForwardRequest) -> pb.ForwardResponse:
+        """Check and run one forward for ``peer``; every refusal is a ForwardError answer."""
+        self.expire()
+        key: SessionKey | None = None
+        try:
+            inp = check_forward(request, self.spec)
+            if inp.use_cache:
+                key = (peer, inp.session_id)
+                self.table.begin(key, inp.start, inp.batch, inp.tokens, self.clock())
+        except ForwardRejected as exc:
+            self.counters.incr(f"pipeline.rejected.{exc.reason.value}")
+            return exc.to_proto()
+        ok = False
+        try:
+            out = await trio.to_thread.run_sync(
+                lambda: self.backend.forward(inp.values, inp.start, key, last_only=inp.last_only),
+                limiter=self._torch,
+            )
+            ok = True
+        except Exception as exc:  # the engine failed: the client's fault or not, say so, stay up
+            log.exception("pipeline forward failed")
+            self.counters.incr("pipeline.rejected.internal")
+            return ForwardRejected(Reason.INTERNAL, type(exc).__name__).to_proto()
+        finally:
+            if key is not None:
+                if ok:
+                    self.table.commit(key, self.clock())
+                else:  # failed or cancelled: the cache is in doubt
+                    self.table.abort(key, self.clock())
+                    self.backend.drop(key)
+        self.counters.incr("pipeline.forwards")
+        self.counters.incr("pipeline.tokens", inp.batch * inp.tokens)
+        return encode_output(out, self.spec.is_last)
+
+
+# ------------------------------------------------------------------------------------ client
+
+
+async def fetch_shard_info(client: ReqRespClient, peer: ID, timeout_s: float = 5.0) -> pb.ShardInfo:
+    return await call_unary(
+        client,
+        peer,
+        SHARD_INFO_PROTOCOL,
+        pb.ShardInfoRequest(),
+        pb.ShardInfo,
+        timeout_s=timeout_s,
+        max_response_size=MAX_SHARD_INFO_SIZE,
+    )
+
+
+@dataclass(frozen=True)
+class RemoteStage:
+    """A server and the range it said it serves."""
+
+    peer: ID
+    info: pb.ShardInfo
+
+    @property
+    def is_first(self) -> bool:
+        return self.info.layer_start == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.info.layer_end == self.info.total_layers
+
+    @property
+    def width(self) -> int:
+        return self.info.vocab_size if self.is_last else self.info.d_model
+
+    def max_response_bytes(self, batch: int, tokens: int) -> int:
+        return 4 * batch * tokens * self.width + 8192
+
+
+async def forward(
+    client: ReqRespClient,
+    stage: RemoteStage,
+    values: npt.NDArray[np.floating] | npt.NDArray[np.integer],
+    *,
+    session_id: bytes = b"",
+    start: int = 0,
+    use_cache: bool = False,
+    last_only: bool = False,
+    timeout_s: float = 30.0,
+) -> F32:
+    """Run ``stage``'s range on ``values`` (token ids for the first range, else hidden states);
+    returns hidden states or logits. Raises ForwardRejected (the server's reason) or RpcError."""
+    info = stage.info
+    request = encode_forward(
+        (info.layer_start, info.layer_end),
+        values,
+        first=stage.is_first,
+        session_id=session_id,
+        start=start,
+        use_cache=use_cache,
+        last_only=last_only,
+        model_id=info.model_id,
+    )
+    batch, tokens = int(values.shape[0]), int(values.shape[1])
+    out_tokens = 1 if last_only else tokens
+    body = await client.call(
+        stage.peer,
+        FORWARD_PROTOCOL,
+        request.SerializeToString(),
+        timeout_s=timeout_s,
+        retry=RetryPolicy(attempts=2),
+        max_response_size=stage.max_response_bytes(batch, out_tokens),
+    )
+    response = decode_or_reject(pb.ForwardResponse, body)
+    return read_output(response, last=stage.is_last, batch=batch, tokens=out_tokens, width=stage.width)
+
+
+class Chain:
+    """Servers covering every layer of one model, in order."""
+
+    def __init__(self, client: ReqRespClient, stages: Sequence[RemoteStage], timeout_s: float = 30.0) -> None:
+        if not stages:
+            raise ChainError("an empty chain")
+        self.client = client
+        self.stages = list(stages)
+        self.timeout_s = timeout_s
+        self.replays = 0
+        pos = 0
+        for s in self.stages:
+            if s.info.layer_start != pos or s.info.model_id != self.stages[0].info.model_id:
+                raise ChainError("the stages do not cover the model's layers in order")
+            pos = s.info.layer_end
+        if pos != self.stages[0].info.total_layers:
+            raise ChainError(f"the stages stop at layer {pos} of {self.stages[0].info.total_layers}")
+
+    @classmethod
+    async def discover(cls, client: ReqRespClient, peers: Sequence[ID], timeout_s: float = 30.0) -> Chain:
+        """Ask each peer what it serves and plan the shortest chain (peers given first preferred).
+        Raises ChainError naming the uncovered layers when no chain covers the model."""
+        infos: list[RemoteStage] = []
+        for peer in peers:
+            try:
+                infos.append(RemoteStage(peer, await fetch_shard_info(client, peer)))
+            except Exception as exc:  # RpcError, a reset stream: this peer serves nothing to us
+                log.info("no shard info from %s: %s", peer, exc)
+        hops = [
+            Hop(s, s.info.model_id, s.info.layer_start, s.info.layer_end, s.info.total_layers) for s in infos
+        ]
+        return cls(client, [h.peer for h in plan_chain(hops)], timeout_s)
+
+    @property
+    def context(self) -> int:
+        return min(s.info.context for s in self.stages)
+
+    async def forward(
+        self,
+        tokens: npt.NDArray[np.integer] | npt.NDArray[np.floating],
+        *,
+        session_id: bytes = b"",
+        start: int = 0,
+        use_cache: bool = False,
+        last_only: bool = False,
+    ) -> F32:
+        """Logits for ``tokens`` (batch x tokens) through every server in order."""
+        x: npt.NDArray[np.floating] | npt.NDArray[np.integer] = tokens
+        for i, stage in enumerate(self.stages):
+            last_stage = i == len(self.stages) - 1
+            x = await forward(
+                self.client,
+                stage,
+                x,
+                session_id=session_id,
+                start=start,
+                use_cache=use_cache,
+                last_only=last_only and last_stage,
+                timeout_s=self.timeout_s,
+            )
+        return np.asarray(x, dtype=np.float32)
+
+    async def generate(
+        self,
+        prompt: Sequence[int],
+        max_new_tokens: int,
+        *,
+        use_cache: bool = True,
+        on_token: Callable[[int], None] | None = None,
+    ) -> list[int]:
+        """Greedy generation: the argmax token, one at a time, until ``max_new_tokens`` or the
+        context is full. With ``use_cache`` each step sends one token; a server that answers
+        ``session_expired`` (or lost the session) gets the whole sequence again from position 0."""
+        if not prompt:
+            raise ValueError("generation needs a prompt of at least one token")
+        tokens = list(prompt)
+        session = secrets.token_bytes(16)
+        new: list[int] = []
+        sent = 0  # tokens the servers have cached
+        replays = 0
+        while len(new) < max_new_tokens and len(tokens) < self.context:
+            if use_cache:
+                try:
+                    logits = await self.forward(
+                        np.array([tokens[sent:]]),
+                        session_id=session,
+                        start=sent,
+                        use_cache=True,
+                        last_only=True,
+                    )
+                except ForwardRejected as exc:
+                    if (
+                        exc.reason not in (Reason.SESSION_EXPIRED, Reason.UNKNOWN_SESSION)
+                        or replays >= MAX_REPLAYS
+                    ):
+                        raise
+                    replays += 1
+                    self.replays += 1
+                    sent = 0  # replay the prefix from position 0 on every server
+                    continue
+                sent = len(tokens)
+            else:
+                logits = await self.forward(np.array([tokens]), last_only=True)
+            replays = 0
+            nxt = int(np.argmax(logits[0, -1]))
+            tokens.append(nxt)
+            new.append(nxt)
+            if on_token is not None:
+                on_token(nxt)
+        return new
