@@ -5,8 +5,10 @@ Messages carried on p2pshard's pubsub topics (specs/topics.md).
 Topic names: /p2pshard/<network-id>/<name>/proto, one message type per topic.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -84,6 +86,11 @@ class WorkProof(_message.Message):
     TIMESTAMP_MS_FIELD_NUMBER: _builtins.int
     NONCE_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    BATCHES_FIELD_NUMBER: _builtins.int
+    FIRST_LAYER_FIELD_NUMBER: _builtins.int
+    LAST_LAYER_FIELD_NUMBER: _builtins.int
+    DATA_SHARDS_FIELD_NUMBER: _builtins.int
+    UPDATE_HASH_FIELD_NUMBER: _builtins.int
     worker: _builtins.bytes
     round: _builtins.int
     model_hash: _builtins.bytes
@@ -93,6 +100,19 @@ class WorkProof(_message.Message):
     nonce: _builtins.bytes
     """16 bytes; replay prevention"""
     signature: _builtins.bytes
+    batches: _builtins.int
+    """Fields 8 to 12: specs/work.md (r1). A proof without them is refused by the work rules.
+    inner steps (batches) trained
+    """
+    first_layer: _builtins.int
+    """layers held: [first_layer, last_layer)"""
+    last_layer: _builtins.int
+    update_hash: _builtins.bytes
+    """SHA-256 of the update payload announced on `gradients` (32 bytes)"""
+    @_builtins.property
+    def data_shards(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """SHA-256 of each training shard used (32 bytes each)"""
+
     def __init__(
         self,
         *,
@@ -103,10 +123,15 @@ class WorkProof(_message.Message):
         timestamp_ms: _builtins.int = ...,
         nonce: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
+        batches: _builtins.int = ...,
+        first_layer: _builtins.int = ...,
+        last_layer: _builtins.int = ...,
+        data_shards: _abc.Iterable[_builtins.bytes] | None = ...,
+        update_hash: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_hash", b"model_hash", "nonce", b"nonce", "round", b"round", "signature", b"signature", "timestamp_ms", b"timestamp_ms", "tokens", b"tokens", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "data_shards", b"data_shards", "first_layer", b"first_layer", "last_layer", b"last_layer", "model_hash", b"model_hash", "nonce", b"nonce", "round", b"round", "signature", b"signature", "timestamp_ms", b"timestamp_ms", "tokens", b"tokens", "update_hash", b"update_hash", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -193,12 +218,20 @@ class ValidationVote(_message.Message):
     VALID_FIELD_NUMBER: _builtins.int
     TIMESTAMP_MS_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
     validator: _builtins.bytes
     proof_id: _builtins.bytes
     """SHA-256 of the WorkProof's signing bytes"""
     valid: _builtins.bool
     timestamp_ms: _builtins.int
     signature: _builtins.bytes
+    score: _builtins.int
+    """Fields 6 and 7: specs/work.md (r1).
+    the validator's Gauntlet score in millionths (informative)
+    """
+    round: _builtins.int
+    """the round of the proof voted on"""
     def __init__(
         self,
         *,
@@ -207,10 +240,12 @@ class ValidationVote(_message.Message):
         valid: _builtins.bool = ...,
         timestamp_ms: _builtins.int = ...,
         signature: _builtins.bytes = ...,
+        score: _builtins.int = ...,
+        round: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["proof_id", b"proof_id", "signature", b"signature", "timestamp_ms", b"timestamp_ms", "valid", b"valid", "validator", b"validator"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["proof_id", b"proof_id", "round", b"round", "score", b"score", "signature", b"signature", "timestamp_ms", b"timestamp_ms", "valid", b"valid", "validator", b"validator"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
