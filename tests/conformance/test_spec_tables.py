@@ -30,6 +30,7 @@ from p2pshard.core.gossip import (
 )
 from p2pshard.core.ledger import ops as ledger_ops
 from p2pshard.core.ledger import state as ledger_state
+from p2pshard.core.pipeline import rules as pipeline_rules
 from p2pshard.core.rounds import (
     ANNOUNCEMENT_RULES,
     RoundConfig,
@@ -43,7 +44,7 @@ from p2pshard.identity import Identity
 from p2pshard.net import blob, discovery
 from p2pshard.net.reqresp import ProtocolSpec, RetryPolicy
 from p2pshard.node import training_options
-from p2pshard.protocols import checkpoint, round_io, status, training
+from p2pshard.protocols import checkpoint, pipeline, round_io, status, training
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 TABLES = all_tables(SPECS)
@@ -65,6 +66,8 @@ WIRE_MODULES: list[ModuleType] = [
     round_io,
     ledger_state,
     ledger_ops,
+    pipeline_rules,
+    pipeline,
 ]
 
 

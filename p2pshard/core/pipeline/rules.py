@@ -206,7 +206,6 @@ def check_forward(req: pb.ForwardRequest, spec: StageSpec) -> ForwardInput:
         max_bytes=spec.max_input_bytes(),
         max_tensors=1,
         max_elements=spec.max_input_elements(),
-        max_rank=3,
         max_decode_work=0,
     )
     data = bytes(req.input)
