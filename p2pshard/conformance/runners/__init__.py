@@ -8,6 +8,7 @@ from p2pshard.conformance.runners import (
     ledger,
     message_id,
     messages,
+    pipeline,
     reqresp,
     router,
     signing,
@@ -27,6 +28,7 @@ RUNNERS: dict[str, Runner] = {
         validation.RUNNER,
         router.RUNNER,
         ledger.RUNNER,
+        pipeline.RUNNER,
     )
 }
 
