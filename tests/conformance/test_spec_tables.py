@@ -40,6 +40,10 @@ from p2pshard.core.rounds import (
     schedule,
 )
 from p2pshard.core.wire import eliasfano, framing, reqresp_pb2, tensor
+from p2pshard.core.work import proof as work_proof
+from p2pshard.core.work import rules as work_rules
+from p2pshard.core.work import seen as work_seen
+from p2pshard.core.work import votes as work_votes
 from p2pshard.identity import Identity
 from p2pshard.net import blob, discovery
 from p2pshard.net.reqresp import ProtocolSpec, RetryPolicy
@@ -66,6 +70,10 @@ WIRE_MODULES: list[ModuleType] = [
     round_io,
     ledger_state,
     ledger_ops,
+    work_proof,
+    work_rules,
+    work_seen,
+    work_votes,
     pipeline_rules,
     pipeline,
 ]

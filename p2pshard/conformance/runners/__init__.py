@@ -14,6 +14,7 @@ from p2pshard.conformance.runners import (
     signing,
     tensor,
     validation,
+    work,
 )
 
 RUNNERS: dict[str, Runner] = {
@@ -29,6 +30,7 @@ RUNNERS: dict[str, Runner] = {
         router.RUNNER,
         ledger.RUNNER,
         pipeline.RUNNER,
+        work.RUNNER,
     )
 }
 
