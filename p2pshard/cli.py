@@ -143,6 +143,13 @@ def _node_options(fn: Any) -> Any:
             help="Train on a dataset made by `p2pshard genesis build` (default: the embedded corpus).",
         ),
         click.option(
+            "--layers",
+            "serve_layers",
+            metavar="A:B",
+            help="Serve layers [A, B) of the model for pipeline inference (0 = the embedding, 1..n the "
+            "blocks, n+1 the head; tiny: 0:6 is the whole model). Default: serve none.",
+        ),
+        click.option(
             "--metrics",
             metavar="HOST:PORT",
             help="Serve Prometheus metrics (/metrics) and a live dashboard page (/) here, e.g. "
@@ -194,6 +201,76 @@ def join(bootstrap: tuple[str, ...], config_file: Path | None, as_json: bool, **
     _run_node(_config(config_file, list(bootstrap), **flags), as_json)
 
 
+@main.command()
+@click.argument("bootstrap", nargs=-1, metavar="[MULTIADDR...]")
+@_node_options
+def serve(bootstrap: tuple[str, ...], config_file: Path | None, as_json: bool, **flags: Any) -> None:
+    """Serve a layer range (--layers A:B) for pipeline inference, without training.
+
+    Clients run it with `p2pshard infer "prompt" --via <this node's address> ...`, given servers
+    whose ranges cover the model's layers in order.
+    """
+    if not flags.get("serve_layers"):
+        raise click.UsageError("serve needs --layers A:B (e.g. --layers 0:3)")
+    flags["train"] = False
+    _run_node(_config(config_file, list(bootstrap) or None, **flags), as_json)
+
+
+@main.command()
+@click.argument("prompt")
+@click.option(
+    "--via", multiple=True, required=True, metavar="MULTIADDR", help="A server to use (repeatable)."
+)
+@click.option(
+    "--max-new-tokens", default=32, show_default=True, type=click.IntRange(1), help="Tokens to generate."
+)
+@click.option(
+    "--no-cache", is_flag=True, help="Send the whole sequence every step (no KV cache on the servers)."
+)
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds one forward may take.")
+def infer(prompt: str, via: tuple[str, ...], max_new_tokens: int, no_cache: bool, timeout: float) -> None:
+    """Generate text from PROMPT through a chain of servers covering the model (greedy, byte tokens).
+
+    The chain is planned from what each --via server says it serves; the servers are listed on
+    stderr, the prompt and the generated text stream to stdout as tokens arrive.
+    """
+    import codecs
+
+    from p2pshard.core.pipeline import ChainError, ForwardRejected
+    from p2pshard.net.reqresp import RpcError
+
+    for addr in via:
+        try:
+            parse_peer_addr(addr)
+        except AddressError as exc:
+            raise click.BadParameter(str(exc), param_hint="--via") from exc
+    tokens = list(prompt.encode())
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def show(token: int) -> None:
+        click.echo(decoder.decode(bytes([token])), nl=False)
+        sys.stdout.flush()
+
+    async def run() -> None:
+        async with open_node(NodeConfig(), client_only=True) as node:
+            chain = await node.chain(list(via), timeout_s=timeout)
+            for stage in chain.stages:
+                i = stage.info
+                click.echo(
+                    f"layers {i.layer_start}:{i.layer_end} of {i.total_layers} <- {stage.peer}", err=True
+                )
+            click.echo(prompt, nl=False)
+            await chain.generate(tokens, max_new_tokens, use_cache=not no_cache, on_token=show)
+            click.echo(decoder.decode(b"", final=True))
+
+    try:
+        trio.run(run)
+    except ChainError as exc:
+        raise click.ClickException(f"no chain of servers covers the model: {exc}") from exc
+    except (ConnectError, ForwardRejected, RpcError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 EXIT_INTERRUPTED = 130
 """Exit status after Ctrl-C (128 + SIGINT), as shells expect; SIGTERM (a service manager's stop)
 exits 0 after the same clean shutdown."""
@@ -203,7 +280,7 @@ STOP_GRACE_S = 8.0
 
 
 def _run_node(config: NodeConfig, as_json: bool) -> None:
-    expected = (JoinError, ListenError, KeyFileError, AddressError, OSError)
+    expected = (JoinError, ListenError, KeyFileError, AddressError, OSError, ConfigError)
     try:
         stopped_by = trio.run(_serve_until_signal, config, as_json)
     except expected as exc:

@@ -411,10 +411,16 @@ async def open_node(
             server.register(status_spec(node.status))
             server.register(node.blobs.spec())
             if config.serve_layers and not client_only:
-                node.serve_stage(
-                    await trio.to_thread.run_sync(  # type: ignore[call-arg]
-                        make_stage, config, abandon_on_cancel=True
-                    )
+                stage = await trio.to_thread.run_sync(  # type: ignore[call-arg]
+                    make_stage, config, abandon_on_cancel=True
+                )
+                spec = node.serve_stage(stage).spec
+                emit(
+                    "serving",
+                    f"serving layers {spec.layer_start}:{spec.layer_end} of {spec.total_layers} "
+                    f"({config.preset}, model {spec.model_id})",
+                    layers=[spec.layer_start, spec.layer_end],
+                    model_id=spec.model_id,
                 )
             if pubsub is not None and node.topics is not None:
                 await nursery.start(pubsub.run)
@@ -706,8 +712,8 @@ def make_stage(config: NodeConfig) -> StageBackend:
     cfg = PRESETS[config.preset]
     if end > cfg.n_stages_layers:
         raise ConfigError(
-            f"serve_layers: {config.preset} has layers 0..{cfg.n_stages_layers} (embedding, "
-            f"{cfg.n_layers} blocks, head), not {start}:{end}"
+            f"serve_layers: {config.preset} has {cfg.n_stages_layers} layers (embedding, "
+            f"{cfg.n_layers} blocks, head: 0:{cfg.n_stages_layers} is the whole model), not {start}:{end}"
         )
     return StageExecutor(cfg, LayerRange(start, end))
 
