@@ -33,7 +33,7 @@ from p2pshard.engine.genesis import Genesis, Manifest, assign_shard, canonical_j
 from p2pshard.engine.model import PRESETS, ModelConfig, Stage, build_model
 from p2pshard.protocols.engine_api import LocalUpdate, RoundOutcome, UpdateRejected
 
-__all__ = ["EngineConfig", "TorchEngine", "default_device", "diloco_for", "network_id"]
+__all__ = ["EngineConfig", "TorchEngine", "default_device", "diloco_for", "network_id", "sampler_seed"]
 
 F32 = npt.NDArray[np.float32]
 _SAMPLER_TAG = b"p2pshard/batch-sampler/v1\x00"
@@ -92,6 +92,14 @@ def network_id(manifest: Manifest, cfg: EngineConfig) -> str:
         "norm_bound_factor": cfg.norm_bound_factor,
     }
     return hashlib.sha256(_NETWORK_TAG + canonical_json(rules)).hexdigest()[:16]
+
+
+def sampler_seed(node_salt: bytes, round_index: int, shard_id: str) -> int:
+    """The seed of the batch sampler of a round's inner steps. A node's salt is its base58 peer id
+    (``node.py``), so any validator can recompute the windows a contributor trained on
+    (specs/work.md, "The Gauntlet score")."""
+    h = hashlib.sha256(_SAMPLER_TAG + node_salt + round_index.to_bytes(8, "big") + shard_id.encode()).digest()
+    return int.from_bytes(h[:8], "big") & ((1 << 63) - 1)
 
 
 def l2_norm(vector: F32, block: int = 1 << 20) -> float:
@@ -242,10 +250,7 @@ class TorchEngine:
         )
 
     def _sampler_seed(self, round_index: int, shard_id: str) -> int:
-        h = hashlib.sha256(
-            _SAMPLER_TAG + self.cfg.node_salt + round_index.to_bytes(8, "big") + shard_id.encode()
-        ).digest()
-        return int.from_bytes(h[:8], "big") & ((1 << 63) - 1)
+        return sampler_seed(self.cfg.node_salt, round_index, shard_id)
 
     def _load_master_into_model(self) -> None:
         with torch.no_grad():
@@ -264,6 +269,12 @@ class TorchEngine:
 
     def check_update(self, payload: bytes) -> None:
         self._screen(payload)
+
+    def decoded_update(self, payload: bytes) -> F32:
+        """A payload screened like a contribution, as one dense flat vector in sorted-name order
+        (what the Gauntlet scores). Raises UpdateRejected as :meth:`check_update` does."""
+        row = self._screen(payload)
+        return row.dense() if isinstance(row, SparseTensor) else row
 
     def apply_round(self, round_index: int, payloads: Mapping[str, bytes]) -> RoundOutcome:
         if round_index < self._round:
