@@ -45,6 +45,7 @@ from p2pshard.net.reqresp import (
     ReqRespClient,
     RequestContext,
     RetryPolicy,
+    RpcError,
     call_unary,
     decode_or_reject,
     unary_spec,
@@ -61,6 +62,7 @@ __all__ = [
     "RemoteStage",
     "SessionLimits",
     "StageBackend",
+    "StageFailed",
     "fetch_shard_info",
     "forward",
 ]
@@ -68,6 +70,10 @@ __all__ = [
 FORWARD_PROTOCOL = "/p2pshard/pipeline/forward/1.0.0"
 SHARD_INFO_PROTOCOL = "/p2pshard/pipeline/shard-info/1.0.0"
 MAX_SHARD_INFO_SIZE = 4096
+HANG_MIN_S = 1.0
+"""A server that has another to replace it is given up on after max(this, HANG_FACTOR x its usual
+time per forward); one that has none gets the whole ``timeout_s``."""
+HANG_FACTOR = 20.0
 MAX_REPLAYS = 3
 """Replays of the prefix one generation step may need before the client gives up."""
 
@@ -254,16 +260,47 @@ async def forward(
     return read_output(response, last=stage.is_last, batch=batch, tokens=out_tokens, width=stage.width)
 
 
-class Chain:
-    """Servers covering every layer of one model, in order."""
+class StageFailed(Exception):
+    """A server of the chain did not answer (unreachable, reset, past the deadline, not serving
+    the protocol) or failed running an accepted forward (``internal``)."""
 
-    def __init__(self, client: ReqRespClient, stages: Sequence[RemoteStage], timeout_s: float = 30.0) -> None:
+    def __init__(self, stage: RemoteStage, cause: Exception) -> None:
+        super().__init__(f"{stage.peer} (layers {stage.info.layer_start}:{stage.info.layer_end}): {cause}")
+        self.stage = stage
+        self.cause = cause
+
+
+def _hops(stages: Sequence[RemoteStage]) -> list[Hop[RemoteStage]]:
+    return [
+        Hop(s, s.info.model_id, s.info.layer_start, s.info.layer_end, s.info.total_layers) for s in stages
+    ]
+
+
+class Chain:
+    """Servers covering every layer of one model, in order, and spare servers to reroute to.
+
+    When a server of the chain fails during :meth:`generate`, the chain is planned again from the
+    other servers (those in use first, so working stages stay), and the sequence so far is
+    replayed from position 0 on the new chain: the output continues unchanged.
+    """
+
+    def __init__(
+        self,
+        client: ReqRespClient,
+        stages: Sequence[RemoteStage],
+        timeout_s: float = 30.0,
+        spares: Sequence[RemoteStage] = (),
+    ) -> None:
         if not stages:
             raise ChainError("an empty chain")
         self.client = client
         self.stages = list(stages)
+        self.spares = [s for s in spares if s not in self.stages]
         self.timeout_s = timeout_s
         self.replays = 0
+        self.failovers: list[StageFailed] = []
+        self.hang_min_s = HANG_MIN_S
+        self._latency: dict[ID, float] = {}  # peer -> moving average of seconds per forward
         pos = 0
         for s in self.stages:
             if s.info.layer_start != pos or s.info.model_id != self.stages[0].info.model_id:
@@ -282,10 +319,36 @@ class Chain:
                 infos.append(RemoteStage(peer, await fetch_shard_info(client, peer)))
             except Exception as exc:  # RpcError, a reset stream: this peer serves nothing to us
                 log.info("no shard info from %s: %s", peer, exc)
-        hops = [
-            Hop(s, s.info.model_id, s.info.layer_start, s.info.layer_end, s.info.total_layers) for s in infos
-        ]
-        return cls(client, [h.peer for h in plan_chain(hops)], timeout_s)
+        chain = [h.peer for h in plan_chain(_hops(infos))]
+        return cls(client, chain, timeout_s, spares=[s for s in infos if s not in chain])
+
+    def _replaceable(self, stage: RemoteStage) -> bool:
+        try:
+            plan_chain(_hops([s for s in self.stages + self.spares if s.peer != stage.peer]))
+        except ChainError:
+            return False
+        return True
+
+    def _deadline(self, stage: RemoteStage, tokens: int) -> float:
+        """How long to wait for ``stage``: a server seen to answer in t seconds and that another
+        could replace is given up on after max(hang_min_s, HANG_FACTOR x t), longer for a longer
+        input; otherwise the whole ``timeout_s``."""
+        usual = self._latency.get(stage.peer)
+        if usual is None or not self._replaceable(stage):
+            return self.timeout_s
+        return min(self.timeout_s, max(self.hang_min_s, HANG_FACTOR * usual) * (1 + tokens / 32))
+
+    def reroute(self, failed: StageFailed) -> None:
+        """Plan the chain again without the failed server; ChainError when no chain is left."""
+        self.failovers.append(failed)
+        left = [s for s in self.stages + self.spares if s.peer != failed.stage.peer]
+        model = self.stages[0].info.model_id
+        try:
+            chain = [h.peer for h in plan_chain(_hops(left), model)]
+        except ChainError as exc:
+            raise ChainError(f"{failed}; and no other chain: {exc}") from exc
+        self.stages = chain
+        self.spares = [s for s in left if s not in chain]
 
     @property
     def context(self) -> int:
@@ -304,16 +367,27 @@ class Chain:
         x: npt.NDArray[np.floating] | npt.NDArray[np.integer] = tokens
         for i, stage in enumerate(self.stages):
             last_stage = i == len(self.stages) - 1
-            x = await forward(
-                self.client,
-                stage,
-                x,
-                session_id=session_id,
-                start=start,
-                use_cache=use_cache,
-                last_only=last_only and last_stage,
-                timeout_s=self.timeout_s,
-            )
+            began = trio.current_time()
+            try:
+                x = await forward(
+                    self.client,
+                    stage,
+                    x,
+                    session_id=session_id,
+                    start=start,
+                    use_cache=use_cache,
+                    last_only=last_only and last_stage,
+                    timeout_s=self._deadline(stage, int(x.shape[1])),
+                )
+            except ForwardRejected as exc:
+                if exc.reason == Reason.INTERNAL:
+                    raise StageFailed(stage, exc) from exc
+                raise
+            except RpcError as exc:
+                raise StageFailed(stage, exc) from exc
+            took = trio.current_time() - began
+            usual = self._latency.get(stage.peer)
+            self._latency[stage.peer] = took if usual is None else 0.8 * usual + 0.2 * took
         return np.asarray(x, dtype=np.float32)
 
     async def generate(
@@ -326,7 +400,9 @@ class Chain:
     ) -> list[int]:
         """Greedy generation: the argmax token, one at a time, until ``max_new_tokens`` or the
         context is full. With ``use_cache`` each step sends one token; a server that answers
-        ``session_expired`` (or lost the session) gets the whole sequence again from position 0."""
+        ``session_expired`` (or lost the session) gets the whole sequence again from position 0.
+        A server that fails is replaced (:meth:`reroute`) and the sequence is replayed likewise;
+        ChainError when no server is left for its layers."""
         if not prompt:
             raise ValueError("generation needs a prompt of at least one token")
         tokens = list(prompt)
@@ -335,28 +411,27 @@ class Chain:
         sent = 0  # tokens the servers have cached
         replays = 0
         while len(new) < max_new_tokens and len(tokens) < self.context:
-            if use_cache:
-                try:
+            try:
+                if use_cache:
+                    step = np.array([tokens[sent:]])
                     logits = await self.forward(
-                        np.array([tokens[sent:]]),
-                        session_id=session,
-                        start=sent,
-                        use_cache=True,
-                        last_only=True,
+                        step, session_id=session, start=sent, use_cache=True, last_only=True
                     )
-                except ForwardRejected as exc:
-                    if (
-                        exc.reason not in (Reason.SESSION_EXPIRED, Reason.UNKNOWN_SESSION)
-                        or replays >= MAX_REPLAYS
-                    ):
-                        raise
-                    replays += 1
-                    self.replays += 1
-                    sent = 0  # replay the prefix from position 0 on every server
-                    continue
-                sent = len(tokens)
-            else:
-                logits = await self.forward(np.array([tokens]), last_only=True)
+                    sent = len(tokens)
+                else:
+                    logits = await self.forward(np.array([tokens]), last_only=True)
+            except StageFailed as failed:
+                self.reroute(failed)  # ChainError when no server is left for its layers
+                sent = 0  # the new chain rebuilds its caches from the whole sequence
+                continue
+            except ForwardRejected as exc:
+                expired = exc.reason in (Reason.SESSION_EXPIRED, Reason.UNKNOWN_SESSION)
+                if not use_cache or not expired or replays >= MAX_REPLAYS:
+                    raise
+                replays += 1
+                self.replays += 1
+                sent = 0  # replay the prefix from position 0 on every server
+                continue
             replays = 0
             nxt = int(np.argmax(logits[0, -1]))
             tokens.append(nxt)

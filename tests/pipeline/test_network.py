@@ -10,13 +10,14 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import numpy as np
 import pytest
 import torch
+import trio
 
 from p2pshard import NodeConfig, open_node
 from p2pshard.core.pipeline import ChainError, ForwardRejected, Reason
 from p2pshard.engine.inference import StageExecutor, local_generate
 from p2pshard.engine.model import PRESETS, LayerRange, build_model
 from p2pshard.node import Node
-from p2pshard.protocols.pipeline import RemoteStage, fetch_shard_info, forward
+from p2pshard.protocols.pipeline import RemoteStage, StageFailed, fetch_shard_info, forward
 
 CFG = PRESETS["micro"]
 PROMPT = [5, 17, 200, 3, 99, 42]
@@ -111,3 +112,43 @@ async def test_no_chain_is_a_clear_error() -> None:
     async with servers(["0:2"]) as (client, nodes):
         with pytest.raises(ChainError, match="starting at layer 2"):
             await client.chain([nodes[0].addrs[0]])
+
+
+async def test_a_server_that_stops_mid_generation_is_replaced_and_the_text_is_unchanged() -> None:
+    """Two servers hold layers 2:4; the one in use stops after the third token. The client
+    reroutes to the other, replays the sequence, and the text is the local model's.
+
+    A node cancelled in-process leaves its sockets open (py-libp2p's host closes nothing once its
+    scope is cancelled), so to the client this is a server that hangs: it is given up on after
+    ``hang_min_s`` (1 s here), as a server with a replacement is."""
+    async with servers(["0:2"]) as (client, nodes), trio.open_nursery() as nursery:
+        doomed_scope = trio.CancelScope()
+
+        async def run_doomed(task_status: trio.TaskStatus[Node]) -> None:
+            with doomed_scope:
+                async with open_node(NodeConfig(preset="micro", serve_layers="2:4")) as node:
+                    task_status.started(node)
+                    await trio.sleep_forever()
+
+        doomed: Node = await nursery.start(run_doomed)
+        async with open_node(NodeConfig(preset="micro", serve_layers="2:4")) as spare:
+            chain = await client.chain([nodes[0].addrs[0], doomed.addrs[0], spare.addrs[0]])
+            assert [s.peer for s in chain.stages] == [nodes[0].peer_id, doomed.peer_id]
+            seen: list[int] = []
+
+            def kill_after_three(token: int) -> None:
+                seen.append(token)
+                if len(seen) == 3:
+                    doomed_scope.cancel()
+
+            began = trio.current_time()
+            out = await chain.generate(PROMPT, 8, on_token=kill_after_three)
+            assert trio.current_time() - began < chain.timeout_s  # not the full timeout
+            assert out == local_generate(CFG, 0, PROMPT, 8)
+            assert [f.stage.peer for f in chain.failovers] == [doomed.peer_id]
+            assert [s.peer for s in chain.stages] == [nodes[0].peer_id, spare.peer_id]
+            # with nobody left for layers 2:4, the error says so
+            spare_stage = chain.stages[1]
+            with pytest.raises(ChainError, match="no other chain"):
+                chain.reroute(StageFailed(spare_stage, RuntimeError("gone")))
+        nursery.cancel_scope.cancel()
