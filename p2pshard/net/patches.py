@@ -15,9 +15,12 @@ The patches:
   :class:`~p2pshard.net.transport.TunedYamux`, which also enforces the receive window and bounds
   the streams of a connection.
 * **yamux window growth** (:func:`_reserve_window_growth`): ``YamuxStream._apply_autotune_epoch``
-  doubles a stream's receive window (up to 16 MiB) when the reader keeps up; the replacement asks
-  the connection (``p2pshard_grow_window``, :class:`~p2pshard.net.transport.TunedYamux`) to reserve
-  the growth with the resource manager first, and leaves the window as it is when refused.
+  doubles a stream's receive window (up to 16 MiB) whenever a window update follows the last one
+  within 4 RTTs, however little was read: a stream that read a few protocol-negotiation messages
+  had a multi-MiB window. The replacement doubles it only when half the window was read since the
+  last update (go-yamux's rule: the reader keeps up with a sender that fills the window), and only
+  once the connection (``p2pshard_grow_window``, :class:`~p2pshard.net.transport.TunedYamux`) has
+  reserved the growth with the resource manager; refused, the window stays as it is.
 * **listen backlog** (:func:`_deepen_listen_backlog`): py-libp2p's TCP listener calls
   ``listen(128)``; a burst of connections (1,000 half-open ones, a Sybil swarm's retries) fills
   that queue and the kernel drops honest clients' SYNs, which they resend only after 1 s (then
@@ -126,21 +129,29 @@ def _use_tuned_yamux() -> None:
 def _reserve_window_growth() -> None:
     from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
+    stock_update = YamuxStream._auto_tune_and_send_window_update
+
+    async def counted_update(self: Any, *, bytes_read: int = 0) -> None:
+        self.p2pshard_read = getattr(self, "p2pshard_read", 0) + bytes_read
+        await stock_update(self, bytes_read=bytes_read)
+
+    YamuxStream._auto_tune_and_send_window_update = counted_update  # type: ignore[method-assign]
     YamuxStream._apply_autotune_epoch = _apply_autotune_epoch  # type: ignore[method-assign]
 
 
 def _apply_autotune_epoch(self: Any, buffered: int) -> int:
-    """Replaces ``YamuxStream._apply_autotune_epoch`` (same rule: double the target window when a
-    window update is due within 4 RTTs of the last; returns the extra credit to send), but the
-    doubling happens only if the connection reserves it (a connection without
-    ``p2pshard_grow_window`` grows as before)."""
+    """Replaces ``YamuxStream._apply_autotune_epoch``: double the target window when a window update
+    is due within 4 RTTs of the last and at least half the window has been read since (counted by
+    the wrapped ``_auto_tune_and_send_window_update``), and the connection reserves the growth (a
+    connection without ``p2pshard_grow_window`` needs no reservation). Returns the extra credit."""
     from libp2p.stream_muxer.yamux.yamux import MAX_WINDOW_SIZE
 
     rtt = self._effective_rtt()
     now = trio.current_time()
     recent = rtt > 0 and not (self.epoch_start > 0 and now - self.epoch_start >= rtt * 4)
+    read, self.p2pshard_read = getattr(self, "p2pshard_read", 0), 0
     self.epoch_start = now
-    if not recent:
+    if not recent or read < self.target_recv_window // 2:
         return 0
     target = min(self.target_recv_window * 2, MAX_WINDOW_SIZE)
     if target <= self.target_recv_window:

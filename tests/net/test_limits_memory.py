@@ -119,6 +119,30 @@ async def test_a_receive_window_grows_only_as_far_as_its_memory_is_reserved() ->
         await eventually(lambda: _memory_used(server) == 0, within_s=3)  # the stream's window given back
 
 
+async def test_small_reads_do_not_grow_a_window() -> None:
+    """py-libp2p doubled a window on every update that came soon after the last, however little was
+    read: a stream that read a few small messages held a multi-MiB window (and now its reservation).
+    Only a reader that consumes half its window between updates grows it."""
+    server, client = _limits(), _limits()
+    targets: list[int] = []
+
+    async def small_reads(stream: INetStream) -> None:
+        for _ in range(40):
+            await stream.read(100)
+            targets.append(stream.muxed_stream.target_recv_window)  # type: ignore[attr-defined]
+        await stream.close()
+
+    async with _pair(server, client) as (server_host, client_host):
+        server_host.set_stream_handler(SINK, small_reads)
+        stream = await client_host.new_stream(server_host.get_id(), [SINK])
+        with trio.fail_after(10):
+            for _ in range(40):
+                await stream.write(b"m" * 100)
+                await trio.sleep(0.001)
+            await eventually(lambda: len(targets) == 40)
+        assert max(targets) == WINDOW
+
+
 async def test_streams_we_open_reserve_their_windows() -> None:
     """Our own streams' windows are memory the peer fills: a fifth stream on a connection allowed
     1 MiB (four windows) is refused, and a stream closed gives its window back."""
