@@ -21,5 +21,7 @@ def procs() -> Iterator[list[Proc]]:
     """Processes a test starts; each is ended by its PID when the test is over."""
     started: list[Proc] = []
     yield started
+    for p in started:  # all at once: each node takes a second or two to shut down
+        p.interrupt()
     for p in started:
         p.stop()

@@ -74,9 +74,13 @@ class Proc:
         os.kill(self.p.pid, signal.SIGKILL)
         self.p.wait()
 
-    def stop(self) -> tuple[int, str]:
+    def interrupt(self) -> None:
+        """Ctrl-C, without waiting: :meth:`stop` then waits (interrupt several, then stop each)."""
         if self.p.poll() is None:
             os.kill(self.p.pid, signal.SIGINT)
+
+    def stop(self) -> tuple[int, str]:
+        self.interrupt()
         try:
             self.p.wait(timeout=15)
         except subprocess.TimeoutExpired:
