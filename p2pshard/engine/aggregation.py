@@ -104,11 +104,30 @@ def dense_rows(rows: Sequence[F32 | SparseTensor]) -> F32:
     return np.stack([_dense(r) for r in rows])
 
 
-def aggregate(rows: F32, cfg: AggregationConfig) -> AggregationResult:
-    """Combine the ``(n, d)`` matrix ``rows`` into one ``d`` vector with ``cfg.rule``."""
+def aggregate(rows: F32, cfg: AggregationConfig, weights: Sequence[float] | None = None) -> AggregationResult:
+    """Combine the ``(n, d)`` matrix ``rows`` into one ``d`` vector with ``cfg.rule``.
+
+    ``weights`` (one per row, finite, >= 0; None: all 1.0) are the rows' verification weights
+    (specs/work.md): a row of weight 0 does not enter the result at all; the mean rule takes the
+    weighted mean ``sum(w x) / sum(w)`` of the others (summed in row order in float64, so all
+    weights 1.0 give the unweighted mean's bits); every other rule takes the rows of positive
+    weight unweighted. At least one row must have a positive weight."""
     if rows.ndim != 2 or rows.shape[0] == 0:
         raise ValueError("aggregate needs a non-empty (n, d) matrix")
-    return RULES[cfg.rule](rows.astype(np.float64), cfg)
+    if weights is None:
+        return RULES[cfg.rule](rows.astype(np.float64), cfg)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (rows.shape[0],) or not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError("weights must be one finite, non-negative number per row")
+    keep = [i for i in range(rows.shape[0]) if w[i] > 0]
+    if not keep:
+        raise ValueError("no row has a positive weight")
+    x = rows[keep].astype(np.float64)
+    if cfg.rule == "mean":
+        kept = w[keep]
+        return _result((x * kept[:, None]).sum(axis=0) / kept.sum(), keep)
+    result = RULES[cfg.rule](x, cfg)
+    return AggregationResult(result.vector, tuple(keep[i] for i in result.selected))
 
 
 def _sq_norm(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -102,6 +102,13 @@ def sampler_seed(node_salt: bytes, round_index: int, shard_id: str) -> int:
     return int.from_bytes(h[:8], "big") & ((1 << 63) - 1)
 
 
+def _scaled(row: F32 | SparseTensor, weight: float) -> F32 | SparseTensor:
+    w = np.float32(weight)
+    if isinstance(row, SparseTensor):
+        return SparseTensor(row.shape, row.index, np.multiply(row.values, w, dtype=np.float32))
+    return np.multiply(row, w, dtype=np.float32)
+
+
 def l2_norm(vector: F32, block: int = 1 << 20) -> float:
     """The L2 norm in float64, one cache-sized block at a time (no 8-byte copy of the vector)."""
     total = 0.0
@@ -276,23 +283,37 @@ class TorchEngine:
         row = self._screen(payload)
         return row.dense() if isinstance(row, SparseTensor) else row
 
-    def apply_round(self, round_index: int, payloads: Mapping[str, bytes]) -> RoundOutcome:
+    def apply_round(
+        self, round_index: int, payloads: Mapping[str, bytes], weights: Mapping[str, float] | None = None
+    ) -> RoundOutcome:
+        """``weights``: contributor -> verification weight (specs/work.md; a contributor not named
+        weighs 1.0). A payload of weight 0 is screened (and counted as accepted) but does not
+        move the model; None weighs every payload 1.0, as before the Gauntlet."""
         if round_index < self._round:
             raise ValueError(f"round {round_index} is already applied (next is {self._round})")
         rows: list[F32 | SparseTensor] = []
+        row_weights: list[float] = []
         accepted: list[str] = []
         rejected: dict[str, str] = {}
         for contributor in sorted(payloads):  # the order every node uses
             try:
-                rows.append(self._screen(payloads[contributor]))
-                accepted.append(contributor)
+                row = self._screen(payloads[contributor])
             except UpdateRejected as exc:
                 rejected[contributor] = exc.reason
+                continue
+            accepted.append(contributor)
+            weight = 1.0 if weights is None else float(weights.get(contributor, 1.0))
+            if not weight >= 0.0 or weight == float("inf"):
+                raise ValueError(f"weight of {contributor} must be finite and >= 0")
+            if weight > 0.0:
+                rows.append(row)
+                row_weights.append(weight)
         selected: tuple[str, ...] = ()
         norm = 0.0
+        entered = [c for c in accepted if weights is None or weights.get(c, 1.0) > 0.0]
         if rows:
-            vector, chosen = self._aggregate(rows)
-            selected = tuple(accepted[i] for i in chosen)
+            vector, chosen = self._aggregate(rows, row_weights)
+            selected = tuple(entered[i] for i in chosen)
             norm = l2_norm(vector)
             self.outer.step(self.master, self._unflatten(vector))
             self._hash = model_hash(self.master)
@@ -300,17 +321,22 @@ class TorchEngine:
         self._round = round_index + 1
         return RoundOutcome(round_index, self._hash, tuple(accepted), rejected, selected, norm)
 
-    def _aggregate(self, rows: list[F32 | SparseTensor]) -> tuple[F32, Sequence[int]]:
-        """The vector the outer step applies, and which rows it took."""
+    def _aggregate(
+        self, rows: list[F32 | SparseTensor], weights: Sequence[float]
+    ) -> tuple[F32, Sequence[int]]:
+        """The vector the outer step applies, and which rows it took (every weight is > 0)."""
         d = self.cfg.diloco
+        uniform = all(w == 1.0 for w in weights)
         if d.outer_sum and self.cfg.aggregation.rule == "mean" and not d.norm_restore:
             # The sum of the contributions (SparseLoCo): float32 from +0.0 in contributor order,
-            # touching only the kept elements of sparse rows.
+            # touching only the kept elements of sparse rows; each scaled by its weight.
             if self._sum_out is None:
                 self._sum_out = np.empty(self.n_params, dtype=np.float32)
+            if not uniform:
+                rows = [_scaled(r, w) for r, w in zip(rows, weights, strict=True)]
             return sum_rows(rows, self.n_params, out=self._sum_out), range(len(rows))
         stacked = dense_rows(rows)
-        result = aggregate(stacked, self.cfg.aggregation)
+        result = aggregate(stacked, self.cfg.aggregation, None if uniform else weights)
         vector = result.vector
         if d.norm_restore:
             vector, _ = restore_norm(vector, stacked[list(result.selected)])

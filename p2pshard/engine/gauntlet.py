@@ -23,7 +23,7 @@ Blocking and torch-bound, like every engine call: run it in the engine's worker 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +34,15 @@ from p2pshard.engine.diloco import sample_batch
 from p2pshard.engine.engine import TorchEngine, sampler_seed
 from p2pshard.engine.genesis import load_shard
 
-__all__ = ["CopyDetector", "Gauntlet", "GauntletConfig", "GauntletScore", "cosine", "verdict"]
+__all__ = [
+    "CopyDetector",
+    "Gauntlet",
+    "GauntletConfig",
+    "GauntletScore",
+    "aggregation_weights",
+    "cosine",
+    "verdict",
+]
 
 F32 = npt.NDArray[np.float32]
 SKETCH_SIZE = 1 << 14
@@ -252,3 +260,11 @@ def verdict(score: GauntletScore, flag: CopyFlag | None, cfg: GauntletConfig) ->
     if score.score <= cfg.min_score:
         return False, "low_score"
     return True, "ok"
+
+
+def aggregation_weights(verdicts: Mapping[str, bool | None]) -> dict[str, float]:
+    """The weight :meth:`TorchEngine.apply_round` gives each contributor: 0.0 for an update
+    found invalid (by this validator's verdict, or by a settled ``rejected`` outcome), 1.0 for one
+    found valid or not scored (``None``: validators sample). A gate rather than a scale: the
+    score's size depends on the preset, the inner steps and the round (specs/work.md)."""
+    return {c: 0.0 if v is False else 1.0 for c, v in verdicts.items()}

@@ -24,10 +24,18 @@ import pytest
 
 from p2pshard.core.gossip.signing import Secp256k1Signer
 from p2pshard.core.work import SeenProofs, WorkContext, check_proof, make_proof
+from p2pshard.engine.aggregation import RULES, AggregationConfig, aggregate
 from p2pshard.engine.compression import CompressionConfig
 from p2pshard.engine.diloco import DiLoCoConfig
 from p2pshard.engine.engine import TorchEngine
-from p2pshard.engine.gauntlet import CopyDetector, Gauntlet, GauntletConfig, GauntletScore, verdict
+from p2pshard.engine.gauntlet import (
+    CopyDetector,
+    Gauntlet,
+    GauntletConfig,
+    GauntletScore,
+    aggregation_weights,
+    verdict,
+)
 from p2pshard.engine.genesis import Genesis
 from p2pshard.protocols.engine_api import UpdateRejected
 
@@ -203,3 +211,54 @@ def test_the_parameter_table_of_the_spec_is_the_code_default() -> None:
     specs = Path(__file__).resolve().parents[2] / "specs"
     defaults = {k: v for k, v in asdict(GauntletConfig()).items() if k != "max_per_round"}
     assert parameters(all_tables(specs), "work.md") == defaults
+
+
+# ---------------------------------------------------------------- aggregation weighted by verdicts
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_weights_of_one_give_the_unweighted_bits_and_zero_drops_a_row(rule: str) -> None:
+    rng = np.random.default_rng(7)
+    rows = rng.standard_normal((5, 64)).astype(np.float32)
+    rows[2] *= 100  # a poisoner
+    cfg = AggregationConfig(rule=rule, f=1)
+    plain = aggregate(rows, cfg)
+    ones = aggregate(rows, cfg, [1.0] * 5)
+    assert ones.vector.tobytes() == plain.vector.tobytes() and ones.selected == plain.selected
+    gated = aggregate(rows, cfg, [1.0, 1.0, 0.0, 1.0, 1.0])
+    without = aggregate(np.delete(rows, 2, axis=0), cfg)
+    assert gated.vector.tobytes() == without.vector.tobytes()
+    assert 2 not in gated.selected
+    with pytest.raises(ValueError):
+        aggregate(rows, cfg, [0.0] * 5)
+
+
+def test_the_mean_is_weighted() -> None:
+    rows = np.array([[1.0, 2.0], [5.0, 10.0]], dtype=np.float32)
+    out = aggregate(rows, AggregationConfig(rule="mean"), [1.0, 3.0])
+    assert out.vector.tolist() == [4.0, 8.0]
+
+
+@pytest.mark.parametrize("compression", ["none", "sparseloco"])
+def test_a_zero_weighted_update_does_not_move_the_model(genesis: Genesis, compression: str) -> None:
+    from p2pshard.engine.compression import SPARSELOCO
+
+    comp = SPARSELOCO if compression == "sparseloco" else CompressionConfig(kind="none")
+    diloco = DiLoCoConfig.for_preset("micro", sparse=comp.sparseloco, inner_steps=2, batch_size=4)
+
+    def engine(peer: str) -> TorchEngine:
+        return TorchEngine.create(
+            "micro", genesis, device="cpu", diloco=diloco, compression=comp, node_salt=peer.encode()
+        )
+
+    workers = {p: engine(p) for p in PEERS[:3]}
+    payloads = {
+        p: e.train_round(0, genesis.shard_bytes(e.assigned_shard(p, 0))).payload for p, e in workers.items()
+    }
+    weights = aggregation_weights({PEERS[0]: True, PEERS[1]: False, PEERS[2]: None})
+    gated, without, plain = engine("v1"), engine("v2"), engine("v3")
+    out = gated.apply_round(0, payloads, weights)
+    ref = without.apply_round(0, {p: b for p, b in payloads.items() if p != PEERS[1]})
+    assert out.model_hash == ref.model_hash
+    assert out.accepted == tuple(PEERS[:3]) and PEERS[1] not in out.selected and out.rejected == {}
+    assert plain.apply_round(0, payloads).model_hash != ref.model_hash
