@@ -47,6 +47,9 @@ CREATE TABLE accounts (
 """
 
 
+_SAVE_SEEN = "INSERT OR REPLACE INTO meta VALUES ('work_seen', ?)"
+
+
 class StoreError(Exception):
     """The store cannot be opened as a ledger: ``reason`` says why (snake_case)."""
 
@@ -178,9 +181,11 @@ class LedgerStore:
             ],
         )
 
-    def append(self, block: bytes) -> Settled | Verdict:
+    def append(self, block: bytes, work_seen: bytes | None = None) -> Settled | Verdict:
         """Settle the round ``block`` encodes (a ``SettledRound``) and commit it, or say why not
-        (the store is then unchanged). Returns the core's :class:`Settled`."""
+        (the store is then unchanged). Returns the core's :class:`Settled`. ``work_seen``: the
+        encoded seen state of work proofs (:class:`p2pshard.core.work.SeenProofs`) to keep in the
+        same transaction, so a restarted node refuses the replays it refused before."""
         out = settle(self._state, block)
         if isinstance(out, Verdict):
             return out
@@ -189,12 +194,30 @@ class LedgerStore:
         try:
             db.execute("INSERT INTO rounds VALUES (?, ?, ?)", (self._state.round, block, out.state.root()))
             self._write_accounts(db, self._state.accounts, out.state)
+            if work_seen is not None:
+                db.execute(_SAVE_SEEN, (work_seen,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         self._state = out.state
         return out
+
+    def save_work_seen(self, work_seen: bytes) -> None:
+        """Keep the encoded seen state of work proofs (one transaction; between rounds)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(_SAVE_SEEN, (work_seen,))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def work_seen(self) -> bytes | None:
+        """The last seen state of work proofs kept, or None. The store does not judge it: the
+        caller decodes it (``SeenProofs.decode``) and starts empty if it does not decode."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'work_seen'").fetchone()
+        return None if row is None else bytes(row[0])
 
     # ------------------------------------------------------------------------------ reading
 
