@@ -61,7 +61,10 @@ def test_join_prints_its_address_at_once_then_each_step(procs: list[Proc]) -> No
     boot = first.wait_for(lambda e: e["event"] == "ready", 60)["addrs"][0]
     first.wait_for(lambda e: e["event"] == "first_round", 60)  # a network under way
 
+    # two joiners at once, one in words and one as JSON events (one after the other took 20 s more)
     text = Lines([*CLI, "join", boot, *TRAIN])
+    stream = Proc("join", boot, "--json", *TRAIN, env=ONE_THREAD)
+    procs.append(stream)
     try:
         # The address comes first, before any joining step (the time it takes, ~1 s on an idle
         # machine, is Python importing py-libp2p: a figure for the README, not a timed test,
@@ -76,8 +79,6 @@ def test_join_prints_its_address_at_once_then_each_step(procs: list[Proc]) -> No
     finally:
         assert text.stop() == 130  # Ctrl-C
 
-    stream = Proc("join", boot, "--json", *TRAIN, env=ONE_THREAD)
-    procs.append(stream)
     listening = stream.event(timeout=10)
     assert listening["event"] == "listening" and listening["addrs"][0].endswith(listening["peer_id"])
     order = ["bootstrap_dial", "bootstrap_connected", "engine_ready", "ready", "schedule", "first_round"]
