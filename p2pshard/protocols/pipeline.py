@@ -40,6 +40,7 @@ from p2pshard.core.pipeline.rules import (
 from p2pshard.core.pipeline.sessions import SessionKey, SessionLimits, SessionTable
 from p2pshard.core.wire import pipeline_pb2 as pb
 from p2pshard.net.reqresp import (
+    Code,
     ProtocolSpec,
     Reply,
     ReqRespClient,
@@ -384,6 +385,8 @@ class Chain:
                     raise StageFailed(stage, exc) from exc
                 raise
             except RpcError as exc:
+                if exc.code == Code.RESOURCE_EXHAUSTED:  # busy, not failed: the caller's to retry
+                    raise
                 raise StageFailed(stage, exc) from exc
             took = trio.current_time() - began
             usual = self._latency.get(stage.peer)
