@@ -43,6 +43,7 @@ from p2pshard.core.wire import eliasfano, framing, reqresp_pb2, tensor
 from p2pshard.core.work import proof as work_proof
 from p2pshard.core.work import rules as work_rules
 from p2pshard.core.work import seen as work_seen
+from p2pshard.core.work import settle as work_settle
 from p2pshard.core.work import votes as work_votes
 from p2pshard.identity import Identity
 from p2pshard.net import blob, discovery
@@ -73,6 +74,7 @@ WIRE_MODULES: list[ModuleType] = [
     work_proof,
     work_rules,
     work_seen,
+    work_settle,
     work_votes,
     pipeline_rules,
     pipeline,

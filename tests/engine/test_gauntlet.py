@@ -209,7 +209,10 @@ def test_the_parameter_table_of_the_spec_is_the_code_default() -> None:
     from p2pshard.conformance.spec_tables import all_tables, parameters
 
     specs = Path(__file__).resolve().parents[2] / "specs"
+    from p2pshard.core.work import WorkRewards
+
     defaults = {k: v for k, v in asdict(GauntletConfig()).items() if k != "max_per_round"}
+    defaults.update(asdict(WorkRewards()))
     assert parameters(all_tables(specs), "work.md") == defaults
 
 

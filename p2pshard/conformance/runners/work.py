@@ -7,7 +7,9 @@ Handlers:
   verdict, its reason and the proof id;
 * ``tally``: a round's validator set, its accepted proofs and a sequence of ``ValidationVote``s
   → each vote's verdict and the settlement (outcome and stakes per proof, dissenters,
-  equivocators).
+  equivocators);
+* ``settle``: a ledger state, the round's accepted proofs with their tokens and its votes → the
+  ``SettledRound`` the settlement makes (rewards, fees, slashes) and the state root after it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from p2pshard.conformance.model import JSON, AnswerError, Case, Runner, exact, unhex
+from p2pshard.core.gossip import Verdict
 from p2pshard.core.gossip.signing import Secp256k1Signer
+from p2pshard.core.ledger import (
+    CREDIT,
+    LedgerParams,
+    LedgerState,
+    StateDecodeError,
+    decode_state,
+    encode_round,
+    encode_state,
+    genesis,
+    settle,
+)
 from p2pshard.core.topics import signing_bytes
 from p2pshard.core.wire import topics_pb2
 from p2pshard.core.wire.framing import encode_uvarint
@@ -32,12 +46,14 @@ from p2pshard.core.work import (
 )
 from p2pshard.core.work.proof import MAX_PROOF_SHARDS, MAX_PROOF_SIZE, proof_id_of
 from p2pshard.core.work.seen import MAX_PROOFS_PER_WINDOW, RATE_WINDOW_MS
+from p2pshard.core.work.settle import settlement_ops
 from p2pshard.core.work.votes import Tally
 
 NAME = "work"
 FILES = {
     "proof": frozenset({"input.json", "proof.bin"}),
     "tally": frozenset({"input.json"}),
+    "settle": frozenset({"input.json", "pre.bin"}),
 }
 
 KEYS = [Secp256k1Signer((70 + i).to_bytes(32, "big")) for i in range(5)]
@@ -316,8 +332,76 @@ def _tally_cases() -> list[Case]:
     return cases
 
 
+def _ledger_state() -> LedgerState:
+    """A 600, B 300, C 100 staked (validators), D 50 staked (below the 100-credit minimum), E none."""
+    return genesis(
+        LedgerParams(min_validator_stake=100 * CREDIT),
+        [(A, 0, 600 * CREDIT), (B, 0, 300 * CREDIT), (C, 0, 100 * CREDIT), (D, 0, 50 * CREDIT), (E, 0, 0)],
+    )
+
+
+def _settle_cases() -> list[Case]:
+    cases: list[Case] = []
+    pre = _ledger_state()
+
+    def case(name: str, desc: str, proofs: list[tuple[bytes, bytes, int]], votes: list[bytes]) -> None:
+        inp: dict[str, JSON] = {
+            "now_ms": NOW,
+            "proofs": [[p.hex(), w.hex(), t] for p, w, t in proofs],
+            "votes": [v.hex() for v in votes],
+            "pre_root": pre.root().hex(),
+        }
+        out = answer("settle", {**inp, "pre": encode_state(pre).hex()})
+        valid = all(r == "ACCEPT" for r, _ in out["verdicts"])
+        cases.append(Case(NAME, "settle", name, desc, valid, inp, {"pre": encode_state(pre)}, out))
+
+    def v(key: Secp256k1Signer, proof: bytes, valid: bool) -> bytes:
+        return _vote(key, proof, valid, round_=0)
+
+    case(
+        "nothing_settles",
+        "one vote of 100 of 1,000: no operation, only the round advances",
+        [(P1, E, 6_000)],
+        [v(KC, P1, True)],
+    )
+    case(
+        "reward_and_fees",
+        "E's 6,000 tokens accepted by A and B: 6 credits, 10% of them paid to A and B by stake",
+        [(P1, E, 6_000)],
+        [v(KA, P1, True), v(KB, P1, True)],
+    )
+    case(
+        "stake_bonus",
+        "C's proof (100 staked: +5% bonus) accepted by A and B; D has too little stake to vote",
+        [(P2, C, 8_000)],
+        [v(KA, P2, True), v(KB, P2, True), v(KD, P2, True)],
+    )
+    case(
+        "rejected_and_slashed",
+        "B's proof rejected by A and C (700 of 700 eligible): 10% of B's stake burned",
+        [(P3, B, 9_000)],
+        [v(KA, P3, False), v(KC, P3, False)],
+    )
+    case(
+        "dissent_and_equivocation",
+        "P1 accepted by A and B with C against (reputation); P3 of B rejected by A with C for it "
+        "(C slashed 5%); C votes both ways on D's P2 (C slashed 20%)",
+        [(P1, E, 6_000), (P3, B, 1_000), (P2, D, 2_000)],
+        [
+            v(KA, P1, True),
+            v(KB, P1, True),
+            v(KC, P1, False),
+            v(KA, P3, False),
+            v(KC, P3, True),
+            v(KC, P2, True),
+            v(KC, P2, False),
+        ],
+    )
+    return cases
+
+
 def generate() -> list[Case]:
-    return _proof_cases() + _tally_cases()
+    return _proof_cases() + _tally_cases() + _settle_cases()
 
 
 def answer(handler: str, inp: Mapping[str, JSON]) -> Mapping[str, JSON]:
@@ -342,6 +426,30 @@ def answer(handler: str, inp: Mapping[str, JSON]) -> Mapping[str, JSON]:
         return {
             "verdicts": [[v.result.name, v.reason] for v in verdicts],
             **_settlement_json(tally.close()),
+        }
+    if handler == "settle":
+        try:
+            state = decode_state(unhex(inp.get("pre"), "pre"))
+        except StateDecodeError as exc:
+            raise AnswerError(f"pre is not a ledger state: {exc.reason}") from None
+        try:
+            claimed = [(unhex(p, "proofs"), unhex(w, "proofs"), int(t)) for p, w, t in inp["proofs"]]
+            votes = [unhex(x, "votes") for x in inp["votes"]]
+            now = int(inp["now_ms"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AnswerError(f"bad input: {exc}") from None
+        tally = Tally(state.round, dict(state.validators()), {p: w for p, w, _ in claimed})
+        verdicts = [tally.add(x, now) for x in votes]
+        ops = settlement_ops(tally.close(), {p: t for p, _, t in claimed}, tally.counted(), state)
+        block = encode_round(state.round, ops)
+        settled = settle(state, block)
+        if isinstance(settled, Verdict):
+            raise AnswerError(f"the settlement's round does not settle: {settled.reason}")
+        return {
+            "verdicts": [[x.result.name, x.reason] for x in verdicts],
+            "round": block.hex(),
+            "op_verdicts": [[x.result.name, x.reason] for x in settled.verdicts],
+            "post_root": settled.state.root().hex(),
         }
     raise AnswerError(f"unknown handler {handler!r}")
 

@@ -7,6 +7,7 @@ computed by the engine (:mod:`p2pshard.engine.gauntlet`)."""
 from p2pshard.core.work.proof import WorkProof, decode_proof, make_proof, proof_id_of
 from p2pshard.core.work.rules import WorkContext, check_proof, judge_proof, max_plausible_tokens
 from p2pshard.core.work.seen import SeenDecodeError, SeenEntry, SeenProofs
+from p2pshard.core.work.settle import WorkRewards, reward_for, settlement_ops
 from p2pshard.core.work.votes import (
     Outcome,
     ProofOutcome,
@@ -29,6 +30,7 @@ __all__ = [
     "Vote",
     "WorkContext",
     "WorkProof",
+    "WorkRewards",
     "check_proof",
     "decode_proof",
     "decode_vote",
@@ -37,5 +39,7 @@ __all__ = [
     "make_vote",
     "max_plausible_tokens",
     "proof_id_of",
+    "reward_for",
+    "settlement_ops",
     "tally_votes",
 ]

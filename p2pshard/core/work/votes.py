@@ -180,6 +180,10 @@ class Tally:
         self._votes[key] = vote.valid
         return ACCEPT
 
+    def counted(self) -> dict[tuple[bytes, bytes], bool]:
+        """The votes that count: (validator, proof id) -> valid (equivocations left out)."""
+        return dict(self._votes)
+
     def close(self) -> Settlement:
         """Settle every proof (the round's close); later votes are ignored."""
         self.closed = True
