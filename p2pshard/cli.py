@@ -218,8 +218,12 @@ def serve(bootstrap: tuple[str, ...], config_file: Path | None, as_json: bool, *
 
 @main.command()
 @click.argument("prompt")
+@click.option("--via", multiple=True, metavar="MULTIADDR", help="A server to use (repeatable).")
 @click.option(
-    "--via", multiple=True, required=True, metavar="MULTIADDR", help="A server to use (repeatable)."
+    "--bootstrap",
+    multiple=True,
+    metavar="MULTIADDR",
+    help="Join the network through this node and find its servers in the DHT (repeatable).",
 )
 @click.option(
     "--max-new-tokens", default=32, show_default=True, type=click.IntRange(1), help="Tokens to generate."
@@ -228,22 +232,33 @@ def serve(bootstrap: tuple[str, ...], config_file: Path | None, as_json: bool, *
     "--no-cache", is_flag=True, help="Send the whole sequence every step (no KV cache on the servers)."
 )
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds one forward may take.")
-def infer(prompt: str, via: tuple[str, ...], max_new_tokens: int, no_cache: bool, timeout: float) -> None:
+def infer(
+    prompt: str,
+    via: tuple[str, ...],
+    bootstrap: tuple[str, ...],
+    max_new_tokens: int,
+    no_cache: bool,
+    timeout: float,
+) -> None:
     """Generate text from PROMPT through a chain of servers covering the model (greedy, byte tokens).
 
-    The chain is planned from what each --via server says it serves; the servers are listed on
-    stderr, the prompt and the generated text stream to stdout as tokens arrive.
+    The chain is planned from what each server says it serves: the --via servers, and with
+    --bootstrap the servers of the network found in the DHT. The servers are listed on stderr,
+    the prompt and the generated text stream to stdout as tokens arrive.
     """
     import codecs
 
     from p2pshard.core.pipeline import ChainError, ForwardRejected
     from p2pshard.net.reqresp import RpcError
 
-    for addr in via:
-        try:
-            parse_peer_addr(addr)
-        except AddressError as exc:
-            raise click.BadParameter(str(exc), param_hint="--via") from exc
+    if not via and not bootstrap:
+        raise click.UsageError("infer needs servers: --via <server address> or --bootstrap <network node>")
+    for hint, addrs in (("--via", via), ("--bootstrap", bootstrap)):
+        for addr in addrs:
+            try:
+                parse_peer_addr(addr)
+            except AddressError as exc:
+                raise click.BadParameter(str(exc), param_hint=hint) from exc
     tokens = list(prompt.encode())
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
@@ -252,7 +267,7 @@ def infer(prompt: str, via: tuple[str, ...], max_new_tokens: int, no_cache: bool
         sys.stdout.flush()
 
     async def run() -> None:
-        async with open_node(NodeConfig(), client_only=True) as node:
+        async with open_node(NodeConfig(bootstrap=list(bootstrap)), client_only=not bootstrap) as node:
             chain = await node.chain(list(via), timeout_s=timeout)
             for stage in chain.stages:
                 i = stage.info
@@ -267,7 +282,7 @@ def infer(prompt: str, via: tuple[str, ...], max_new_tokens: int, no_cache: bool
         trio.run(run)
     except ChainError as exc:
         raise click.ClickException(f"no chain of servers covers the model: {exc}") from exc
-    except (ConnectError, ForwardRejected, RpcError) as exc:
+    except (ConnectError, JoinError, ForwardRejected, RpcError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 

@@ -53,7 +53,16 @@ from p2pshard.net.limits import HandshakeLimits, NetLimits, machine_limits
 from p2pshard.net.pubsub import EarlyStreams, PubSub, PubSubConfig
 from p2pshard.net.reqresp import ProtocolSpec, ReqRespClient, ReqRespServer
 from p2pshard.protocols.engine_api import Engine
-from p2pshard.protocols.pipeline import Chain, PipelineServer, SessionLimits, StageBackend
+from p2pshard.protocols.pipeline import (
+    PROVIDER_KIND,
+    Chain,
+    ChainError,
+    PipelineServer,
+    SessionLimits,
+    StageBackend,
+    announce,
+    providers_digest,
+)
 from p2pshard.protocols.status import fetch_status, status_spec
 from p2pshard.protocols.topics import Topics
 from p2pshard.protocols.training import RoundReport, Trainer, TrainingOptions
@@ -242,15 +251,39 @@ class Node:
         for spec in pipeline.specs():
             self.server.register(spec)
         self.pipeline = pipeline
+        if self.connmgr is not None:  # not a client-only node: it is in the DHT
+            self.nursery.start_soon(
+                announce, self.discovery, self.config.network_id, self.counters, lambda: len(self.peers())
+            )
         return pipeline
 
-    async def chain(self, peers: Sequence[ID | str], timeout_s: float = 30.0) -> Chain:
+    async def chain(self, peers: Sequence[ID | str] = (), timeout_s: float = 30.0) -> Chain:
         """A chain of servers covering a whole model, from ``peers`` (ids of connected peers, or
-        full multiaddrs to connect to; those given first are preferred). Run it with
+        full multiaddrs to connect to; those given first are preferred) and, in a node that is in
+        the DHT, the servers of this network found there. Run it with
         ``await chain.generate(prompt_tokens, max_new_tokens)`` or ``await chain.forward(tokens)``.
         Raises :class:`~p2pshard.core.pipeline.ChainError` naming the uncovered layers."""
         ids = [p if isinstance(p, ID) else await self.connect(p) for p in peers]
+        if self.connmgr is not None:
+            for info in await self.find_servers():
+                if info.peer_id not in ids:
+                    ids.append(info.peer_id)
+        if not ids:
+            raise ChainError("no server given, and none of this network found in the DHT")
         return await Chain.discover(self.client, ids, timeout_s)
+
+    async def find_servers(self) -> list[PeerInfo]:
+        """Servers of layer ranges of this network, found in the DHT (connected, in no order)."""
+        digest = providers_digest(self.config.network_id)
+        found = []
+        for info in await self.discovery.find_providers(PROVIDER_KIND, digest):
+            try:
+                await connect_or_explain(self.connector, info)
+            except ConnectError as exc:
+                log.info("pipeline server %s unreachable: %s", info.peer_id, exc)
+                continue
+            found.append(info)
+        return found
 
     def protocols(self) -> list[str]:
         """Every protocol id this node answers."""
@@ -410,6 +443,15 @@ async def open_node(
             )
             server.register(status_spec(node.status))
             server.register(node.blobs.spec())
+            if pubsub is not None and node.topics is not None:
+                await nursery.start(pubsub.run)
+                await nursery.start(node.topics.run)
+                assert early_pubsub is not None
+                early_pubsub.hand_to(pubsub)
+            if not client_only:
+                node.connmgr = _make_connmgr(config, host, counters, pubsub, bootstrap)
+                client.activity = server.activity = node.connmgr  # transfers protect, answers count
+                await nursery.start(node.connmgr.run)
             if config.serve_layers and not client_only:
                 stage = await trio.to_thread.run_sync(  # type: ignore[call-arg]
                     make_stage, config, abandon_on_cancel=True
@@ -422,15 +464,6 @@ async def open_node(
                     layers=[spec.layer_start, spec.layer_end],
                     model_id=spec.model_id,
                 )
-            if pubsub is not None and node.topics is not None:
-                await nursery.start(pubsub.run)
-                await nursery.start(node.topics.run)
-                assert early_pubsub is not None
-                early_pubsub.hand_to(pubsub)
-            if not client_only:
-                node.connmgr = _make_connmgr(config, host, counters, pubsub, bootstrap)
-                client.activity = server.activity = node.connmgr  # transfers protect, answers count
-                await nursery.start(node.connmgr.run)
             if engine is not None:
                 node.trainer = Trainer(
                     node,

@@ -15,6 +15,7 @@ servers' KV caches, replaying the prefix when a server answers ``session_expired
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from collections.abc import Callable, Hashable, Sequence
@@ -71,6 +72,15 @@ __all__ = [
 FORWARD_PROTOCOL = "/p2pshard/pipeline/forward/1.0.0"
 SHARD_INFO_PROTOCOL = "/p2pshard/pipeline/shard-info/1.0.0"
 MAX_SHARD_INFO_SIZE = 4096
+PROVIDER_KIND = "pipeline"
+"""Servers of a network provide ``content_key(PROVIDER_KIND, SHA-256(PROVIDER_TAG || network id))``."""
+PROVIDER_TAG = b"p2pshard-pipeline:"
+ANNOUNCE_DELAYS_S = frozenset({0.0, 5.0, 30.0})
+"""A server provides its key at these times after it starts serving (to reach the peers that join
+meanwhile), then every ANNOUNCE_INTERVAL_S."""
+ANNOUNCE_INTERVAL_S = 600.0
+ANNOUNCE_GROWTH_S = 5.0
+"""Least time between two announcements made because the node has more peers than before."""
 HANG_MIN_S = 1.0
 """A server that has another to replace it is given up on after max(this, HANG_FACTOR x its usual
 time per forward); one that has none gets the whole ``timeout_s``."""
@@ -183,6 +193,43 @@ class PipelineServer:
         self.counters.incr("pipeline.forwards")
         self.counters.incr("pipeline.tokens", inp.batch * inp.tokens)
         return encode_output(out, self.spec.is_last)
+
+
+def providers_digest(network_id: str) -> bytes:
+    """What the servers of ``network_id`` provide (kind PROVIDER_KIND) in the DHT."""
+    return hashlib.sha256(PROVIDER_TAG + network_id.encode()).digest()
+
+
+class Provider(Protocol):
+    async def provide(self, kind: str, digest: bytes) -> bool: ...
+
+
+async def announce(
+    discovery: Provider, network_id: str, counters: Counters, peer_count: Callable[[], int] = lambda: 0
+) -> None:
+    """Provide the network's pipeline key at ANNOUNCE_DELAYS_S, then every ANNOUNCE_INTERVAL_S, and
+    when this node has more peers than ever before (at most every ANNOUNCE_GROWTH_S): a server that
+    started alone stored its record only at home, and the peers that came since should hold it.
+    Clients find the server with ``find_providers``. Runs until cancelled."""
+    digest = providers_digest(network_id)
+    began = trio.current_time()
+    due = sorted(ANNOUNCE_DELAYS_S)
+    last, most = -ANNOUNCE_GROWTH_S, 0
+    while True:
+        now = trio.current_time()
+        grown = peer_count() > most and now - last >= ANNOUNCE_GROWTH_S
+        if grown or (due and now - began >= due[0]) or (not due and now - last >= ANNOUNCE_INTERVAL_S):
+            while due and now - began >= due[0]:
+                due.pop(0)
+            most = max(most, peer_count())
+            last = now
+            try:
+                ok = await discovery.provide(PROVIDER_KIND, digest)
+            except Exception as exc:  # a DHT failure is retried at the next announcement
+                log.info("pipeline announcement failed: %s", exc)
+                ok = False
+            counters.incr("pipeline.announced" if ok else "pipeline.announce_failed")
+        await trio.sleep(1.0)
 
 
 # ------------------------------------------------------------------------------------ client

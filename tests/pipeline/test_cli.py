@@ -24,12 +24,16 @@ def _serving(p: Proc) -> str:
 
 
 def test_serve_two_ranges_and_infer_through_them(procs: list[Proc]) -> None:
-    servers = [Proc("serve", "--json", "--preset", "micro", "--layers", r) for r in ("0:2", "2:4")]
-    procs.extend(servers)
-    first, second = (_serving(p) for p in servers)
+    head = Proc("serve", "--json", "--preset", "micro", "--layers", "0:2")
+    procs.append(head)
+    first = _serving(head)
+    tail = Proc("serve", first, "--json", "--preset", "micro", "--layers", "2:4")  # joins through head
+    procs.append(tail)
+    _serving(tail)
     prompt = "Hello"
+    # no server named: both are found in the DHT through the first
     out = subprocess.run(
-        [*CLI, "infer", prompt, "--max-new-tokens", "8", "--via", second, "--via", first],
+        [*CLI, "infer", prompt, "--max-new-tokens", "8", "--bootstrap", first],
         capture_output=True,
         timeout=60,
     )
@@ -50,6 +54,8 @@ def test_serve_two_ranges_and_infer_through_them(procs: list[Proc]) -> None:
 def test_serve_without_layers_or_with_a_range_past_the_model_is_a_clear_error() -> None:
     out = CliRunner().invoke(main, ["serve"])
     assert out.exit_code == 2 and "--layers" in out.output
+    out = CliRunner().invoke(main, ["infer", "hi"])
+    assert out.exit_code == 2 and "--via" in out.output and "--bootstrap" in out.output
     with pytest.raises(ConfigError, match="micro has 4 layers"):
         make_stage(NodeConfig(preset="micro", serve_layers="2:9"))
     with pytest.raises(ConfigError, match="A:B"):

@@ -18,6 +18,7 @@ from p2pshard.engine.inference import StageExecutor, local_generate
 from p2pshard.engine.model import PRESETS, LayerRange, build_model
 from p2pshard.node import Node
 from p2pshard.protocols.pipeline import RemoteStage, StageFailed, fetch_shard_info, forward
+from tests.util import eventually
 
 CFG = PRESETS["micro"]
 PROMPT = [5, 17, 200, 3, 99, 42]
@@ -152,3 +153,21 @@ async def test_a_server_that_stops_mid_generation_is_replaced_and_the_text_is_un
             with pytest.raises(ChainError, match="no other chain"):
                 chain.reroute(StageFailed(spare_stage, RuntimeError("gone")))
         nursery.cancel_scope.cancel()
+
+
+async def test_a_client_finds_the_servers_in_the_dht() -> None:
+    """Servers provide their network's pipeline key; a client that joined the DHT (and was given
+    no server) finds them, plans the chain and generates the local model's text."""
+    async with (
+        open_node(NodeConfig(preset="micro", serve_layers="0:2")) as head,
+        open_node(NodeConfig(preset="micro", serve_layers="2:4", bootstrap=[head.addrs[0]])) as tail,
+    ):
+        # the tail joined through the head before it announced: the head holds its record
+        await eventually(lambda: tail.counters.get("pipeline.announced") >= 1)
+        async with open_node(NodeConfig(bootstrap=[head.addrs[0]])) as client:
+            chain = await client.chain()
+            assert [s.peer for s in chain.stages] == [head.peer_id, tail.peer_id]
+            assert await chain.generate(PROMPT, 6) == local_generate(CFG, 0, PROMPT, 6)
+    async with open_node(NodeConfig(), client_only=True) as lonely:
+        with pytest.raises(ChainError, match="no server"):
+            await lonely.chain()
