@@ -81,6 +81,11 @@ meanwhile), then every ANNOUNCE_INTERVAL_S."""
 ANNOUNCE_INTERVAL_S = 600.0
 ANNOUNCE_GROWTH_S = 5.0
 """Least time between two announcements made because the node has more peers than before."""
+MAX_FORWARD_RESPONSE = 256 << 20
+"""Largest forward answer a client reads, whatever a server's ShardInfo implies."""
+MAX_LAYERS = 4096
+MAX_DIMENSION = 1 << 20
+"""A ShardInfo with more layers, or a dimension above this, is not believed (the server skipped)."""
 HANG_MIN_S = 1.0
 """A server that has another to replace it is given up on after max(this, HANG_FACTOR x its usual
 time per forward); one that has none gets the whole ``timeout_s``."""
@@ -267,7 +272,17 @@ class RemoteStage:
         return self.info.vocab_size if self.is_last else self.info.d_model
 
     def max_response_bytes(self, batch: int, tokens: int) -> int:
-        return 4 * batch * tokens * self.width + 8192
+        return min(MAX_FORWARD_RESPONSE, 4 * batch * tokens * self.width + 8192)
+
+
+def plausible(info: pb.ShardInfo) -> bool:
+    """A ShardInfo whose numbers a client may size buffers by (a server could claim anything)."""
+    dims = (info.vocab_size, info.d_model, info.context, info.n_heads, info.max_batch)
+    return (
+        0 <= info.layer_start < info.layer_end <= info.total_layers <= MAX_LAYERS
+        and all(1 <= d <= MAX_DIMENSION for d in dims)
+        and len(info.model_id) <= 256
+    )
 
 
 async def forward(
@@ -364,9 +379,14 @@ class Chain:
         infos: list[RemoteStage] = []
         for peer in peers:
             try:
-                infos.append(RemoteStage(peer, await fetch_shard_info(client, peer)))
+                info = await fetch_shard_info(client, peer)
             except Exception as exc:  # RpcError, a reset stream: this peer serves nothing to us
                 log.info("no shard info from %s: %s", peer, exc)
+                continue
+            if plausible(info):
+                infos.append(RemoteStage(peer, info))
+            else:
+                log.info("implausible shard info from %s: skipped", peer)
         chain = [h.peer for h in plan_chain(_hops(infos))]
         return cls(client, chain, timeout_s, spares=[s for s in infos if s not in chain])
 
