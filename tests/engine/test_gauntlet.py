@@ -96,7 +96,7 @@ def test_honest_updates_score_clearly_positive(scene: Scene) -> None:
     for peer in PEERS:
         s = _score(scene, peer, scene.updates[peer])
         assert s.own_gain > 0 and s.random_gain > 0
-        assert s.score > 2 * GauntletConfig().min_score, (peer, s)
+        assert s.score > 0.05, (peer, s)
         assert verdict(s, None, GauntletConfig()) == (True, "ok")
 
 
@@ -172,6 +172,23 @@ def test_honest_updates_are_not_flagged_and_a_stale_one_is() -> None:
     flags = detector.judge_round(1, list(fresh.items()))
     assert set(flags) == {PEERS[2]} and flags[PEERS[2]].kind == "stale"
     assert flags[PEERS[2]].round == 0
+
+
+def test_zero_and_negated_updates_in_the_round_do_not_make_honest_ones_look_alike() -> None:
+    rng = np.random.default_rng(6)
+    common = rng.standard_normal(4096).astype(np.float32)
+    honest = [(p, common + rng.standard_normal(4096).astype(np.float32) * 0.3) for p in PEERS]
+    noise = rng.standard_normal(4096).astype(np.float32) * 0.05
+    round_ = [
+        *honest,
+        ("freerider", np.zeros(4096, np.float32)),
+        ("poisoner", -honest[2][1]),
+        ("copier", honest[0][1] * np.float32(1.3) + noise),
+    ]
+    flags = CopyDetector().judge_round(0, round_)
+    assert not set(flags) & set(PEERS)
+    assert flags["copier"].original == PEERS[0]
+    # (the negated update, centred, resembles the zero one: flagged too, which refuses it anyway)
 
 
 def test_a_liar_claiming_inflated_tokens_is_refused(scene: Scene) -> None:
